@@ -1,0 +1,296 @@
+"""The command-line shell: parse options, call :mod:`agereg.pipeline`, print.
+
+The only module (with ``__main__``) that imports click or rich. Every
+:class:`~agereg.errors.AgeregError` becomes a one-line message and exit code 2 in
+:func:`main`, and nowhere else. Logs and progress go to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from agereg import __version__, pipeline
+from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
+from agereg.errors import AgeregError
+from agereg.search import TrialRecord
+
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+class _State:
+    debug = False
+
+
+class Terminated(Exception):
+    """Raised in the main thread when SIGTERM arrives, so cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+
+
+# ---------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agereg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Hyperparameter search for linear regression trained by minibatch SGD.
+
+    \b
+    Typical session:
+      agereg synth --out data            # or copy the four course .npy files to data/
+      agereg split --seed 0              # optional: fix the train/validation split
+      agereg search configs/grid.yaml    # train every trial, write runs/<time>-<name>/
+      agereg eval --best                 # retrain the winner, measure it on the test set
+    """
+    _State.debug = debug
+
+
+# ---------------------------------------------------------------- synth
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="data", show_default=True, type=click.Path(),
+              help="Folder to write the four .npy files and synthetic.json into.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--n-train", default=5000, show_default=True, type=click.IntRange(min=2))
+@click.option("--n-test", default=2500, show_default=True, type=click.IntRange(min=1))
+@click.option("--side", default=48, show_default=True, type=click.IntRange(min=2),
+              help="Images are side x side pixels.")
+def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None:
+    """Write a synthetic stand-in for the course files (same shapes and dtypes)."""
+    from agereg.synth import write_synthetic
+
+    path = write_synthetic(out_dir, seed=seed, n_train=n_train, n_test=n_test, side=side)
+    err.print(f"wrote a synthetic stand-in to {path}/ ({n_train} training and {n_test} test "
+              f"images of {side}x{side}, seed {seed}); it is not real faces")
+
+
+# ---------------------------------------------------------------- split
+
+
+@cli.command()
+@click.option("--seed", required=True, type=click.IntRange(min=0), help="Permutation seed.")
+@click.option("--val-fraction", default=0.2, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(),
+              help="Dataset folder; split.json is written there.")
+def split(seed: int, val_fraction: float, data_dir: str) -> None:
+    """Write DATA/split.json: a seeded 80/20 train/validation split of the training files."""
+    path, s = pipeline.write_split(Path(data_dir), seed, val_fraction)
+    err.print(f"wrote {path}: {len(s.train)} training and {len(s.val)} validation rows "
+              f"(seed {seed}, val_fraction {val_fraction})")
+
+
+# ---------------------------------------------------------------- search
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--n-jobs", type=int, default=None,
+              help="Worker processes (-1 = all cores). Overrides the config's n_jobs.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
+              help="batched (default) or reference (one plain loop per trial).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="float64 (default) or float32 (faster, see README).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="joblib backend: loky (default), threading or dask.")
+@click.option("--scheduler", default=None, help="dask scheduler address, tcp://HOST:PORT.")
+@click.option("--resume", is_flag=False, flag_value="latest", default=None,
+              metavar="[RUN_DIR]", help="Continue an interrupted run (default: the latest).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Rows of the ranked table to print.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | None,
+           precision: str | None, backend: str | None, scheduler: str | None,
+           resume: str | None, top: int, quiet: bool) -> None:
+    """Train every trial of CONFIG's grid and rank them by validation loss."""
+    if config is None and resume is None:
+        raise click.UsageError("give a CONFIG file, or --resume to continue a run")
+
+    def overrides(cfg: Config) -> Config:
+        return apply_overrides(cfg, n_jobs=n_jobs, engine=engine, precision=precision,
+                               backend=backend, scheduler=scheduler)
+
+    runs = Path(runs_dir)
+    with _progress(quiet) as progress:
+        if resume is not None:
+            outcome = pipeline.resume_search(None if resume == "latest" else resume, runs,
+                                             config, overrides, log=_log, progress=progress,
+                                             on_start=_started)
+        else:
+            cfg = overrides(load_config(config))  # type: ignore[arg-type]
+            outcome = pipeline.start_search(cfg, runs, log=_log, progress=progress,
+                                            on_start=_started)
+    _print_ranking(outcome.ranked, top)
+    n_div = sum(r.status == "diverged" for r in outcome.ranked)
+    n_fail = sum(r.status == "failed" for r in outcome.ranked)
+    err.print(f"{len(outcome.ranked)} trials ({outcome.computed} trained now, "
+              f"{n_div} diverged, {n_fail} failed) in {outcome.seconds:.1f} s; "
+              f"results in {outcome.run_dir}/")
+
+
+class _progress:
+    """A rich progress bar on stderr, fed by the pipeline's (done, total) callback."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar = None if quiet else Progress(
+            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+        )  # fmt: skip
+        self.task: int | None = None
+
+    def __enter__(self) -> Callable[[int, int], None] | None:
+        if self.bar is None:
+            return None
+        self.bar.start()
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        assert self.bar is not None
+        if self.task is None:
+            self.task = self.bar.add_task("trials", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _log(msg: str) -> None:
+    err.print(msg, soft_wrap=True)
+
+
+def _started(run_dir: Path) -> None:
+    _Interrupted.run_dir = str(run_dir)
+    err.print(f"run folder: {run_dir}/", soft_wrap=True)
+
+
+def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
+    table = Table(title="best trials by validation fMSE", title_justify="left")
+    for col in ("rank", "batch", "learning rate", "epochs", "l2", "train", "val", "test",
+                "status"):
+        table.add_column(col, justify="left" if col == "status" else "right")
+    for i, r in enumerate(ranked[:top], 1):
+        table.add_row(str(i), str(r.batch_size), f"{r.learning_rate:g}", str(r.epochs),
+                      f"{r.l2:g}", _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss),
+                      r.status)
+    out.print(table)
+
+
+# ---------------------------------------------------------------- eval
+
+
+@cli.command(name="eval")
+@click.option("--best", "best", is_flag=True, help="Evaluate the best finished trial (default).")
+@click.option("--rank", "rank", default=None, type=click.IntRange(min=1),
+              help="Evaluate the trial of this rank instead.")
+@click.option("--run", "run", default=None, type=click.Path(file_okay=False),
+              help="Run folder (default: the latest run).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--refit", is_flag=True, help="Retrain on training + validation rows first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: bool,
+          as_json: bool) -> None:
+    """Retrain the best trial of a run and report its test-set error."""
+    if best and rank is not None:
+        raise click.UsageError("give --best or --rank, not both")
+    res = pipeline.evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    t = res["trial"]
+    out.print(f"[bold]trial #{t['rank']}[/]: batch_size {t['batch_size']}, learning_rate "
+              f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g} "
+              f"({res['engine']}, {res['precision']}); data: {res['dataset']}")
+    if refit:
+        out.print(f"refit on {res['trained_on']}: the validation rows were used for training")
+    table = Table()
+    for col in ("metric", "this trial", "mean predictor"):
+        table.add_column(col, justify="right")
+    test, base = res["test"], res["baseline_test"]
+    table.add_row("train fMSE", _fmt(res["train_fmse"]), "")
+    table.add_row("validation fMSE", _fmt(res["val_fmse"]), "")
+    table.add_row("test fMSE", _fmt(test["fmse"]), _fmt(base["fmse"]))
+    table.add_row("test RMSE (years)", _fmt(test["rmse"]), _fmt(base["rmse"]))
+    table.add_row("test MAE (years)", _fmt(test["mae"]), _fmt(base["mae"]))
+    out.print(table)
+    if res["reproduced"] is False:
+        err.print(f"[yellow]warning[/]: retrained validation fMSE {res['val_fmse']!r} differs "
+                  f"from the search's {res['search_val_fmse']!r}")
+    err.print(f"wrote {res['run']}/eval.json")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map errors to exit codes in this one place."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        rv = cli.main(args=argv, prog_name="agereg", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except AgeregError as exc:
+        if _State.debug:
+            raise
+        err.print(f"[red]error[/]: {exc}", soft_wrap=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort, Terminated) as exc:
+        code = EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+        err.print(f"interrupted ({'SIGTERM' if code == EXIT_SIGTERM else 'Ctrl-C'})"
+                  f"{_resume_hint()}")
+        return code
+    except Exception as exc:
+        if _State.debug:
+            raise
+        err.print(f"[red]internal error[/]: {type(exc).__name__}: {exc} "
+                  "(rerun with --debug for the traceback and report it)", soft_wrap=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_hint() -> str:
+    if _Interrupted.run_dir is None:
+        return ""
+    return (f"; finished trials are saved in {_Interrupted.run_dir}/, continue with "
+            f"`agereg search --resume {_Interrupted.run_dir}`")
+
+
+class _Interrupted:
+    run_dir: str | None = None
+

@@ -1,0 +1,29 @@
+"""The one exception hierarchy of agereg.
+
+Every error a user can cause is an :class:`AgeregError`. The CLI turns it into a
+one-line message and exit code 2 in exactly one place (``agereg.cli.main``).
+"""
+
+from __future__ import annotations
+
+
+class AgeregError(Exception):
+    """An error the user can fix; its message says what, where and how."""
+
+    exit_code = 2
+
+
+class ConfigError(AgeregError):
+    """The YAML config is missing, malformed or holds a bad value."""
+
+
+class DataError(AgeregError):
+    """A dataset file is missing, unreadable or inconsistent."""
+
+
+class SplitError(AgeregError):
+    """A split file is malformed or belongs to other data."""
+
+
+class RunError(AgeregError):
+    """A run folder is missing, locked, not an agereg run, or cannot be written."""

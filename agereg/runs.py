@@ -1,0 +1,265 @@
+"""The run folder: layout, the append-only trial log, summaries, locking and resume.
+
+Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
+
+    config.yaml    the resolved config, written before any training
+    dataset.json   what data the run used (path, shapes, sha256s, kind)
+    split.json     the exact train/validation split used
+    run.json       status (running / interrupted / finished), counts, versions
+    trials.jsonl   append-only log: one JSON line per finished trial, fsynced per group
+    results.csv    every trial, ranked by validation loss (rebuilt from the log)
+    best.json      the best finished trial (rebuilt from the log)
+    .lock          held (flock) by the process writing the run
+
+``runs/latest`` is a one-line text file naming the newest run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+from agereg import __version__
+from agereg.errors import RunError
+from agereg.fileio import append_durable, atomic_write_text
+from agereg.search import STATUS_OK, TrialRecord
+
+LOG_NAME = "trials.jsonl"
+CONFIG_NAME = "config.yaml"
+RUN_NAME = "run.json"
+LATEST_NAME = "latest"
+CSV_COLUMNS = (
+    "rank", "batch_size", "learning_rate", "epochs", "l2",
+    "train_loss", "val_loss", "test_loss", "status", "seconds",
+)  # fmt: skip
+
+
+def create_run_dir(runs_dir: Path, name: str) -> Path:
+    """Make a new, unique run folder. ``mkdir`` is atomic, so two searches started in
+    the same second still get different folders."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for i in range(1, 1000):
+            path = runs_dir / (f"{stamp}-{name}" if i == 1 else f"{stamp}-{name}-{i}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise RunError(f"{runs_dir}: cannot create a run folder ({exc.strerror or exc}); "
+                       "choose another place with --runs-dir") from None
+    raise RunError(f"{runs_dir}: too many runs named {name!r} this second")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.lock``; the kernel drops it if the process dies."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunError(f"{self.path.parent}: cannot lock the run folder "
+                           f"({exc.strerror or exc}); check permissions") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunError(f"{self.path.parent}: another agereg process (pid {other}) is "
+                           "writing this run; wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def write_json(path: Path, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; {what}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunError(f"{path}: unreadable ({exc}); {what}") from None
+    if not isinstance(obj, dict):
+        raise RunError(f"{path}: not a JSON object; {what}")
+    return obj
+
+
+def write_run_info(run_dir: Path, status: str, **extra: object) -> None:
+    info = {
+        "agereg_version": __version__,
+        "status": status,
+        "updated": dt.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "command": " ".join(["agereg", *sys.argv[1:]]),
+        **extra,
+    }
+    write_json(run_dir / RUN_NAME, info)
+
+
+def set_latest(runs_dir: Path, run_dir: Path) -> None:
+    atomic_write_text(runs_dir / LATEST_NAME, run_dir.name + "\n")
+
+
+def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
+    """The run folder named by the user, or the latest one; checked to be an agereg run."""
+    if run is None or str(run) == "latest":
+        latest = runs_dir / LATEST_NAME
+        try:
+            name = latest.read_text(encoding="utf-8").strip()
+        except OSError:
+            raise RunError(f"{latest}: no runs yet; start one with `agereg search CONFIG` "
+                           "or name a run folder with --run") from None
+        path = runs_dir / name
+    else:
+        path = Path(run)
+    if not path.is_dir():
+        raise RunError(f"{path}: run folder not found; list the folders in {runs_dir}")
+    if not (path / CONFIG_NAME).is_file() or not (path / RUN_NAME).is_file():
+        raise RunError(f"{path}: not an agereg run folder (no {CONFIG_NAME} / {RUN_NAME}); "
+                       "name a folder that `agereg search` wrote")
+    return path
+
+
+# ---------------------------------------------------------------- trial log
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else v
+
+
+def record_to_json(rec: TrialRecord) -> str:
+    d = asdict(rec)
+    for k in ("train_loss", "val_loss", "test_loss"):
+        d[k] = _num(d[k])
+    return json.dumps(d, allow_nan=False)
+
+
+def append_records(run_dir: Path, records: Iterable[TrialRecord]) -> None:
+    """Append finished trials to the log; durable (fsynced) when this returns."""
+    text = "".join(record_to_json(r) + "\n" for r in records)
+    if text:
+        append_durable(run_dir / LOG_NAME, text)
+
+
+def _parse_record(line: str) -> TrialRecord:
+    d = json.loads(line)
+    rec = TrialRecord(**d)
+    if not isinstance(rec.batch_size, int) or not isinstance(rec.epochs, int):
+        raise ValueError("bad types")
+    return TrialRecord(
+        rec.batch_size, float(rec.learning_rate), rec.epochs, float(rec.l2),
+        *(None if v is None else float(v) for v in (rec.train_loss, rec.val_loss,
+                                                    rec.test_loss)),
+        str(rec.status), float(rec.seconds), rec.error,
+    )  # fmt: skip
+
+
+def read_log(run_dir: Path, repair: bool = False) -> list[TrialRecord]:
+    """Read the trial log. Every record is written as whole lines ending in a newline, so
+    bytes after the last newline are a torn write (the process died mid-write): they are
+    ignored and, with ``repair``, cut off so that appends start on a fresh line. Any other
+    bad line is an error."""
+    path = run_dir / LOG_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    records: dict[tuple, TrialRecord] = {}
+    for i, raw in enumerate(lines, 1):
+        try:
+            rec = _parse_record(raw.decode("utf-8"))
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise RunError(f"{path}:{i}: corrupt trial record; the log was edited or "
+                           "damaged, start a new run") from None
+        records[rec.key()] = rec
+    if tail and repair:
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(sum(len(x) + 1 for x in lines))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise RunError(f"{path}: cannot repair the torn last line "
+                           f"({exc.strerror or exc})") from None
+    return list(records.values())
+
+
+# ---------------------------------------------------------------- ranking and summaries
+
+
+def rank(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Finished trials by validation loss (ties by grid order), then diverged and failed
+    ones in grid order. A NaN never wins."""
+    recs = list(records)
+    ok = [r for r in recs if r.status == STATUS_OK and r.val_loss is not None]
+    rest = [r for r in recs if not (r.status == STATUS_OK and r.val_loss is not None)]
+    ok.sort(key=lambda r: (r.val_loss, r.key()))
+    rest.sort(key=lambda r: (r.status, r.key()))
+    return ok + rest
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else repr(float(v))
+
+
+def results_csv(ranked: list[TrialRecord]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for i, r in enumerate(ranked, 1):
+        w.writerow([
+            i, r.batch_size, repr(r.learning_rate), r.epochs, repr(r.l2),
+            _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss), r.status,
+            f"{r.seconds:.4f}",
+        ])  # fmt: skip
+    return buf.getvalue()
+
+
+def best_record(ranked: list[TrialRecord]) -> TrialRecord | None:
+    return ranked[0] if ranked and ranked[0].status == STATUS_OK else None
+
+
+def write_summaries(run_dir: Path, records: Iterable[TrialRecord], n_planned: int) -> list:
+    """(Re)write results.csv and best.json from records; returns the ranking."""
+    ranked = rank(records)
+    atomic_write_text(run_dir / "results.csv", results_csv(ranked))
+    best = best_record(ranked)
+    counts = {s: sum(r.status == s for r in ranked) for s in ("ok", "diverged", "failed")}
+    write_json(run_dir / "best.json", {
+        "best": None if best is None else {**asdict(best), "rank": 1},
+        "trials_done": len(ranked),
+        "trials_planned": n_planned,
+        "counts": counts,
+    })  # fmt: skip
+    return ranked

@@ -1,0 +1,178 @@
+"""Running a plan: one module-level task per group, fanned out with joblib.
+
+The task takes plain, picklable data (a :class:`ArraysRef` naming memory-mappable .npy
+files, a :class:`~agereg.plan.Group` and the engine settings) and returns plain records.
+Workers memory-map the prepared arrays, so the page cache holds one copy of the data for
+every worker on a machine; nothing large travels with a task.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from agereg.data import Dataset
+from agereg.engine import Arrays, train_group, train_reference
+from agereg.plan import Group
+from agereg.split import Split
+
+ARRAY_NAMES = ("X_fit", "y_fit", "X_val", "y_val", "X_te", "y_te")
+STATUS_OK = "ok"
+STATUS_DIVERGED = "diverged"
+STATUS_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished trial. Losses are None unless ``status == "ok"``."""
+
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    l2: float
+    train_loss: float | None
+    val_loss: float | None
+    test_loss: float | None
+    status: str
+    seconds: float
+    error: str | None = None
+
+    def key(self) -> tuple[int, float, int, float]:
+        return (self.batch_size, self.learning_rate, self.epochs, self.l2)
+
+
+@dataclass(frozen=True)
+class ArraysRef:
+    """Where the prepared arrays of one precision live: a folder of six .npy files."""
+
+    folder: str
+    precision: str
+
+
+def prepare_arrays(dataset: Dataset, split: Split, precision: str, folder: Path) -> ArraysRef:
+    """Write the split's rows, contiguous and in the engine's dtype, for workers to map."""
+    dtype = np.dtype(precision)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "X_fit": dataset.Xtr[split.train],
+        "y_fit": dataset.ytr[split.train],
+        "X_val": dataset.Xtr[split.val],
+        "y_val": dataset.ytr[split.val],
+        "X_te": dataset.Xte,
+        "y_te": dataset.yte,
+    }
+    for name, arr in parts.items():
+        want = dtype if name.startswith("X") else np.float64
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(arr, dtype=want))
+    return ArraysRef(str(folder), precision)
+
+
+@functools.lru_cache(maxsize=2)
+def load_arrays(ref: ArraysRef) -> Arrays:
+    """Memory-map the prepared arrays (cached per process: one map per worker)."""
+    folder = Path(ref.folder)
+    return Arrays(*(np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES))
+
+
+def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
+    """The same arrays as :func:`prepare_arrays`, in memory (for eval and tests)."""
+    dtype = np.dtype(precision)
+    return Arrays(
+        np.ascontiguousarray(dataset.Xtr[split.train], dtype=dtype),
+        np.asarray(dataset.ytr[split.train], dtype=np.float64),
+        np.ascontiguousarray(dataset.Xtr[split.val], dtype=dtype),
+        np.asarray(dataset.ytr[split.val], dtype=np.float64),
+        np.ascontiguousarray(dataset.Xte, dtype=dtype),
+        np.asarray(dataset.yte, dtype=np.float64),
+    )
+
+
+def _record(trial_key: tuple, losses: Sequence[float] | None, seconds: float) -> TrialRecord:
+    bs, lr, ep, l2 = trial_key
+    if losses is None:
+        return TrialRecord(bs, lr, ep, l2, None, None, None, STATUS_DIVERGED, seconds)
+    tr, va, te = (float(v) for v in losses)
+    return TrialRecord(bs, lr, ep, l2, tr, va, te, STATUS_OK, seconds)
+
+
+def run_group_on(arrays: Arrays, group: Group, seed: int, engine: str) -> list[TrialRecord]:
+    """Train every trial of ``group``; a crash becomes ``failed`` records, not an exception."""
+    t0 = time.perf_counter()
+    try:
+        if engine == "reference":
+            return _reference(arrays, group, seed)
+        res = train_group(
+            arrays, seed, group.batch_size, [c[0] for c in group.columns],
+            [c[1] for c in group.columns], group.epochs,
+        )
+    except Exception as exc:  # a failed group is data: record it, keep the search going
+        seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
+        msg = f"{type(exc).__name__}: {exc}"
+        return [
+            TrialRecord(*t.key(), None, None, None, STATUS_FAILED, seconds, msg)
+            for t in group.trials()
+        ]
+    elapsed = time.perf_counter() - t0
+    records = []
+    top = group.epochs[-1]
+    for k, (lr, l2) in enumerate(group.columns):
+        for i, ep in enumerate(res.epochs):
+            # A column's share of the group's time, in proportion to the epochs it needs.
+            seconds = elapsed / len(group.columns) * ep / top
+            losses = None if res.diverged[i, k] else res.losses[i, k]
+            records.append(_record((group.batch_size, lr, ep, l2), losses, seconds))
+    return records
+
+
+def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
+    records = []
+    for t in group.trials():
+        t0 = time.perf_counter()
+        fit = train_reference(arrays, seed, t.batch_size, t.learning_rate, t.l2, t.epochs)
+        records.append(
+            _record(t.key(), None if fit.diverged else fit.losses, time.perf_counter() - t0)
+        )
+    return records
+
+
+def run_group(ref: ArraysRef, group: Group, seed: int, engine: str) -> list[TrialRecord]:
+    """The joblib task. One BLAS thread, always: the same kernels, so the same numbers,
+    whatever ``n_jobs`` is, and workers x threads never exceeds the cores."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return run_group_on(load_arrays(ref), group, seed, engine)
+
+
+def effective_jobs(n_jobs: int, n_tasks: int) -> int:
+    from joblib import cpu_count
+
+    cores = cpu_count()
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, min(jobs, n_tasks))
+
+
+def execute(
+    ref: ArraysRef,
+    groups: Sequence[Group],
+    seed: int,
+    engine: str,
+    n_jobs: int,
+    backend: str = "loky",
+    scheduler: str | None = None,
+) -> Iterator[list[TrialRecord]]:
+    """Yield each group's records as soon as it finishes (in completion order)."""
+    from joblib import Parallel, delayed, parallel_config
+
+    if not groups:
+        return
+    jobs = effective_jobs(n_jobs, len(groups))
+    with threadpool_limits(limits=1, user_api="blas"), parallel_config(
+        backend=backend, n_jobs=jobs, inner_max_num_threads=1 if backend == "loky" else None
+    ):
+        parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
+        yield from parallel(delayed(run_group)(ref, g, seed, engine) for g in groups)

@@ -1,0 +1,112 @@
+"""The reproducible train/validation split and its ``split.json`` file."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agereg.errors import SplitError
+from agereg.fileio import atomic_write_text
+
+SPLIT_NAME = "split.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices into the training files. ``val`` is the first ``n_val`` entries of a
+    seeded permutation of ``range(n)``, ``train`` the rest, both in permutation order."""
+
+    seed: int
+    val_fraction: float
+    n: int
+    ytr_sha256: str
+    train: np.ndarray
+    val: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "n": self.n,
+            "ytr_sha256": self.ytr_sha256,
+            "train": self.train.tolist(),
+            "val": self.val.tolist(),
+        }
+
+
+def n_validation(n: int, val_fraction: float) -> int:
+    return round(n * val_fraction)
+
+
+def make_split(n: int, seed: int, val_fraction: float, ytr_sha256: str) -> Split:
+    """Split ``range(n)`` with ``np.random.default_rng(seed).permutation(n)``."""
+    n_val = n_validation(n, val_fraction)
+    if n_val < 1 or n - n_val < 1:
+        raise SplitError(f"val_fraction {val_fraction} leaves {n_val} validation and "
+                         f"{n - n_val} training rows out of {n}; both need at least one")
+    perm = np.random.default_rng(seed).permutation(n)
+    return Split(seed, float(val_fraction), n, ytr_sha256, train=perm[n_val:], val=perm[:n_val])
+
+
+def save_split(split: Split, path: str | os.PathLike) -> None:
+    atomic_write_text(Path(path), json.dumps(split.to_dict()) + "\n")
+
+
+def _indices(value: object, key: str, n: int, path: Path) -> np.ndarray:
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value
+    ):
+        raise SplitError(f"{path}: '{key}' must be a list of integer row indices; "
+                         "recreate it with `agereg split --seed N`")
+    arr = np.asarray(value, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise SplitError(f"{path}: '{key}' holds indices outside 0..{n - 1}; "
+                         "recreate it with `agereg split --seed N`")
+    return arr
+
+
+def parse_split(raw: object, path: Path) -> Split:
+    """Validate a decoded ``split.json`` document (without reference to any dataset)."""
+    fix = "recreate it with `agereg split --seed N`"
+    keys = ("seed", "val_fraction", "n", "ytr_sha256", "train", "val")
+    if not isinstance(raw, dict) or any(k not in raw for k in keys):
+        raise SplitError(f"{path}: not an agereg split (needs keys {', '.join(keys)}); {fix}")
+    n = raw["n"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise SplitError(f"{path}: 'n' must be an integer >= 2, got {n!r}; {fix}")
+    if not isinstance(raw["ytr_sha256"], str):
+        raise SplitError(f"{path}: 'ytr_sha256' must be a string; {fix}")
+    train = _indices(raw["train"], "train", n, path)
+    val = _indices(raw["val"], "val", n, path)
+    if train.size == 0 or val.size == 0:
+        raise SplitError(f"{path}: train and val must both be non-empty; {fix}")
+    together = np.concatenate([train, val])
+    if together.size != n or np.unique(together).size != n:
+        raise SplitError(f"{path}: train and val must together hold each of the {n} rows "
+                         f"exactly once (overlapping or missing indices); {fix}")
+    seed, frac = raw["seed"], raw["val_fraction"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(frac, int | float):
+        raise SplitError(f"{path}: 'seed' must be an integer and 'val_fraction' a number; {fix}")
+    return Split(seed, float(frac), n, raw["ytr_sha256"], train=train, val=val)
+
+
+def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
+    """Read ``split.json`` and check it belongs to the training labels given."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SplitError(f"{path}: split file not found; run `agereg split --seed N`") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SplitError(f"{path}: not a readable JSON split file ({exc}); "
+                         "recreate it with `agereg split --seed N`") from None
+    split = parse_split(raw, path)
+    if split.n != n or split.ytr_sha256 != ytr_sha256:
+        raise SplitError(f"{path}: made for other data (n={split.n}, ytr sha256 "
+                         f"{split.ytr_sha256[:12]}...) but the training labels have n={n}, "
+                         f"sha256 {ytr_sha256[:12]}...; rerun `agereg split --seed N`")
+    return split
