@@ -90,6 +90,39 @@ def _losses(arrays: Arrays, W: np.ndarray, b: np.ndarray | float) -> np.ndarray:
     )
 
 
+def objective(X_S: np.ndarray, y_S: np.ndarray, w: np.ndarray, b: float, l2: float) -> float:
+    """The minibatch objective ``(1/(2|S|)) sum (X_S w + b - y_S)^2 + (l2/2) ||w||^2``."""
+    r = X_S @ w + b - y_S
+    return float(0.5 * np.mean(r * r) + 0.5 * l2 * np.dot(w, w))
+
+
+def gradient(
+    X_S: np.ndarray, r: np.ndarray, w: np.ndarray, l2: float
+) -> tuple[np.ndarray, float]:
+    """Gradient of :func:`objective` given residuals ``r = X_S w + b - y_S``:
+    ``g_w = X_S^T r / |S| + l2 w`` (D,) and ``g_b = mean(r)``; the bias is not regularised."""
+    return X_S.T @ r / X_S.dtype.type(len(r)) + l2 * w, r.mean()
+
+
+def ridge_closed_form(X: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """The exact minimiser of ``(1/(2n)) ||X w + b - y||^2 + (l2/2) ||w||^2`` (bias free).
+
+    Centring removes the bias: ``b = mean(y) - mean(X) w`` and
+    ``(Xc^T Xc + n l2 I) w = Xc^T yc``, solved stably as the least-squares problem
+    ``[Xc; sqrt(n l2) I] w = [yc; 0]`` (for ``l2 = 0``, the minimum-norm solution).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n, d = X.shape
+    x_mean, y_mean = X.mean(axis=0), y.mean()
+    A, t = X - x_mean, y - y_mean
+    if l2 > 0:
+        A = np.vstack([A, np.sqrt(n * l2) * np.eye(d)])  # (n + D, D)
+        t = np.concatenate([t, np.zeros(d)])
+    w = np.linalg.lstsq(A, t, rcond=None)[0]
+    return w, float(y_mean - x_mean @ w)
+
+
 def train_reference(
     arrays: Arrays, seed: int, batch_size: int, lr: float, l2: float, epochs: int
 ) -> Fit:
@@ -109,8 +142,7 @@ def train_reference(
                 r = X_S @ w + b - y[rows].astype(X.dtype)  # (B,)
                 if not np.isfinite(r).all():
                     return _diverged(d)
-                g_w = X_S.T @ r / dtype(len(rows)) + l2_ * w  # (D,)
-                g_b = r.mean()
+                g_w, g_b = gradient(X_S, r, w, l2_)
                 w = w - lr_ * g_w
                 b = b - lr_ * g_b
         losses = _losses(arrays, w, b)

@@ -1,0 +1,179 @@
+"""The CLI end to end with CliRunner on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from agereg.cli import cli, main
+from agereg.runs import CSV_COLUMNS
+
+
+def run(args: list[str]) -> tuple[int, str, str]:
+    """Run the CLI through :func:`main` (where errors become exit codes)."""
+    runner = CliRunner()
+    holder: dict[str, int] = {}
+
+    def call() -> None:
+        holder["code"] = main(args)
+
+    with runner.isolation() as (out, err, *_):
+        call()
+        return holder["code"], out.getvalue().decode(), err.getvalue().decode()
+
+
+def read_results(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def search(config: Path, runs: Path, *extra: str) -> Path:
+    code, out, err = run(["search", str(config), "--runs-dir", str(runs), "--quiet", *extra])
+    assert code == 0, err
+    return runs / (runs / "latest").read_text().strip()
+
+
+def test_search_then_eval(tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    code, out, err = run(["search", str(tiny_config), "--runs-dir", str(runs)])
+    assert code == 0, err
+    assert "best trials" in out and "results in" in err
+    run_dir = runs / (runs / "latest").read_text().strip()
+    for name in ("config.yaml", "results.csv", "trials.jsonl", "best.json", "dataset.json",
+                 "split.json", "run.json"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / ".work").exists()
+    rows = read_results(run_dir)
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 24 and [r["rank"] for r in rows] == [str(i) for i in range(1, 25)]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [float(r["val_loss"]) for r in ok] == sorted(float(r["val_loss"]) for r in ok)
+    # lr 1e30 diverges: ranked after every finished trial, losses empty
+    div = [r for r in rows if r["status"] == "diverged"]
+    assert div and all(r["learning_rate"] == "1e+30" and r["val_loss"] == "" for r in div)
+    assert rows.index(div[0]) == len(ok)
+    dataset = json.loads((run_dir / "dataset.json").read_text())
+    assert dataset["kind"] == "synthetic"
+    best = json.loads((run_dir / "best.json").read_text())["best"]
+    assert best["val_loss"] == float(rows[0]["val_loss"])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+    code, out, err = run(["eval", "--best", "--runs-dir", str(runs), "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["reproduced"] is True and res["val_fmse"] == best["val_loss"]
+    assert res["test"]["fmse"] == pytest.approx(best["test_loss"], rel=1e-12)
+    assert res["test"]["rmse"] == pytest.approx(np.sqrt(2 * res["test"]["fmse"]))
+    assert (run_dir / "eval.json").is_file()
+
+    code, out, err = run(["eval", "--best", "--refit", "--runs-dir", str(runs)])
+    assert code == 0, err
+    assert "refit on train+validation (120 rows)" in out
+
+
+def test_results_identical_for_n_jobs_1_and_2(tiny_config: Path, tmp_path: Path):
+    a = search(tiny_config, tmp_path / "r1", "--n-jobs", "1")
+    b = search(tiny_config, tmp_path / "r2", "--n-jobs", "2")
+    assert without_seconds(read_results(a)) == without_seconds(read_results(b))
+
+
+def test_reference_engine_agrees_with_batched(tiny_config: Path, tmp_path: Path):
+    a = read_results(search(tiny_config, tmp_path / "r1"))
+    b = read_results(search(tiny_config, tmp_path / "r2", "--engine", "reference"))
+    key = lambda r: (r["batch_size"], r["learning_rate"], r["epochs"], r["l2"])  # noqa: E731
+    ref = {key(r): r for r in b}
+    for r in a:
+        s = ref[key(r)]
+        assert r["status"] == s["status"]
+        for col in ("train_loss", "val_loss", "test_loss"):
+            if r[col]:
+                assert float(r[col]) == pytest.approx(float(s[col]), rel=1e-9)
+
+
+def test_split_command_and_search_uses_it(tiny_config: Path, data_copy: Path, tmp_path: Path):
+    code, _, err = run(["split", "--seed", "9", "--data", str(data_copy)])
+    assert code == 0 and "96 training and 24 validation" in err
+    doc = json.loads((data_copy / "split.json").read_text())
+    assert doc["seed"] == 9 and doc["n"] == 120 and len(doc["val"]) == 24
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path / "r"),
+                        "--quiet"])
+    assert code == 0 and "takes precedence" in err
+    run_dir = tmp_path / "r" / (tmp_path / "r" / "latest").read_text().strip()
+    assert json.loads((run_dir / "split.json").read_text())["seed"] == 9
+    assert "seed: 9" in (run_dir / "config.yaml").read_text()
+
+
+def test_search_creates_split_when_absent(tiny_config: Path, data_copy: Path, tmp_path: Path):
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 0 and "created it from split.seed 1" in err
+    assert json.loads((data_copy / "split.json").read_text())["seed"] == 1
+
+
+def test_synth_command(tmp_path: Path):
+    out = tmp_path / "d"
+    code, _, err = run(["synth", "--out", str(out), "--n-train", "30", "--n-test", "10",
+                        "--side", "4", "--seed", "2"])
+    assert code == 0 and "not real faces" in err
+    assert np.load(out / "age_regression_Xtr.npy").shape == (30, 4, 4)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["search", "{tmp}/missing.yaml"], "missing.yaml"),
+        (["eval", "--best", "--runs-dir", "{tmp}/empty"], "no runs yet"),
+        (["eval", "--best", "--run", "{tmp}"], "not an agereg run folder"),
+        (["split", "--seed", "1", "--data", "{tmp}/nodata"], "dataset folder not found"),
+        (["search", "{config}", "--n-jobs", "0"], "--n-jobs"),
+        (["search", "--resume", "--runs-dir", "{tmp}/empty"], "no runs yet"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path: Path, tiny_config: Path):
+    args = [a.format(tmp=tmp_path, config=tiny_config) for a in args]
+    code, out, err = run(args)
+    assert code == 2, err
+    assert fragment in err and "Traceback" not in err
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_bad_data_in_config_exits_2(tiny_config: Path, data_copy: Path, tmp_path: Path):
+    (data_copy / "age_regression_yte.npy").write_bytes(b"garbage")
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path / "r")])
+    assert code == 2 and "age_regression_yte.npy" in err
+    assert not (tmp_path / "r").exists()  # nothing written for a bad input
+
+
+def test_usage_errors_exit_2(tmp_path: Path):
+    code, _, err = run(["search"])
+    assert code == 2 and "CONFIG" in err
+    code, _, err = run(["eval", "--best", "--rank", "2"])
+    assert code == 2 and "not both" in err
+
+
+def test_debug_shows_traceback(tmp_path: Path):
+    with pytest.raises(Exception, match="missing.yaml"):
+        main(["--debug", "search", str(tmp_path / "missing.yaml")])
+
+
+def test_help_lists_commands():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in ("search", "eval", "split", "synth"):
+        assert name in result.output
+
+
+def test_python_dash_m(tmp_path: Path):
+    proc = subprocess.run([sys.executable, "-m", "agereg", "--version"], capture_output=True,
+                          text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 0 and "agereg" in proc.stdout

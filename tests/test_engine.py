@@ -1,0 +1,185 @@
+"""The numerical core against independent references: hand-computed steps, finite
+differences, closed-form ridge, and the per-trial loop against the batched engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agereg.engine import (
+    Arrays,
+    epoch_order,
+    fmse,
+    gradient,
+    objective,
+    ridge_closed_form,
+    train_group,
+    train_reference,
+)
+
+
+def make_arrays(n=60, d=5, seed=0, noise=0.1, dtype=np.float64) -> Arrays:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n + 30, d))
+    y = X @ rng.normal(size=d) + 2.0 + noise * rng.normal(size=n + 30)
+    X = X.astype(dtype)
+    return Arrays(X[:n], y[:n], X[n : n + 15], y[n : n + 15], X[n + 15 :], y[n + 15 :])
+
+
+def test_one_step_by_hand():
+    # Two rows, one minibatch holding both (order is irrelevant for a full batch).
+    X = np.array([[1.0, 2.0], [3.0, -1.0]])
+    y = np.array([4.0, 2.0])
+    a = Arrays(X, y, X, y, X, y)
+    lr, l2 = 0.1, 0.5
+    # From w = 0, b = 0: r = -y = (-4, -2); g_w = X^T r / 2 = ((-4 - 6)/2, (-8 + 2)/2)
+    # = (-5, -3) (+ l2 * 0); g_b = mean(r) = -3. So w = (0.5, 0.3), b = 0.3.
+    fit = train_reference(a, seed=0, batch_size=2, lr=lr, l2=l2, epochs=1)
+    np.testing.assert_allclose(fit.w, [0.5, 0.3], rtol=0, atol=1e-15)
+    assert fit.b == pytest.approx(0.3, abs=1e-15)
+    # predictions (1*0.5 + 2*0.3 + 0.3, 3*0.5 - 0.3 + 0.3) = (1.4, 1.5); fMSE by hand:
+    expected = 0.5 * ((1.4 - 4) ** 2 + (1.5 - 2) ** 2) / 2
+    assert fit.losses[0] == pytest.approx(expected, rel=1e-14)
+    # second step by hand: r = (1.4 - 4, 1.5 - 2) = (-2.6, -0.5)
+    # g_w = ((-2.6 - 1.5)/2, (-5.2 + 0.5)/2) + 0.5 * (0.5, 0.3) = (-1.8, -2.2)
+    # g_b = -1.55 -> w = (0.68, 0.52), b = 0.455
+    fit2 = train_reference(a, seed=0, batch_size=2, lr=lr, l2=l2, epochs=2)
+    np.testing.assert_allclose(fit2.w, [0.68, 0.52], atol=1e-14)
+    assert fit2.b == pytest.approx(0.455, abs=1e-14)
+    res = train_group(a, 0, 2, [lr], [l2], [1, 2], snapshot=(0, 2))
+    assert res.snapshot is not None
+    np.testing.assert_allclose(res.snapshot.w, [0.68, 0.52], atol=1e-14)
+    assert res.losses[0, 0, 0] == pytest.approx(expected, rel=1e-14)
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(7, 4)), rng.normal(size=7)
+    w, b, l2 = rng.normal(size=4), 0.3, 0.7
+    g_w, g_b = gradient(X, X @ w + b - y, w, l2)
+    h = 1e-6
+    for j in range(4):
+        e = np.zeros(4)
+        e[j] = h
+        fd = (objective(X, y, w + e, b, l2) - objective(X, y, w - e, b, l2)) / (2 * h)
+        assert g_w[j] == pytest.approx(fd, rel=1e-7, abs=1e-9)
+    fd_b = (objective(X, y, w, b + h, l2) - objective(X, y, w, b - h, l2)) / (2 * h)
+    assert g_b == pytest.approx(fd_b, rel=1e-7)
+
+
+def test_closed_form_xor():
+    X = np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = np.array([0.0, 1.0, 1.0, 0.0])
+    w, b = ridge_closed_form(X, y, 0.0)
+    np.testing.assert_allclose(w, [0.0, 0.0], atol=1e-12)
+    assert b == pytest.approx(0.5, abs=1e-12)
+
+
+def test_closed_form_is_stationary_for_the_sgd_objective():
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(30, 6)) + 3.0, rng.normal(size=30) * 5 + 40
+    w, b = ridge_closed_form(X, y, 0.4)
+    g_w, g_b = gradient(X, X @ w + b - y, w, 0.4)
+    assert np.abs(g_w).max() < 1e-10 and abs(g_b) < 1e-10
+    # bias is not regularised: a direct solve of the normal equations agrees
+    n = len(y)
+    A = np.c_[X, np.ones(n)]
+    P = np.diag([0.4 * n] * 6 + [0.0])
+    direct = np.linalg.solve(A.T @ A + P, A.T @ y)
+    np.testing.assert_allclose(np.r_[w, b], direct, rtol=1e-9)
+
+
+def test_full_batch_sgd_converges_to_closed_form_ridge():
+    a = make_arrays(n=40, d=3, noise=1.0)
+    l2 = 0.2
+    fit = train_reference(a, seed=0, batch_size=40, lr=0.3, l2=l2, epochs=600)
+    w, b = ridge_closed_form(a.X_fit, a.y_fit, l2)
+    np.testing.assert_allclose(fit.w, w, rtol=1e-8, atol=1e-10)
+    assert fit.b == pytest.approx(b, rel=1e-8)
+
+
+def test_minibatch_sgd_reaches_exact_fit_without_noise():
+    a = make_arrays(n=48, d=3, noise=0.0)
+    fit = train_reference(a, seed=3, batch_size=8, lr=0.1, l2=0.0, epochs=300)
+    w, b = ridge_closed_form(a.X_fit, a.y_fit, 0.0)
+    np.testing.assert_allclose(fit.w, w, atol=1e-9)
+    assert fit.losses[0] < 1e-18
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    a, b = epoch_order(7, 3, 50), epoch_order(7, 3, 50)
+    assert np.array_equal(a, b) and sorted(a) == list(range(50))
+    assert not np.array_equal(epoch_order(7, 3, 50), epoch_order(7, 4, 50))
+    assert not np.array_equal(epoch_order(7, 3, 50), epoch_order(8, 3, 50))
+
+
+def test_fmse_is_half_the_mse():
+    X = np.array([[1.0], [2.0]])
+    assert float(fmse(X, np.array([0.0, 0.0]), np.array([1.0]), 0.0)) == pytest.approx(1.25)
+
+
+def test_divergence_is_detected_and_does_not_poison_other_columns():
+    a = make_arrays()
+    with np.errstate(all="raise"):  # the engine must silence its own overflow
+        res = train_group(a, 0, 10, [0.01, 1e3, 0.02], [0.0, 0.0, 0.1], [20, 30])
+    assert res.diverged[:, 1].all() and not res.diverged[:, [0, 2]].any()
+    assert np.isnan(res.losses[:, 1]).all() and np.isfinite(res.losses[:, [0, 2]]).all()
+    for k, (lr, l2) in enumerate([(0.01, 0.0), (0.02, 0.1)]):
+        ref = train_reference(a, 0, 10, lr, l2, 30)
+        np.testing.assert_allclose(res.losses[1, [0, 2][k]], ref.losses, rtol=1e-12)
+    assert train_reference(a, 0, 10, 1e3, 0.0, 20).diverged
+
+
+def test_all_columns_diverged_returns_cleanly():
+    a = make_arrays()
+    res = train_group(a, 0, 7, [1e3, 1e4], [0.0, 0.0], [30])
+    assert res.diverged.all() and np.isnan(res.losses).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(6, 40),
+    d=st.integers(1, 6),
+    data_seed=st.integers(0, 10_000),
+    seed=st.integers(0, 10_000),
+    batch_size=st.integers(1, 50),
+    lrs=st.lists(st.sampled_from([1e-4, 1e-3, 1e-2, 0.1, 0.5, 3.0, 30.0]), min_size=1,
+                 max_size=4),
+    l2=st.sampled_from([0.0, 1e-3, 0.1, 1.0]),
+    epochs=st.sets(st.integers(1, 6), min_size=1, max_size=3),
+)
+def test_batched_engine_equals_reference(n, d, data_seed, seed, batch_size, lrs, l2, epochs):
+    rng = np.random.default_rng(data_seed)
+    X = rng.random((n + 10, d)) * 2
+    y = rng.normal(40, 15, n + 10)
+    a = Arrays(X[:n], y[:n], X[n:n + 5], y[n:n + 5], X[n + 5:], y[n + 5:])
+    l2s = [l2] * len(lrs)
+    res = train_group(a, seed, batch_size, lrs, l2s, sorted(epochs))
+    for k, lr in enumerate(lrs):
+        for i, ep in enumerate(sorted(epochs)):
+            ref = train_reference(a, seed, batch_size, lr, l2, ep)
+            assert bool(res.diverged[i, k]) == ref.diverged
+            if not ref.diverged:
+                np.testing.assert_allclose(res.losses[i, k], ref.losses, rtol=1e-9, atol=0)
+
+
+def test_row_blocks_inside_large_minibatches_match_reference():
+    # batch sizes above ROW_BLOCK take the blocked path
+    rng = np.random.default_rng(5)
+    X, y = rng.random((700, 12)), rng.normal(40, 15, 700)
+    a = Arrays(X[:500], y[:500], X[500:600], y[500:600], X[600:], y[600:])
+    res = train_group(a, 1, 300, [1e-3, 1e-2], [0.0, 0.01], [2])
+    for k, (lr, l2) in enumerate([(1e-3, 0.0), (1e-2, 0.01)]):
+        ref = train_reference(a, 1, 300, lr, l2, 2)
+        np.testing.assert_allclose(res.losses[0, k], ref.losses, rtol=1e-12)
+
+
+def test_float32_is_close_to_float64():
+    a64 = make_arrays(n=200, d=20, noise=1.0)
+    a32 = Arrays(a64.X_fit.astype(np.float32), a64.y_fit, a64.X_val.astype(np.float32),
+                 a64.y_val, a64.X_te.astype(np.float32), a64.y_te)
+    r64 = train_group(a64, 0, 16, [1e-3, 1e-2], [0.0, 1e-3], [5])
+    r32 = train_group(a32, 0, 16, [1e-3, 1e-2], [0.0, 1e-3], [5])
+    np.testing.assert_allclose(r32.losses, r64.losses, rtol=1e-4)
