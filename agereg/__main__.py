@@ -1,7 +1,5 @@
 """``python -m agereg``: the same entry point as the ``agereg`` console script."""
 
-import sys
+from agereg.cli import run
 
-from agereg.cli import main
-
-sys.exit(main())
+run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -29,7 +30,7 @@ from rich.table import Table
 from agereg import __version__, pipeline
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
-from agereg.search import TrialRecord
+from agereg.search import TrialRecord, note_interrupt
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
@@ -48,7 +49,13 @@ class Terminated(Exception):
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    note_interrupt()
     raise Terminated()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    note_interrupt()
+    raise KeyboardInterrupt()
 
 
 def _fmt(v: float | None) -> str:
@@ -220,36 +227,85 @@ def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
               help="Run folder (default: the latest run).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--refit", is_flag=True, help="Retrain on training + validation rows first.")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True,
+              type=click.IntRange(min=0),
+              help="Bootstrap resamples of the test set for the confidence intervals and the "
+                   "paired comparison with the runner-up (seeded by the run's seed; 0: none).")
+@click.option("--no-plots", is_flag=True, help="Do not draw the pictures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: bool,
-          as_json: bool) -> None:
-    """Retrain the best trial of a run and report its test-set error."""
+          n_boot: int, no_plots: bool, as_json: bool) -> None:
+    """Retrain the best trial of a run and report its test-set error, with bootstrap
+    confidence intervals, the exact ridge optimum, the noise model and pictures."""
+    from rich.markup import escape
+
+    from agereg.report import eval_files
+
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    res = pipeline.evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit)
+    res = pipeline.evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit,
+                                n_boot=n_boot, plots=not no_plots, log=_log)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
-    t = res["trial"]
-    out.print(f"[bold]trial #{t['rank']}[/]: batch_size {t['batch_size']}, learning_rate "
-              f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g} "
-              f"({res['engine']}, {res['precision']}); data: {res['dataset']}")
-    if refit:
-        out.print(f"refit on {res['trained_on']}: the validation rows were used for training")
-    table = Table()
-    for col in ("metric", "this trial", "mean predictor"):
-        table.add_column(col, justify="right")
-    test, base = res["test"], res["baseline_test"]
-    table.add_row("train fMSE", _fmt(res["train_fmse"]), "")
-    table.add_row("validation fMSE", _fmt(res["val_fmse"]), "")
-    table.add_row("test fMSE", _fmt(test["fmse"]), _fmt(base["fmse"]))
-    table.add_row("test RMSE (years)", _fmt(test["rmse"]), _fmt(base["rmse"]))
-    table.add_row("test MAE (years)", _fmt(test["mae"]), _fmt(base["mae"]))
-    out.print(table)
+    _print_eval(res)
     if res["reproduced"] is False:
         err.print(f"[yellow]warning[/]: retrained validation fMSE {res['val_fmse']!r} differs "
                   f"from the search's {res['search_val_fmse']!r}")
-    err.print(f"wrote {res['run']}/eval.json")
+    err.print(escape(f"wrote {', '.join(eval_files(res))} in {res['run']}/"))
+
+
+def _print_eval(res: dict) -> None:
+    """The content of an eval.json: the trial, the metrics table and the other findings."""
+    from rich.markup import escape
+
+    from agereg.report import eval_lines, eval_table, trial_text
+
+    t = res["trial"]
+    out.print(f"[bold]trial #{t['rank']}[/]: " + escape(
+        f"{trial_text(t)} ({res['engine']}, {res['precision']}); data: {res['dataset']}"))
+    if res["refit"]:
+        out.print(escape(f"refit on {res['trained_on']}: the validation rows were used for "
+                         "training"))
+    columns, rows = eval_table(res)
+    table = Table()
+    for col in columns:
+        table.add_column(escape(col), justify="right")
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    out.print(table)
+    for line in eval_lines(res):
+        out.print(escape(line))
+
+
+# ---------------------------------------------------------------- report
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Rows of the ranked table to print and to put in the report.")
+def report(run_dir: str | None, runs_dir: str, top: int) -> None:
+    """Print the ranking (and test metrics, if evaluated) of RUN_DIR (default: the latest
+    run) and write RUN_DIR/report.html, a self-contained page to share."""
+    from rich.markup import escape
+
+    from agereg.report import NO_EVAL, build_report
+
+    rep = build_report(run_dir, Path(runs_dir), top)
+    _print_ranking(rep.ranked, top)
+    planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
+    c = rep.counts
+    out.print(f"{len(rep.ranked)} trials{planned}: {c['ok']} finished, {c['diverged']} "
+              f"diverged, {c['failed']} failed")
+    if rep.eval is None:
+        out.print(escape(NO_EVAL))
+    else:
+        _print_eval(rep.eval)
+    if rep.drawn:
+        err.print(escape(f"drew {', '.join(rep.drawn)} from the trial log"))
+    err.print(escape(f"wrote {rep.html_path}"))
 
 
 # ---------------------------------------------------------------- entry point
@@ -258,13 +314,18 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map errors to exit codes in this one place."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT for
+    # background jobs: finished trials are saved and the run can be resumed.
+    previous_int = signal.signal(signal.SIGINT, _on_sigint)
     try:
         rv = cli.main(args=argv, prog_name="agereg", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except AgeregError as exc:
         if _State.debug:
             raise
-        err.print(f"[red]error[/]: {exc}", soft_wrap=True)
+        from rich.markup import escape  # messages hold paths and 'agereg[dask]'
+
+        err.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
@@ -282,15 +343,31 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _resume_hint() -> str:
-    if _Interrupted.run_dir is None:
+    run_dir = _Interrupted.run_dir
+    if run_dir is None:
         return ""
-    return (f"; finished trials are saved in {_Interrupted.run_dir}/, continue with "
-            f"`agereg search --resume {_Interrupted.run_dir}`")
+    saved = ""
+    try:
+        best = json.loads((Path(run_dir) / "best.json").read_text())
+        saved = f"{best['trials_done']} of {best['trials_planned']} trials "
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return (f"; {saved or 'finished trials '}saved in {run_dir}/ (ranked partial results in "
+            f"results.csv); continue with `agereg search --resume {run_dir}`")
 
 
 class _Interrupted:
     run_dir: str | None = None
 
+
+
+def run() -> None:
+    """Console-script entry point: exit with :func:`main`'s code. The work is saved by
+    then, so a late Ctrl-C while joblib's workers shut down is ignored, not a traceback."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

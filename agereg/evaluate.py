@@ -1,8 +1,26 @@
-"""Test-set metrics of a trained linear model. numpy only, no I/O."""
+"""Test-set metrics of a trained linear model, their uncertainty and reference points.
+
+numpy only: no I/O, no printing. Everything here takes arrays and returns numbers or
+frozen dataclasses, so the known answers in ``tests/test_evaluate.py`` can pin it down.
+
+* :func:`regression_metrics`, :func:`mean_baseline`: fMSE, RMSE, MAE, R^2;
+* :func:`bootstrap_test`: a seeded, vectorised percentile bootstrap of the test fMSE and,
+  on the same resamples, of the paired difference against a second model;
+* :func:`ridge_optimum`: the exact minimiser of the SGD objective (closed-form ridge);
+* :func:`gaussian_noise`: the maximum-likelihood Gaussian noise model of the residuals.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from agereg.engine import Arrays, Fit, fmse, objective, ridge_closed_form
+
+# Bound on the (resamples x images) entries gathered at once: 2^20 float64 values per
+# column are 8 MB, so a chunk stays small whatever the test set size.
+_CHUNK_ENTRIES = 1 << 20
 
 
 def predict(X: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
@@ -26,3 +44,175 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def mean_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
     """Metrics of predicting the training mean for every test image."""
     return regression_metrics(y_test, np.full_like(y_test, float(np.mean(y_train))))
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapDraws:
+    """Column means of ``n`` resamples: ``means[i, k]`` is the mean of column ``k`` over
+    resample ``i``; ``left_out_share`` is the average share of rows a resample misses."""
+
+    means: np.ndarray  # (B, K)
+    left_out_share: float
+
+
+def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> BootstrapDraws:
+    """Means of the columns of ``values`` (M, K) over ``n_boot`` resamples of its rows.
+
+    Resample ``i`` draws M row indices with replacement; all columns share it, which makes
+    a bootstrap of column differences *paired*. Indices come from
+    ``np.random.default_rng(seed)`` as a ``(B, M)`` matrix, generated and used in chunks of
+    at most ``_CHUNK_ENTRIES`` entries (a function of M only, so results are deterministic).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    m = values.shape[0]
+    if n_boot < 1 or m < 1:
+        raise ValueError(f"need n_boot >= 1 and at least one row, got {n_boot} and {m}")
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK_ENTRIES // m)
+    means = np.empty((n_boot, values.shape[1]))
+    missed = 0
+    for lo in range(0, n_boot, rows):
+        n = min(rows, n_boot - lo)
+        idx = rng.integers(0, m, size=(n, m))  # (b, M) row indices
+        means[lo : lo + n] = values[idx].mean(axis=1)  # (b, M, K) -> (b, K)
+        drawn = np.zeros((n, m), dtype=bool)
+        drawn[np.arange(n)[:, None], idx] = True
+        missed += int(m * n - np.count_nonzero(drawn))
+    return BootstrapDraws(means, missed / (m * n_boot))
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap draws (linear interpolation)."""
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(draws, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """Bootstrap of ``fMSE(a) - fMSE(b)`` on shared resamples of the same test images.
+
+    Negative differences favour ``a``; ``share_better`` is the share of resamples in
+    which ``a`` has the strictly lower fMSE."""
+
+    observed_difference: float
+    mean_difference: float
+    difference_ci: tuple[float, float]
+    share_better: float
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Percentile bootstrap of the test fMSE of model ``a`` (and, optionally, of its paired
+    difference to model ``b``)."""
+
+    n_resamples: int
+    seed: int
+    level: float
+    fmse: float
+    fmse_ci: tuple[float, float]
+    left_out_share: float
+    paired: PairedBootstrap | None
+
+
+def bootstrap_test(
+    y: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> BootstrapResult:
+    """Bootstrap the test fMSE of ``pred_a`` and, if ``pred_b`` is given, the difference
+    ``fMSE(a) - fMSE(b)`` on the very same resamples (a paired bootstrap)."""
+    sq_a = 0.5 * (pred_a - y) ** 2  # (M,) per-image fMSE contributions
+    cols = [sq_a]
+    if pred_b is not None:
+        cols.append(sq_a - 0.5 * (pred_b - y) ** 2)  # exactly 0 where the models agree
+    draws = bootstrap_means(np.stack(cols, axis=1), n_boot, seed)  # (B, 1 or 2)
+    paired = None
+    if pred_b is not None:
+        diff = draws.means[:, 1]
+        paired = PairedBootstrap(
+            observed_difference=float(np.mean(cols[1])),
+            mean_difference=float(np.mean(diff)),
+            difference_ci=percentile_interval(diff, level),
+            share_better=float(np.mean(diff < 0)),
+        )
+    return BootstrapResult(
+        n_resamples=n_boot,
+        seed=seed,
+        level=level,
+        fmse=float(np.mean(sq_a)),
+        fmse_ci=percentile_interval(draws.means[:, 0], level),
+        left_out_share=draws.left_out_share,
+        paired=paired,
+    )
+
+
+# ---------------------------------------------------------------- reference optimum
+
+
+@dataclass(frozen=True)
+class RidgeOptimum:
+    """The exact minimiser of the SGD objective for one l2, next to an SGD fit of it.
+
+    ``fit`` holds the closed-form parameters and their (train, val, test) fMSE in float64;
+    ``objective_*`` are the training objective ``fMSE + (l2/2) ||w||^2`` at each solution,
+    so ``objective_sgd - objective_ridge >= 0`` up to rounding."""
+
+    l2: float
+    fit: Fit
+    objective_ridge: float
+    objective_sgd: float
+
+
+def ridge_optimum(arrays: Arrays, l2: float, sgd: Fit) -> RidgeOptimum:
+    """Closed-form ridge on ``arrays.X_fit`` (float64, bias unregularised) for ``l2``.
+
+    With ``l2 = 0`` this is the minimum-norm least-squares solution, which may overfit.
+    """
+    X = np.asarray(arrays.X_fit, dtype=np.float64)
+    w, b = ridge_closed_form(X, arrays.y_fit, l2)
+    losses = (
+        float(fmse(X, arrays.y_fit, w, b)),
+        float(fmse(np.asarray(arrays.X_val, dtype=np.float64), arrays.y_val, w, b)),
+        float(fmse(np.asarray(arrays.X_te, dtype=np.float64), arrays.y_te, w, b)),
+    )
+    return RidgeOptimum(
+        l2=l2,
+        fit=Fit(w, b, losses, False),
+        objective_ridge=objective(X, arrays.y_fit, w, b, l2),
+        objective_sgd=objective(X, arrays.y_fit, sgd.w, sgd.b, l2),
+    )
+
+
+# ---------------------------------------------------------------- noise model
+
+
+@dataclass(frozen=True)
+class GaussianNoise:
+    """``y ~ N(y_hat, sigma2)`` with the maximum-likelihood ``sigma2`` of the training
+    residuals (``= 2 * train fMSE``) and the average test log-likelihood per image."""
+
+    sigma2: float
+    test_avg_loglik: float
+
+
+def gaussian_noise(
+    y_train: np.ndarray, pred_train: np.ndarray, y_test: np.ndarray, pred_test: np.ndarray
+) -> GaussianNoise:
+    """Fit ``sigma2 = mean(r_train^2)`` and score the test set:
+    ``mean(-0.5 log(2 pi sigma2) - r_test^2 / (2 sigma2))``. NaN if ``sigma2`` is 0."""
+    r_train = pred_train - y_train
+    r_test = pred_test - y_test
+    sigma2 = float(np.mean(r_train * r_train))
+    if not (np.isfinite(sigma2) and sigma2 > 0):
+        return GaussianNoise(sigma2, float("nan"))
+    loglik = -0.5 * np.log(2 * np.pi * sigma2) - r_test * r_test / (2 * sigma2)  # (M,)
+    return GaussianNoise(sigma2, float(np.mean(loglik)))

@@ -6,6 +6,7 @@ callbacks, so it is easy to test and to call from a notebook.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agereg.cluster import check_backend
 from agereg.config import Config, config_to_dict, dump_config, load_config
 from agereg.data import Dataset, DatasetInfo, load_dataset
 from agereg.engine import Arrays, Fit, train_group, train_reference
@@ -120,6 +122,7 @@ def start_search(
 ) -> SearchOutcome:
     """Validate everything, create a run folder and run every trial of the grid."""
     dataset = load_dataset(cfg.data.dir)
+    check_backend(cfg.execution, runs_dir, log)  # an unreachable cluster writes nothing
     split, cfg = split_for(cfg, dataset, log)
     run_dir = create_run_dir(runs_dir, cfg.name)
     with RunLock(run_dir):
@@ -158,6 +161,7 @@ def resume_search(
         cfg = overrides(cfg)
         _check_same(stored, cfg, run_dir)
     with RunLock(run_dir):
+        check_backend(cfg.execution, run_dir, log)
         dataset = load_dataset(cfg.data.dir)
         _check_dataset(run_dir, dataset.info)
         split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
@@ -221,20 +225,33 @@ def _run(
         if groups:
             ref = prepare_arrays(dataset, split, cfg.execution.precision, work)
             ex = cfg.execution
-            for group_records in execute(ref, groups, cfg.seed, ex.engine, cfg.n_jobs,
-                                         ex.backend, ex.scheduler):
-                new = [r for r in group_records if r.key() not in records]
-                append_records(run_dir, new)  # durable before it counts as done
-                for r in new:
-                    records[r.key()] = r
-                computed += len(new)
-                if progress:
-                    progress(len(records), n_planned)
+            stream = execute(ref, groups, cfg.seed, ex.engine, cfg.n_jobs, ex.backend,
+                             ex.scheduler)
+            # closing() stops the workers at once if anything (Ctrl-C, SIGTERM, a full
+            # disk) interrupts the loop, rather than whenever the generator is collected.
+            with contextlib.closing(stream):
+                for group_records in stream:
+                    new = [r for r in group_records if r.key() not in records]
+                    append_records(run_dir, new)  # durable before it counts as done
+                    for r in new:
+                        records[r.key()] = r
+                    computed += len(new)
+                    if progress:
+                        progress(len(records), n_planned)
         status = "finished"
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        ranked = write_summaries(run_dir, records.values(), n_planned)
-        write_run_info(run_dir, status, trials_planned=n_planned, trials_done=len(records))
+        try:
+            # From the durable log, not from memory: an interrupt can land between a
+            # group's append and its bookkeeping, and the log is the truth either way.
+            logged = [r for r in read_log(run_dir) if r.key() in planned_keys]
+            ranked = write_summaries(run_dir, logged, n_planned)
+            write_run_info(run_dir, status, trials_planned=n_planned, trials_done=len(logged))
+        except RunError:
+            if status == "finished":
+                raise
+            # Already unwinding an interrupt or error: the durable trial log is the truth,
+            # and --resume rebuilds the summaries from it.
     return SearchOutcome(run_dir, ranked, n_planned, computed, time.perf_counter() - t0)
 
 
@@ -292,14 +309,28 @@ def refit_arrays(arrays: Arrays) -> Arrays:
 
 
 def evaluate_run(
-    run: str | Path | None, runs_dir: Path, rank: int = 1, refit: bool = False
+    run: str | Path | None,
+    runs_dir: Path,
+    rank: int = 1,
+    refit: bool = False,
+    n_boot: int = 1000,
+    plots: bool = True,
+    log: Log = _quiet,
 ) -> dict:
     """Retrain the ``rank``-th best finished trial of a run and measure it on the test set.
 
     Without ``refit`` the retrained validation loss must equal the search's figure (it is
     computed by the same operations); ``reproduced`` in the result says whether it does.
-    Writes ``eval.json`` in the run folder and returns its content.
+    Also: a bootstrap of the test fMSE (``n_boot`` resamples seeded by the run's seed; 0
+    disables it) paired with the runner-up, the exact ridge optimum for the trial's l2, the
+    Gaussian noise model, the weights and bias (.npy) and, unless ``plots`` is false, the
+    pictures. Writes ``eval.json`` last, in the run folder, and returns its content.
     """
+    from agereg import report
+    from agereg.evaluate import gaussian_noise
+
+    if n_boot < 0:
+        raise RunError(f"--bootstrap {n_boot}: give a number of resamples >= 0 (0 disables)")
     ctx = open_run(run, runs_dir)
     ranked = [r for r in rank_records(ctx.records) if r.status == "ok"]
     if not ranked:
@@ -311,13 +342,17 @@ def evaluate_run(
     rec = ranked[rank - 1]
     arrays = in_memory(ctx.dataset, ctx.split, ctx.cfg.execution.precision)
     train_rows = refit_arrays(arrays) if refit else arrays
+    log(f"training trial #{rank} again ({'on train+validation' if refit else 'as in the search'})")
     fit = _refit(ctx.cfg, train_rows, rec) if refit else retrain(ctx.cfg, arrays, rec)
-    test = regression_metrics(arrays.y_te, predict(arrays.X_te, fit.w, fit.b))
+    pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
+    test = regression_metrics(arrays.y_te, pred_te)
+    notes: list[str] = []
+    noise = gaussian_noise(train_rows.y_fit, predict(train_rows.X_fit, fit.w, fit.b),
+                           arrays.y_te, pred_te)
     result = {
         "run": str(ctx.run_dir),
         "dataset": ctx.dataset.info.description,
-        "trial": {"rank": rank, "batch_size": rec.batch_size,
-                  "learning_rate": rec.learning_rate, "epochs": rec.epochs, "l2": rec.l2},
+        "trial": _trial_dict(rec, rank),
         "refit": refit,
         "trained_on": (f"train+validation ({len(train_rows.y_fit)} rows)" if refit
                        else f"training split ({len(arrays.y_fit)} rows)"),
@@ -329,7 +364,27 @@ def evaluate_run(
         "reproduced": None if refit else fit.losses[1] == rec.val_loss,
         "test": test,
         "baseline_test": mean_baseline(train_rows.y_fit, arrays.y_te),
+        "bootstrap": _bootstrap(ctx, arrays, train_rows, ranked, rank, refit, pred_te, n_boot,
+                                notes, log),
+        "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, log),
+        "noise": {"sigma2": noise.sigma2, "sigma": float(np.sqrt(noise.sigma2)),
+                  "test_avg_loglik": noise.test_avg_loglik},
+        "files": _save_parameters(ctx.run_dir, fit, refit),
+        "notes": notes,
     }
+    if plots:
+        log("drawing the pictures")
+        title = f"trial #{rank}: {report.trial_text(result['trial'])}" + (
+            " (refit)" if refit else "")
+        written, skipped = report.draw_eval_pictures(
+            ctx.run_dir, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
+            pred_te, title)
+        written += report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records))
+        result["files"]["pictures"] = written
+        notes += skipped
+    else:
+        notes.append("no pictures drawn (--no-plots)")
+    result = _json_safe(result)
     write_json(ctx.run_dir / "eval.json", result)
     return result
 
@@ -348,3 +403,123 @@ def _refit(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
         raise RunError(f"trial {rec.key()} diverged when refit on train+validation; "
                        "evaluate without --refit or pick another trial with --rank")
     return fit
+
+
+def _trial_dict(rec: TrialRecord, rank: int) -> dict:
+    return {"rank": rank, "batch_size": rec.batch_size, "learning_rate": rec.learning_rate,
+            "epochs": rec.epochs, "l2": rec.l2}
+
+
+def _bootstrap(
+    ctx: RunContext,
+    arrays: Arrays,
+    train_rows: Arrays,
+    ranked: list[TrialRecord],
+    rank: int,
+    refit: bool,
+    pred_te: np.ndarray,
+    n_boot: int,
+    notes: list[str],
+    log: Log,
+) -> dict | None:
+    """Bootstrap of the test fMSE, paired with the runner-up (the best, when evaluating
+    another rank) trained the same way; seeded by the run's config seed."""
+    from agereg.evaluate import bootstrap_test
+
+    if n_boot == 0:
+        notes.append("bootstrap disabled (--bootstrap 0)")
+        return None
+    vs_rank = 2 if rank == 1 else 1
+    pred_vs = None
+    if vs_rank > len(ranked):
+        notes.append("no runner-up: the run has a single finished trial, so there is no "
+                     "paired comparison")
+    else:
+        other = ranked[vs_rank - 1]
+        log(f"training trial #{vs_rank} for the paired comparison")
+        try:
+            fit_vs = (_refit(ctx.cfg, train_rows, other) if refit
+                      else retrain(ctx.cfg, arrays, other))
+            pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
+        except RunError as exc:
+            notes.append(f"no paired comparison: {exc}")
+    log(f"bootstrap: {n_boot} resamples of {len(arrays.y_te)} test images")
+    boot = bootstrap_test(arrays.y_te, pred_te, pred_vs, n_boot, ctx.cfg.seed)
+    paired = None
+    if boot.paired is not None and pred_vs is not None:
+        paired = {
+            "versus": _trial_dict(ranked[vs_rank - 1], vs_rank),
+            "versus_test_fmse": regression_metrics(arrays.y_te, pred_vs)["fmse"],
+            "observed_difference": boot.paired.observed_difference,
+            "mean_difference": boot.paired.mean_difference,
+            "difference_ci": list(boot.paired.difference_ci),
+            "share_better": boot.paired.share_better,
+        }
+    return {
+        "resamples": boot.n_resamples,
+        "seed": boot.seed,
+        "level": boot.level,
+        "n_images": len(arrays.y_te),
+        "test_fmse_ci": list(boot.fmse_ci),
+        "left_out_share": boot.left_out_share,
+        "paired": paired,
+    }
+
+
+def _ridge_reference(
+    train_rows: Arrays, l2: float, fit: Fit, test: dict[str, float], refit: bool, log: Log
+) -> dict:
+    """The exact optimum of the trial's objective on the same training rows, and the SGD
+    fit's gap to it (positive: SGD is worse)."""
+    from agereg.evaluate import ridge_optimum
+
+    n, d = train_rows.X_fit.shape
+    slow = "; this takes a while" if d >= 1000 else ""  # an SVD-based solve, O(n d^2)
+    log(f"solving the exact ridge optimum ({n} x {d}, float64{slow})")
+    opt = ridge_optimum(train_rows, l2, fit)
+    X_te = np.asarray(train_rows.X_te, dtype=np.float64)
+    ridge_test = regression_metrics(train_rows.y_te, predict(X_te, opt.fit.w, opt.fit.b))
+    # With refit the validation rows are training rows: no validation figures.
+    val = None if refit else opt.fit.losses[1]
+    return {
+        "l2": l2,
+        "solution": ("minimum-norm least squares (l2 = 0)" if l2 == 0
+                     else "closed-form ridge, bias unregularised"),
+        "trained_on": (f"train+validation rows ({len(train_rows.y_fit)})" if refit
+                       else f"training split ({len(train_rows.y_fit)} rows)"),
+        "train_fmse": opt.fit.losses[0],
+        "val_fmse": val,
+        "test_fmse": ridge_test["fmse"],
+        "test": ridge_test,
+        "gap_val_fmse": None if val is None else fit.losses[1] - val,
+        "gap_test_fmse": test["fmse"] - ridge_test["fmse"],
+        "objective_sgd": opt.objective_sgd,
+        "objective_ridge": opt.objective_ridge,
+        "objective_gap": opt.objective_sgd - opt.objective_ridge,
+    }
+
+
+def _save_parameters(run_dir: Path, fit: Fit, refit: bool) -> dict:
+    """Write the trained weights (D,) and bias (0-d) as float64 .npy files."""
+    from agereg.fileio import save_array
+
+    suffix = "_refit" if refit else ""
+    names = {"weights": f"weights{suffix}.npy", "bias": f"bias{suffix}.npy"}
+    save_array(run_dir / names["weights"], np.asarray(fit.w, dtype=np.float64))
+    save_array(run_dir / names["bias"], np.asarray(fit.b, dtype=np.float64))
+    return {**names, "pictures": []}
+
+
+def _json_safe(d: dict) -> dict:
+    """``d`` with every non-finite float, at any depth, replaced by None (JSON has no NaN)."""
+
+    def clean(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    return {k: clean(v) for k, v in d.items()}

@@ -9,8 +9,12 @@ every worker on a machine; nothing large travels with a task.
 from __future__ import annotations
 
 import functools
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from agereg.data import Dataset
 from agereg.engine import Arrays, train_group, train_reference
+from agereg.errors import RunError
 from agereg.plan import Group
 from agereg.split import Split
 
@@ -73,9 +78,26 @@ def prepare_arrays(dataset: Dataset, split: Split, precision: str, folder: Path)
     return ArraysRef(str(folder), precision)
 
 
-@functools.lru_cache(maxsize=2)
 def load_arrays(ref: ArraysRef) -> Arrays:
-    """Memory-map the prepared arrays (cached per process: one map per worker)."""
+    """Memory-map the prepared arrays (cached per process: one map per worker).
+
+    The files' identity is part of the cache key: a long-lived dask worker must not keep
+    serving maps of a ``.work`` folder that a resume has deleted and written again.
+    """
+    last = Path(ref.folder) / f"{ARRAY_NAMES[-1]}.npy"  # prepare_arrays writes it last
+    try:
+        st = os.stat(last)
+    except OSError as exc:
+        raise RunError(
+            f"worker on {socket.gethostname()} cannot read {last} ({exc.strerror or exc}); "
+            "the run folder must be visible to every worker at the same path: put "
+            "--runs-dir on a shared filesystem mounted at the same path on every host"
+        ) from None
+    return _map_arrays(ref, st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _map_arrays(ref: ArraysRef, *identity: int) -> Arrays:
     folder = Path(ref.folder)
     return Arrays(*(np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES))
 
@@ -166,13 +188,62 @@ def execute(
     scheduler: str | None = None,
 ) -> Iterator[list[TrialRecord]]:
     """Yield each group's records as soon as it finishes (in completion order)."""
-    from joblib import Parallel, delayed, parallel_config
+    from joblib import Parallel, delayed
 
     if not groups:
         return
     jobs = effective_jobs(n_jobs, len(groups))
-    with threadpool_limits(limits=1, user_api="blas"), parallel_config(
-        backend=backend, n_jobs=jobs, inner_max_num_threads=1 if backend == "loky" else None
-    ):
+    _install_quiet_abort_hook()
+    # Workers need not share our working directory (dask workers do not).
+    ref = ArraysRef(os.path.abspath(ref.folder), ref.precision)
+    with threadpool_limits(limits=1, user_api="blas"), _backend(backend, jobs, scheduler):
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
-        yield from parallel(delayed(run_group)(ref, g, seed, engine) for g in groups)
+        results = parallel(delayed(run_group)(ref, g, seed, engine) for g in groups)
+        try:
+            # not `yield from`: the interrupt must be noted before joblib starts aborting
+            for records in results:  # noqa: UP028
+                yield records
+        except BaseException:  # GeneratorExit, KeyboardInterrupt, a failed append...
+            note_interrupt()
+            results.close()  # joblib terminates the workers now
+            raise
+
+
+def _backend(backend: str, jobs: int, scheduler: str | None) -> AbstractContextManager:
+    """joblib's engine: local processes or threads, or the dask cluster at ``scheduler``."""
+    if backend == "dask":
+        from agereg.cluster import dask_backend
+
+        return dask_backend(str(scheduler))
+    from joblib import parallel_config
+
+    return parallel_config(backend=backend, n_jobs=jobs,
+                           inner_max_num_threads=1 if backend == "loky" else None)
+
+
+# When a search is interrupted, joblib tears its process pool down while loky's manager
+# thread may still be queueing work; that thread can then die with a harmless KeyError
+# that Python prints as a traceback. The finished trials are saved by then, so such
+# reports from loky's own threads are dropped once an interrupt has been noted.
+_ABORTING = threading.Event()
+_LOKY_THREADS = ("ExecutorManagerThread", "QueueFeederThread", "QueueManagerThread")
+
+
+def note_interrupt() -> None:
+    """Mark the search as being torn down (called on Ctrl-C, SIGTERM and errors)."""
+    _ABORTING.set()
+
+
+def _install_quiet_abort_hook() -> None:
+    previous = threading.excepthook
+    if getattr(previous, "_agereg", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else ""
+        if _ABORTING.is_set() and name.startswith(_LOKY_THREADS):
+            return
+        previous(args)
+
+    hook._agereg = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

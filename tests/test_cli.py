@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -15,33 +14,7 @@ from click.testing import CliRunner
 from agereg.cli import cli, main
 from agereg.runs import CSV_COLUMNS
 
-
-def run(args: list[str]) -> tuple[int, str, str]:
-    """Run the CLI through :func:`main` (where errors become exit codes)."""
-    runner = CliRunner()
-    holder: dict[str, int] = {}
-
-    def call() -> None:
-        holder["code"] = main(args)
-
-    with runner.isolation() as (out, err, *_):
-        call()
-        return holder["code"], out.getvalue().decode(), err.getvalue().decode()
-
-
-def read_results(run_dir: Path) -> list[dict]:
-    with open(run_dir / "results.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def without_seconds(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-
-
-def search(config: Path, runs: Path, *extra: str) -> Path:
-    code, out, err = run(["search", str(config), "--runs-dir", str(runs), "--quiet", *extra])
-    assert code == 0, err
-    return runs / (runs / "latest").read_text().strip()
+from tests_helpers import read_results, run, search, without_seconds
 
 
 def test_search_then_eval(tiny_config: Path, tmp_path: Path):
@@ -141,7 +114,7 @@ def test_synth_command(tmp_path: Path):
 )
 def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path: Path, tiny_config: Path):
     args = [a.format(tmp=tmp_path, config=tiny_config) for a in args]
-    code, out, err = run(args)
+    code, _out, err = run(args)
     assert code == 2, err
     assert fragment in err and "Traceback" not in err
     assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
@@ -162,7 +135,7 @@ def test_usage_errors_exit_2(tmp_path: Path):
 
 
 def test_debug_shows_traceback(tmp_path: Path):
-    with pytest.raises(Exception, match="missing.yaml"):
+    with pytest.raises(Exception, match=r"missing\.yaml"):
         main(["--debug", "search", str(tmp_path / "missing.yaml")])
 
 

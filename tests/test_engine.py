@@ -103,7 +103,7 @@ def test_full_batch_sgd_converges_to_closed_form_ridge():
 def test_minibatch_sgd_reaches_exact_fit_without_noise():
     a = make_arrays(n=48, d=3, noise=0.0)
     fit = train_reference(a, seed=3, batch_size=8, lr=0.1, l2=0.0, epochs=300)
-    w, b = ridge_closed_form(a.X_fit, a.y_fit, 0.0)
+    w, _b = ridge_closed_form(a.X_fit, a.y_fit, 0.0)
     np.testing.assert_allclose(fit.w, w, atol=1e-9)
     assert fit.losses[0] < 1e-18
 
@@ -183,3 +183,17 @@ def test_float32_is_close_to_float64():
     r64 = train_group(a64, 0, 16, [1e-3, 1e-2], [0.0, 1e-3], [5])
     r32 = train_group(a32, 0, 16, [1e-3, 1e-2], [0.0, 1e-3], [5])
     np.testing.assert_allclose(r32.losses, r64.losses, rtol=1e-4)
+
+
+def test_results_do_not_depend_on_column_chunking():
+    rng = np.random.default_rng(9)
+    X, y = rng.random((400, 30)), rng.normal(40, 15, 400)
+    a = Arrays(X[:300], y[:300], X[300:350], y[300:350], X[350:], y[350:])
+    lrs, l2s = [1e-4, 1e-3, 1e-2, 3e-2, 5e-2, 1e-1], [0.0, 1e-3, 0.1, 0.0, 1e-2, 1e-3]
+    whole = train_group(a, 2, 20, lrs, l2s, [2, 5]).losses
+    parts = np.concatenate([train_group(a, 2, 20, lrs[i:i + 2], l2s[i:i + 2], [2, 5]).losses
+                            for i in (0, 2, 4)], axis=1)
+    singles = np.concatenate([train_group(a, 2, 20, [lr], [l2], [2, 5]).losses
+                              for lr, l2 in zip(lrs, l2s, strict=True)], axis=1)
+    np.testing.assert_allclose(parts, whole, rtol=1e-12)
+    np.testing.assert_allclose(singles, whole, rtol=1e-12)

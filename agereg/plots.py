@@ -1,0 +1,229 @@
+"""The pictures: plain arrays in, PNG bytes out. The only module that imports matplotlib.
+
+Every function draws one figure of a fixed size at :data:`DPI` (no tight bounding box,
+so the pixel size is known in advance: see :data:`SIZES`), renders it to PNG bytes and
+closes it. Writing the bytes to a file is the caller's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed, same pixels everywhere
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+DPI = 100
+# Figure sizes in inches; x DPI gives the PNG's pixels (all products are whole numbers).
+SIZES: dict[str, tuple[float, float]] = {
+    "weights": (5.0, 4.0),  # 500 x 400
+    "worst_test": (10.0, 2.5),  # 1000 x 250
+    "pred_vs_true": (5.0, 5.0),  # 500 x 500
+    "val_vs_epochs": (7.0, 4.0),  # 700 x 400
+}
+HEATMAP_PANEL = (4.0, 4.0)  # per batch size; plus HEATMAP_EXTRA_WIDTH for the colorbar
+HEATMAP_EXTRA_WIDTH = 1.0
+HEATMAP_MAX_COLUMNS = 4
+# Colours span at most this factor above the best loss: a nearly diverged trial with a
+# loss of 1e188 would otherwise paint every sensible cell the same colour.
+HEATMAP_COLOUR_RANGE = 1e3
+
+
+def heatmap_size(n_batch_sizes: int) -> tuple[float, float]:
+    """Figure size of the validation heatmap: panels in rows of at most 4, one colorbar."""
+    cols = min(max(n_batch_sizes, 1), HEATMAP_MAX_COLUMNS)
+    rows = math.ceil(max(n_batch_sizes, 1) / HEATMAP_MAX_COLUMNS)
+    return HEATMAP_PANEL[0] * cols + HEATMAP_EXTRA_WIDTH, HEATMAP_PANEL[1] * rows
+
+
+@contextlib.contextmanager
+def _figure(size: tuple[float, float], rows: int = 1, cols: int = 1
+            ) -> Iterator[tuple[Figure, np.ndarray]]:
+    """A new figure and its (rows, cols) axes, closed on exit whatever happens."""
+    # constrained layout fits labels and colorbars inside the fixed figure size
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
+    try:
+        yield fig, axes
+    finally:
+        plt.close(fig)
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _symmetric_limit(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    m = float(finite.max()) if finite.size else 0.0
+    return m if m > 0 else 1.0
+
+
+def weights_image(w: np.ndarray, image_shape: tuple[int, ...], title: str = "") -> bytes:
+    """The weight vector as an image, diverging colours with zero at the centre."""
+    with _figure(SIZES["weights"]) as (fig, axes):
+        ax = axes[0, 0]
+        img = np.asarray(w, dtype=np.float64).reshape(image_shape)
+        m = _symmetric_limit(img)
+        im = ax.imshow(img, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+        fig.colorbar(im, ax=ax, label="weight (years per unit of pixel)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(title or "weights (red raises, blue lowers the predicted age)",
+                     fontsize=9)
+        return _png(fig)
+
+
+def worst_test(
+    X: np.ndarray, y: np.ndarray, pred: np.ndarray, image_shape: tuple[int, ...], k: int = 5
+) -> bytes:
+    """The ``k`` test images with the largest absolute errors, with true and predicted age."""
+    with _figure(SIZES["worst_test"], 1, k) as (fig, axes):
+        order = np.argsort(-np.abs(pred - y), kind="stable")[:k]
+        for ax in axes[0]:
+            ax.set_axis_off()
+        for ax, i in zip(axes[0], order, strict=False):
+            ax.imshow(np.asarray(X[i], dtype=np.float64).reshape(image_shape), cmap="gray",
+                      interpolation="nearest")
+            ax.set_title(f"true {y[i]:.0f}, predicted {pred[i]:.1f}", fontsize=9)
+        fig.suptitle(f"the {len(order)} test images with the largest absolute errors",
+                     fontsize=10)
+        return _png(fig)
+
+
+def pred_vs_true(y: np.ndarray, pred: np.ndarray, title: str = "") -> bytes:
+    """Predicted against true age on the test set, with the line y = x."""
+    with _figure(SIZES["pred_vs_true"]) as (fig, axes):
+        ax = axes[0, 0]
+        ax.scatter(y, pred, s=8, alpha=0.4, edgecolors="none")
+        both = np.concatenate([y, pred])
+        both = both[np.isfinite(both)]
+        lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="y = x")
+        ax.set_xlabel("true age (years)")
+        ax.set_ylabel("predicted age (years)")
+        ax.set_title(title or "test set", fontsize=9)
+        ax.legend(loc="upper left")
+        ax.set_aspect("equal", adjustable="datalim")
+        return _png(fig)
+
+
+@dataclass(frozen=True)
+class GridCells:
+    """Validation loss over the grid, min over epochs: ``values[i, j, k]`` for batch size
+    ``i``, learning rate ``j`` and l2 ``k``; NaN where no finished trial exists.
+    ``bad[i, j, k]`` marks cells that were run but whose trials all diverged or failed."""
+
+    batch_sizes: tuple[int, ...]
+    learning_rates: tuple[float, ...]
+    l2s: tuple[float, ...]
+    values: np.ndarray  # (S, L, R) float64
+    bad: np.ndarray  # (S, L, R) bool
+
+
+def _norm(values: np.ndarray) -> Normalize:
+    """Log colours (over at most HEATMAP_COLOUR_RANGE) when every finite loss is positive
+    and they differ, linear otherwise. Larger losses get the top colour."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return Normalize(0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        return Normalize(lo, lo + 1.0)
+    if lo > 0:
+        return LogNorm(lo, min(hi, lo * HEATMAP_COLOUR_RANGE))
+    return Normalize(lo, hi)
+
+
+def heatmap_val(cells: GridCells) -> bytes:
+    """One heatmap of validation fMSE over learning_rate x l2 per batch size.
+
+    Grey cells with an x: every trial diverged or failed. White: not run. A black frame
+    marks the best cell overall. Colours are log-scaled when all losses are positive.
+    """
+    n = len(cells.batch_sizes)
+    cols = min(max(n, 1), HEATMAP_MAX_COLUMNS)
+    rows = math.ceil(max(n, 1) / HEATMAP_MAX_COLUMNS)
+    with _figure(heatmap_size(n), rows, cols) as (fig, axes):
+        norm = _norm(cells.values)
+        cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+        has_best = bool(np.isfinite(cells.values).any())
+        best = np.unravel_index(np.nanargmin(cells.values), cells.values.shape) \
+            if has_best else None
+        annotate = len(cells.learning_rates) * len(cells.l2s) <= 36  # room for numbers
+        for ax in axes.flat[n:]:
+            ax.set_axis_off()
+        im = None
+        for i, (ax, bs) in enumerate(zip(axes.flat, cells.batch_sizes, strict=False)):
+            v = np.ma.masked_invalid(cells.values[i])  # (L, R)
+            im = ax.imshow(v, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+            for j, k in zip(*np.nonzero(cells.bad[i]), strict=True):
+                ax.add_patch(Rectangle((k - 0.5, j - 0.5), 1, 1, color="0.7"))
+                ax.text(k, j, "x", ha="center", va="center", color="0.2", fontsize=11)
+            if annotate:
+                for j, k in zip(*np.nonzero(np.isfinite(cells.values[i])), strict=True):
+                    val = float(cells.values[i, j, k])
+                    ax.text(k, j, f"{val:.3g}", ha="center", va="center", fontsize=7,
+                            color="white" if norm(val) < 0.5 else "black")
+            if best is not None and best[0] == i:
+                ax.add_patch(Rectangle((best[2] - 0.5, best[1] - 0.5), 1, 1, fill=False,
+                                       edgecolor="black", linewidth=2.5))
+            ax.set_xticks(range(len(cells.l2s)), [f"{x:g}" for x in cells.l2s], fontsize=7,
+                          rotation=45)
+            ax.set_yticks(range(len(cells.learning_rates)),
+                          [f"{x:g}" for x in cells.learning_rates], fontsize=7)
+            ax.set_xlabel("l2")
+            ax.set_ylabel("learning rate")
+            ax.set_title(f"batch size {bs}", fontsize=10)
+        if im is not None:
+            finite = cells.values[np.isfinite(cells.values)]
+            clipped = bool(finite.size) and float(finite.max()) > float(norm.vmax)
+            fig.colorbar(im, ax=list(axes.flat), label="validation fMSE (min over epochs)",
+                         extend="max" if clipped else "neither")
+        fig.suptitle("validation fMSE (grey x: diverged or failed; frame: best)", fontsize=10)
+        return _png(fig)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Validation loss of one (batch_size, learning_rate, l2) configuration by epochs."""
+
+    label: str
+    epochs: tuple[int, ...]
+    val: tuple[float, ...]  # NaN where that epoch count diverged or failed
+
+
+def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
+    """Validation fMSE against epochs, one line per configuration (best first)."""
+    with _figure(SIZES["val_vs_epochs"]) as (fig, axes):
+        ax = axes[0, 0]
+        positive = True
+        for c in curves:
+            v = np.asarray(c.val, dtype=np.float64)
+            positive &= bool(np.all(v[np.isfinite(v)] > 0))
+            ax.plot(c.epochs, v, marker="o", label=c.label)
+        if not curves:
+            ax.text(0.5, 0.5, "no finished trial", ha="center", va="center",
+                    transform=ax.transAxes)
+        elif positive:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epochs")
+        ax.set_ylabel("validation fMSE")
+        ax.set_title(f"validation fMSE of the best {len(curves)} configurations", fontsize=10)
+        if curves:
+            ax.legend(fontsize=8, loc="best")
+        ax.grid(True, alpha=0.3)
+        return _png(fig)

@@ -1,0 +1,402 @@
+"""Tables, pictures and the shareable ``report.html`` of a run folder.
+
+Everything here reads or writes the run folder only; nothing retrains. The grid pictures
+(``heatmap_val.png``, ``val_vs_epochs.png``) come from the trial log alone. The rows and
+lines describing an ``eval.json`` are plain strings, so the terminal (rich, in
+:mod:`agereg.cli`) and the HTML page show the same figures. matplotlib is imported lazily,
+through :mod:`agereg.plots`, only when a picture is drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agereg import __version__
+from agereg.errors import RunError
+from agereg.fileio import atomic_write_bytes, atomic_write_text
+from agereg.runs import CONFIG_NAME, RUN_NAME, rank, read_json, read_log, resolve_run
+from agereg.search import STATUS_OK, TrialRecord
+
+if TYPE_CHECKING:
+    from agereg.plots import Curve, GridCells
+
+REPORT_NAME = "report.html"
+EVAL_NAME = "eval.json"
+GRID_PICTURES = ("heatmap_val.png", "val_vs_epochs.png")
+EVAL_PICTURES = ("weights.png", "worst_test.png", "pred_vs_true.png")
+CAPTIONS = {
+    "weights.png": "The trained weights as an image (red raises the predicted age, blue "
+                   "lowers it; zero is white).",
+    "worst_test.png": "The five test images with the largest absolute errors.",
+    "pred_vs_true.png": "Predicted against true age on the test set; the line is y = x.",
+    "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size (best "
+                       "epoch count per cell; grey x: diverged or failed).",
+    "val_vs_epochs.png": "Validation fMSE against epochs for the best configurations.",
+}
+NO_EVAL = "run `agereg eval --best` for test-set metrics"
+TOP_CURVES = 5
+
+
+# ---------------------------------------------------------------- files
+
+
+# ---------------------------------------------------------------- grid pictures
+
+
+def grid_cells(records: Iterable[TrialRecord]) -> GridCells:
+    """The trial log as a (batch size, learning rate, l2) cube of min-over-epochs
+    validation losses, with the cells whose trials all diverged or failed marked."""
+    from agereg.plots import GridCells  # matplotlib is imported only when drawing
+
+    recs = list(records)
+    bss = tuple(sorted({r.batch_size for r in recs}))
+    lrs = tuple(sorted({r.learning_rate for r in recs}))
+    l2s = tuple(sorted({r.l2 for r in recs}))
+    shape = (len(bss), len(lrs), len(l2s))
+    values = np.full(shape, np.nan)
+    seen = np.zeros(shape, dtype=bool)
+    for r in recs:
+        cell = (bss.index(r.batch_size), lrs.index(r.learning_rate), l2s.index(r.l2))
+        seen[cell] = True
+        if r.status == STATUS_OK and r.val_loss is not None and math.isfinite(r.val_loss):
+            values[cell] = np.fmin(values[cell], r.val_loss)
+    return GridCells(bss, lrs, l2s, values, seen & np.isnan(values))
+
+
+def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES) -> list[Curve]:
+    """Validation loss by epochs of the ``k`` best (batch_size, learning_rate, l2)
+    configurations, ranked by their best validation loss (ties in grid order)."""
+    from agereg.plots import Curve
+
+    by_config: dict[tuple[int, float, float], list[TrialRecord]] = {}
+    for r in records:
+        by_config.setdefault((r.batch_size, r.learning_rate, r.l2), []).append(r)
+
+    def best(rs: list[TrialRecord]) -> float:
+        ok = [r.val_loss for r in rs if r.status == STATUS_OK and r.val_loss is not None]
+        return min(ok) if ok else math.inf
+
+    ranked = sorted((c for c in by_config if best(by_config[c]) < math.inf),
+                    key=lambda c: (best(by_config[c]), c))
+    curves = []
+    for bs, lr, l2 in ranked[:k]:
+        rs = sorted(by_config[(bs, lr, l2)], key=lambda r: r.epochs)
+        val = tuple(r.val_loss if r.status == STATUS_OK and r.val_loss is not None
+                    else math.nan for r in rs)
+        curves.append(Curve(f"batch {bs}, lr {lr:g}, l2 {l2:g}",
+                            tuple(r.epochs for r in rs), val))
+    return curves
+
+
+def draw_grid_pictures(
+    run_dir: Path, records: Sequence[TrialRecord], only_missing: bool = False
+) -> list[str]:
+    """Write heatmap_val.png and val_vs_epochs.png from the trial log; returns the names
+    written (none when the log is empty)."""
+    from agereg import plots
+
+    if not records:
+        return []
+    todo = [n for n in GRID_PICTURES if not (only_missing and (run_dir / n).is_file())]
+    if "heatmap_val.png" in todo:
+        atomic_write_bytes(run_dir / "heatmap_val.png", plots.heatmap_val(grid_cells(records)))
+    if "val_vs_epochs.png" in todo:
+        atomic_write_bytes(run_dir / "val_vs_epochs.png",
+                           plots.val_vs_epochs(top_curves(records)))
+    return todo
+
+
+def draw_eval_pictures(
+    run_dir: Path,
+    w: np.ndarray,
+    image_shape: Sequence[int] | None,
+    X_te: np.ndarray,
+    y_te: np.ndarray,
+    pred_te: np.ndarray,
+    title: str,
+) -> tuple[list[str], list[str]]:
+    """Write weights.png, worst_test.png and pred_vs_true.png; returns (names written,
+    notes on pictures skipped). Pictures of images need the data's image shape."""
+    from agereg import plots
+
+    written, notes = [], []
+    if image_shape:
+        shape = tuple(int(s) for s in image_shape)
+        atomic_write_bytes(run_dir / "weights.png", plots.weights_image(w, shape, title))
+        atomic_write_bytes(run_dir / "worst_test.png",
+                           plots.worst_test(X_te, y_te, pred_te, shape))
+        written += ["weights.png", "worst_test.png"]
+    else:
+        notes.append("weights.png and worst_test.png skipped: the data are flat (no image "
+                     "shape in dataset.json)")
+    atomic_write_bytes(run_dir / "pred_vs_true.png", plots.pred_vs_true(y_te, pred_te, title))
+    written.append("pred_vs_true.png")
+    return written, notes
+
+
+# ---------------------------------------------------------------- eval.json as text
+
+
+def fmt(v: float | None, signed: bool = False) -> str:
+    """A number for people: 4 significant digits, '-' for missing or non-finite."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    spec = "+" if signed else ""
+    return f"{v:{spec}.4g}" if abs(v) < 1e5 else f"{v:{spec}.3e}"
+
+
+def trial_text(t: dict) -> str:
+    return (f"batch_size {t['batch_size']}, learning_rate {t['learning_rate']:g}, "
+            f"epochs {t['epochs']}, l2 {t['l2']:g}")
+
+
+def eval_table(res: dict) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows of the test-metrics table of an eval.json."""
+    test, base = res["test"], res["baseline_test"]
+    ridge = res.get("ridge")
+    boot = res.get("bootstrap")
+    rt = (ridge or {}).get("test", {})
+
+    def row(name: str, this: float | None, mean: float | None = None,
+            opt: float | None = None) -> list[str]:
+        cells = [name, fmt(this), "" if mean is None else fmt(mean)]
+        return [*cells, "" if opt is None else fmt(opt)] if ridge else cells
+
+    rows = [
+        row("train fMSE", res["train_fmse"], None, ridge and ridge.get("train_fmse")),
+        row("validation fMSE", res["val_fmse"], None, ridge and ridge.get("val_fmse")),
+        row("test fMSE", test["fmse"], base["fmse"], rt.get("fmse")),
+    ]
+    if boot:
+        lo, hi = boot["test_fmse_ci"]
+        ci = [f"test fMSE {boot['level']:.0%} CI", f"[{fmt(lo)}, {fmt(hi)}]", ""]
+        rows.append([*ci, ""] if ridge else ci)
+    rows += [
+        row("test RMSE (years)", test["rmse"], base["rmse"], rt.get("rmse")),
+        row("test MAE (years)", test["mae"], base["mae"], rt.get("mae")),
+        row("test R²", test.get("r2"), base.get("r2"), rt.get("r2")),
+    ]
+    columns = ["metric", "this trial", "mean predictor"]
+    if ridge:
+        columns.append(f"exact ridge (l2 {ridge['l2']:g})")
+    return columns, rows
+
+
+def eval_lines(res: dict) -> list[str]:
+    """Sentences on the bootstrap, the paired comparison, the exact optimum, the noise
+    model and any notes of an eval.json (older files without these keys give fewer)."""
+    lines = []
+    boot = res.get("bootstrap")
+    winner = res["trial"]["rank"] == 1
+    if boot:
+        paired = boot.get("paired")
+        if paired:
+            v = paired["versus"]
+            who, other = ("winner", "runner-up") if winner else ("this trial", "best")
+            lo, hi = paired["difference_ci"]
+            lines.append(
+                f"paired bootstrap vs {other} #{v['rank']} ({trial_text(v)}, test fMSE "
+                f"{fmt(paired['versus_test_fmse'])}): {who} better in "
+                f"{paired['share_better']:.0%} of resamples; mean difference "
+                f"{fmt(paired['mean_difference'], True)} [{fmt(lo, True)}, {fmt(hi, True)}] "
+                f"(test fMSE, {who} minus {other})")
+        lines.append(
+            f"bootstrap: {boot['resamples']} resamples of the {boot['n_images']} test "
+            f"images (seed {boot['seed']}); an average resample leaves out "
+            f"{boot['left_out_share']:.1%} of them (1/e = 36.8%)")
+    ridge = res.get("ridge")
+    if ridge:
+        kind = ("minimum-norm least squares, l2 = 0: expect it to overfit"
+                if ridge["l2"] == 0 else f"closed-form ridge, l2 {ridge['l2']:g}")
+        gap_val = ridge.get("gap_val_fmse")
+        val = "" if gap_val is None else f"validation {fmt(gap_val, True)}, "
+        lines.append(
+            f"exact optimum ({kind}, float64, on the {ridge['trained_on']}): SGD gap "
+            f"{val}test {fmt(ridge['gap_test_fmse'], True)} fMSE; training objective "
+            f"gap {fmt(ridge['objective_gap'], True)}")
+    noise = res.get("noise")
+    if noise:
+        lines.append(
+            f"Gaussian noise model: sigma² {fmt(noise['sigma2'])} (sigma "
+            f"{fmt(noise['sigma'])} years, = 2 x train fMSE); test log-likelihood "
+            f"{fmt(noise['test_avg_loglik'])} per image")
+    lines += res.get("notes", [])
+    return lines
+
+
+def eval_files(res: dict) -> list[str]:
+    """The files an eval wrote in the run folder, eval.json first."""
+    files = res.get("files") or {}
+    names = [EVAL_NAME]
+    names += [files[k] for k in ("weights", "bias") if files.get(k)]
+    return names + list(files.get("pictures", []))
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``agereg report`` found and wrote."""
+
+    run_dir: Path
+    ranked: list[TrialRecord]
+    counts: dict[str, int]
+    trials_planned: int | None
+    eval: dict | None
+    html_path: Path
+    drawn: list[str]  # grid pictures drawn now because they were missing
+    pictures: list[str]  # pictures embedded in the HTML
+
+
+def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -> Report:
+    """Read a run folder, draw the grid pictures if missing and write report.html."""
+    run_dir = resolve_run(run, runs_dir)
+    ranked = rank(read_log(run_dir))
+    counts = {s: sum(r.status == s for r in ranked) for s in ("ok", "diverged", "failed")}
+    info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
+    dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
+    res = None
+    if (run_dir / EVAL_NAME).is_file():
+        res = read_json(run_dir / EVAL_NAME, "run `agereg eval --best` again to rewrite it")
+    drawn = draw_grid_pictures(run_dir, ranked, only_missing=True)
+    # Eval pictures only if this eval.json drew them: older ones may show another trial.
+    listed = set(((res or {}).get("files") or {}).get("pictures", []))
+    pictures = [n for n in (*EVAL_PICTURES, *GRID_PICTURES)
+                if (n in listed or n in GRID_PICTURES) and (run_dir / n).is_file()]
+    planned = info.get("trials_planned")
+    config_text = _read_text(run_dir / CONFIG_NAME)
+    page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, res,
+                       pictures, top)
+    html_path = run_dir / REPORT_NAME
+    atomic_write_text(html_path, page)
+    return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
+                  res, html_path, drawn, pictures)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: unreadable ({exc}); this run folder is damaged") from None
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; line-height: 1.4; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; }
+td.l, th.l { text-align: left; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+figure { margin: 1em 0; }
+figcaption { color: #555; font-size: 0.9em; }
+img { max-width: 100%; }
+.note { color: #555; }
+"""
+
+
+def _e(v: object) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[object]], left: int = 0) -> str:
+    """An HTML table; the first ``left`` columns are left-aligned."""
+    head = "".join(f'<th class="l">{_e(c)}</th>' if i < left else f"<th>{_e(c)}</th>"
+                   for i, c in enumerate(columns))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="l">{_e(c)}</td>' if i < left else f"<td>{_e(c)}</td>"
+                         for i, c in enumerate(row)) + "</tr>\n"
+        for row in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = CAPTIONS.get(path.name, path.name)
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(path.name)}">'
+            f"<figcaption>{_e(path.name)}: {_e(caption)}</figcaption></figure>\n")
+
+
+def ranking_rows(ranked: Sequence[TrialRecord], top: int) -> list[list[str]]:
+    return [[str(i), str(r.batch_size), f"{r.learning_rate:g}", str(r.epochs), f"{r.l2:g}",
+             fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss), r.status]
+            for i, r in enumerate(ranked[:top], 1)]
+
+
+RANKING_COLUMNS = ("rank", "batch", "learning rate", "epochs", "l2", "train", "val", "test",
+                   "status")
+
+
+def render_html(
+    run_dir: Path,
+    ranked: Sequence[TrialRecord],
+    counts: dict[str, int],
+    planned: object,
+    info: dict,
+    dataset: dict,
+    config_text: str,
+    res: dict | None,
+    pictures: Sequence[str],
+    top: int,
+) -> str:
+    """The whole report as one self-contained HTML page (pictures as data URIs)."""
+    name = run_dir.name
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+        f"<title>agereg report: {_e(name)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
+        f"<h1>agereg report: {_e(name)}</h1>\n",
+        f"<p class=\"note\">run folder {_e(run_dir)}; status {_e(info.get('status', '?'))}; "
+        f"written by agereg {_e(__version__)}</p>\n",
+        "<h2>Dataset</h2>\n",
+        _table(["field", "value"], [
+            (k, dataset.get(k)) for k in ("description", "kind", "path", "n_train", "n_test",
+                                          "n_features", "image_shape", "x_dtype")
+        ], left=2),
+        "<h2>Best trial</h2>\n",
+    ]
+    ok = [r for r in ranked if r.status == STATUS_OK]
+    if ok:
+        b = ok[0]
+        parts.append(f"<p>best trial: <strong>{_e(trial_text(asdict(b)))}</strong>: "
+                     f"validation fMSE {_e(fmt(b.val_loss))}, train fMSE "
+                     f"{_e(fmt(b.train_loss))}</p>\n")
+    else:
+        parts.append("<p>no finished trial yet.</p>\n")
+    done = len(ranked)
+    parts += [
+        f"<h2>Ranking (top {min(top, done)} of {done} trials"
+        f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
+        f"<p>{counts['ok']} finished, {counts['diverged']} diverged, {counts['failed']} "
+        "failed.</p>\n",
+        _table(RANKING_COLUMNS, ranking_rows(ranked, top)),
+        "<h2>Test-set evaluation</h2>\n",
+    ]
+    if res is None:
+        parts.append(f"<p>No eval.json in this run folder: {_e(NO_EVAL)}.</p>\n")
+    else:
+        columns, rows = eval_table(res)
+        parts.append(f"<p>trial #{_e(res['trial']['rank'])}: {_e(trial_text(res['trial']))}"
+                     f" ({_e(res.get('engine'))}, {_e(res.get('precision'))}), trained on "
+                     f"the {_e(res.get('trained_on'))}</p>\n")
+        parts.append(_table(columns, rows, left=1))
+        parts.append("<ul>\n" + "".join(f"<li>{_e(s)}</li>\n" for s in eval_lines(res))
+                     + "</ul>\n")
+    if pictures:
+        parts.append("<h2>Pictures</h2>\n")
+        parts += [_img(run_dir / p) for p in pictures]
+    parts += [
+        "<h2>Config</h2>\n",
+        f"<pre>{_e(config_text)}</pre>\n",
+        "</body>\n</html>\n",
+    ]
+    return "".join(parts)

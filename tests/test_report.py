@@ -1,0 +1,294 @@
+"""Pictures, report.html and the eval/report commands end to end on tiny data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agereg import plots
+from agereg.report import NO_EVAL, draw_eval_pictures, grid_cells, top_curves
+from agereg.search import TrialRecord
+
+from tests_helpers import latest_run, run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXPECTED_SIZES = {  # pixels at plots.DPI = 100
+    "weights.png": (500, 400),
+    "worst_test.png": (1000, 250),
+    "pred_vs_true.png": (500, 500),
+    "heatmap_val.png": (900, 400),  # two batch sizes: 2 x 4 in + 1 in for the colorbar
+    "val_vs_epochs.png": (700, 400),
+}
+EVAL_KEYS = {
+    "run", "dataset", "trial", "refit", "trained_on", "engine", "precision", "train_fmse",
+    "val_fmse", "search_val_fmse", "reproduced", "test", "baseline_test", "bootstrap",
+    "ridge", "noise", "files", "notes",
+}
+
+CONFIG = """\
+name: {name}
+seed: 3
+n_jobs: 1
+data: {{dir: '{data}'}}
+split: {{seed: 1, val_fraction: 0.25}}
+grid:
+{grid}
+"""
+GRID = """\
+  batch_size: [8, 32]
+  learning_rate: [1.0e-3, 1.0e-2, 1.0e+30]
+  epochs: [1, 3]
+  l2: [0.0, 1.0e-2]
+"""
+ONE_TRIAL = """\
+  batch_size: [8]
+  learning_rate: [1.0e-2]
+  epochs: [2]
+  l2: [0.0]
+"""
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, after checking the signature."""
+    assert data[:8] == PNG_SIGNATURE, "not a PNG"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    return struct.unpack(">II", data[16:24])
+
+
+def make_run(root: Path, data: Path, grid: str = GRID, name: str = "tiny") -> Path:
+    """Copy the data (a search writes split.json into it) and run a search on it."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / f"{name}.yaml"
+    config.write_text(CONFIG.format(name=name, data=data, grid=grid))
+    code, _, err = run(["search", str(config), "--runs-dir", str(root / "runs"), "--quiet"])
+    assert code == 0, err
+    return latest_run(root / "runs")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> dict:
+    """A searched and evaluated run; its data folder name needs HTML escaping."""
+    root = tmp_path_factory.mktemp("report")
+    data = root / "data<&>"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(root, data)
+    code, out, err = run(["eval", "--best", "--runs-dir", str(root / "runs")])
+    assert code == 0, err
+    return {"root": root, "run_dir": run_dir, "out": out, "err": err,
+            "eval": json.loads((run_dir / "eval.json").read_text())}
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def test_each_picture_is_a_png_of_the_expected_size():
+    rng = np.random.default_rng(0)
+    y, pred = rng.uniform(0, 90, 40), rng.uniform(0, 90, 40)
+    X = rng.normal(size=(40, 48))
+    recs = [TrialRecord(bs, lr, ep, l2, 1.0, v, 1.0, "ok", 0.1)
+            for bs in (8, 32) for lr in (1e-3, 1e-2) for ep in (1, 2) for l2 in (0.0, 0.1)
+            for v in [float(rng.uniform(50, 500))]]
+    pictures = {
+        "weights.png": plots.weights_image(rng.normal(size=48), (6, 8)),
+        "worst_test.png": plots.worst_test(X, y, pred, (6, 8)),
+        "pred_vs_true.png": plots.pred_vs_true(y, pred),
+        "heatmap_val.png": plots.heatmap_val(grid_cells(recs)),
+        "val_vs_epochs.png": plots.val_vs_epochs(top_curves(recs)),
+    }
+    for name, data in pictures.items():
+        assert png_size(data) == EXPECTED_SIZES[name], name
+
+
+@pytest.mark.parametrize(("n_bs", "size"), [(1, (500, 400)), (3, (1300, 400)),
+                                            (5, (1700, 800))])
+def test_heatmap_grows_with_the_batch_sizes(n_bs: int, size: tuple[int, int]):
+    recs = [TrialRecord(2**i, 0.1, 1, 0.0, 1.0, 10.0 + i, 1.0, "ok", 0.1) for i in range(n_bs)]
+    assert png_size(plots.heatmap_val(grid_cells(recs))) == size
+    assert plots.heatmap_size(n_bs) == (size[0] / plots.DPI, size[1] / plots.DPI)
+
+
+def test_pictures_close_their_figures():
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    plots.pred_vs_true(np.arange(5.0), np.arange(5.0))
+    with pytest.raises(ValueError):
+        plots.weights_image(np.zeros(10), (3, 3))  # wrong shape: the figure is still closed
+    assert len(plt.get_fignums()) == before
+
+
+def test_grid_cells_take_the_min_over_epochs_and_mark_failures():
+    recs = [
+        TrialRecord(8, 0.1, 1, 0.0, 1.0, 3.0, 1.0, "ok", 0.1),  # the min is not the last
+        TrialRecord(8, 0.1, 2, 0.0, 1.0, 5.0, 1.0, "ok", 0.1),
+        TrialRecord(8, 0.1, 3, 0.0, None, None, None, "diverged", 0.1),
+        TrialRecord(8, 9.0, 1, 0.0, None, None, None, "diverged", 0.1),
+        TrialRecord(8, 9.0, 1, 0.5, None, None, None, "failed", 0.1),
+        TrialRecord(16, 0.1, 1, 0.5, 1.0, 7.0, 1.0, "ok", 0.1),
+    ]
+    c = grid_cells(recs)
+    assert (c.batch_sizes, c.learning_rates, c.l2s) == ((8, 16), (0.1, 9.0), (0.0, 0.5))
+    assert c.values[0, 0, 0] == 3.0 and c.values[1, 0, 1] == 7.0
+    assert c.bad[0, 1, 0] and c.bad[0, 1, 1] and not c.bad[0, 0, 0]
+    assert math.isnan(c.values[0, 0, 1]) and not c.bad[0, 0, 1]  # not run: neither
+    curves = top_curves(recs)
+    assert [cv.label for cv in curves] == ["batch 8, lr 0.1, l2 0", "batch 16, lr 0.1, l2 0.5"]
+    assert curves[0].epochs == (1, 2, 3) and curves[0].val[:2] == (3.0, 5.0)
+    assert math.isnan(curves[0].val[2])
+
+
+def test_flat_data_skip_the_image_pictures(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    y = rng.uniform(0, 90, 20)
+    written, notes = draw_eval_pictures(tmp_path, rng.normal(size=9), None,
+                                        rng.normal(size=(20, 9)), y, y + 1, "t")
+    assert written == ["pred_vs_true.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred_vs_true.png"]
+    assert "flat" in notes[0]
+
+
+# ---------------------------------------------------------------- eval end to end
+
+
+def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
+    res, run_dir = evaluated["eval"], evaluated["run_dir"]
+    assert set(res) == EVAL_KEYS
+    assert res["reproduced"] is True and res["trial"]["rank"] == 1
+    # the saved parameters reproduce the test metrics
+    w, b = np.load(run_dir / "weights.npy"), np.load(run_dir / "bias.npy")
+    assert w.dtype == np.float64 and w.shape == (36,) and b.dtype == np.float64 and b.ndim == 0
+    Xte = np.load(Path(json.loads((run_dir / "dataset.json").read_text())["path"])
+                  / "age_regression_Xte.npy").reshape(60, -1)
+    yte = np.load(run_dir.parent.parent / "data<&>" / "age_regression_yte.npy")
+    assert 0.5 * np.mean((Xte @ w + b - yte) ** 2) == pytest.approx(res["test"]["fmse"],
+                                                                    rel=1e-6)
+    assert res["files"] == {"weights": "weights.npy", "bias": "bias.npy",
+                            "pictures": list(EXPECTED_SIZES)}
+    for name, size in EXPECTED_SIZES.items():
+        assert png_size((run_dir / name).read_bytes()) == size, name
+    boot = res["bootstrap"]
+    assert boot["resamples"] == 1000 and boot["seed"] == 3 and boot["n_images"] == 60
+    lo, hi = boot["test_fmse_ci"]
+    assert lo < res["test"]["fmse"] < hi
+    assert boot["left_out_share"] == pytest.approx((1 - 1 / 60) ** 60, abs=0.01)
+    paired = boot["paired"]
+    assert paired["versus"]["rank"] == 2 and 0.0 <= paired["share_better"] <= 1.0
+    assert paired["observed_difference"] == pytest.approx(
+        res["test"]["fmse"] - paired["versus_test_fmse"], abs=1e-9)
+    assert paired["difference_ci"][0] <= paired["mean_difference"] <= paired["difference_ci"][1]
+    ridge = res["ridge"]
+    assert ridge["l2"] == res["trial"]["l2"]
+    assert ridge["gap_val_fmse"] == pytest.approx(res["val_fmse"] - ridge["val_fmse"])
+    assert ridge["gap_test_fmse"] == pytest.approx(res["test"]["fmse"] - ridge["test_fmse"])
+    assert ridge["objective_gap"] >= 0
+    assert res["noise"]["sigma2"] == pytest.approx(2 * res["train_fmse"], rel=1e-9)
+    assert res["noise"]["test_avg_loglik"] < 0
+
+
+def test_eval_prints_the_new_findings(evaluated: dict):
+    out, err = evaluated["out"], evaluated["err"]
+    for fragment in ("test R²", "test fMSE 95% CI", "winner better in", "mean difference",
+                     "exact ridge (l2 ", "SGD gap", "sigma²", "log-likelihood",
+                     "leaves out"):
+        assert fragment in out, fragment
+    assert "wrote eval.json, weights.npy, bias.npy, weights.png" in err
+
+
+def test_report_writes_a_self_contained_page(evaluated: dict):
+    run_dir, root = evaluated["run_dir"], evaluated["root"]
+    code, out, err = run(["report", str(run_dir), "--runs-dir", str(root / "runs"), "--top",
+                          "3"])
+    assert code == 0, err
+    assert "best trials" in out and "6 diverged, 0 failed" in out
+    assert "test fMSE 95% CI" in out and "SGD gap" in out
+    page = (run_dir / "report.html").read_text()
+    assert not re.search(r"<(script|link|iframe)\b", page, re.I)
+    assert not re.search(r"\bhref\s*=", page, re.I)
+    srcs = re.findall(r"\bsrc\s*=\s*\"([^\"]*)\"", page, re.I)
+    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert png_size(base64.b64decode(srcs[0].split(",", 1)[1])) == (500, 400)
+    t = evaluated["eval"]["trial"]
+    assert (f"best trial: <strong>batch_size {t['batch_size']}, learning_rate "
+            f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g}</strong>") in page
+    assert "data&lt;&amp;&gt;" in page and "data<&>" not in page  # escaped
+    assert page.count("<tr>") >= 3 + 1 + 8  # ranking rows, dataset rows, eval rows
+
+
+def test_eval_json_without_bootstrap_or_plots_and_refit(evaluated: dict):
+    runs = str(evaluated["root"] / "runs")
+    code, out, err = run(["eval", "--rank", "2", "--runs-dir", runs, "--bootstrap", "0",
+                          "--no-plots", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["bootstrap"] is None and res["files"]["pictures"] == []
+    assert "bootstrap disabled (--bootstrap 0)" in res["notes"]
+    code, out, err = run(["eval", "--best", "--refit", "--runs-dir", runs, "--bootstrap",
+                          "200", "--no-plots", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    run_dir = evaluated["run_dir"]
+    assert res["files"]["weights"] == "weights_refit.npy"
+    assert (run_dir / "weights_refit.npy").is_file() and (run_dir / "bias_refit.npy").is_file()
+    assert res["ridge"]["val_fmse"] is None and res["ridge"]["trained_on"].startswith("train+")
+    assert res["bootstrap"]["paired"]["versus"]["rank"] == 2
+    # a report now embeds only the grid pictures: this eval drew no pictures
+    code, _, err = run(["report", str(run_dir)])
+    assert code == 0, err
+    assert (run_dir / "report.html").read_text().count("data:image/png") == 2
+
+
+def test_single_trial_run_has_no_paired_comparison(tmp_path: Path, tiny_data: Path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data, grid=ONE_TRIAL, name="one")
+    code, out, err = run(["eval", "--best", "--run", str(run_dir), "--no-plots"])
+    assert code == 0, err
+    assert "no runner-up" in out
+    res = json.loads((run_dir / "eval.json").read_text())
+    assert res["bootstrap"]["paired"] is None and res["bootstrap"]["test_fmse_ci"]
+
+
+def test_eval_on_flat_data_says_weights_png_was_skipped(tmp_path: Path, tiny_data: Path):
+    data = tmp_path / "flat"
+    shutil.copytree(tiny_data, data)
+    for name in ("age_regression_Xtr.npy", "age_regression_Xte.npy"):
+        X = np.load(data / name)
+        np.save(data / name, X.reshape(len(X), -1))
+    run_dir = make_run(tmp_path, data, grid=ONE_TRIAL, name="flat")
+    code, out, err = run(["eval", "--best", "--run", str(run_dir), "--bootstrap", "100"])
+    assert code == 0, err
+    assert "weights.png and worst_test.png skipped" in out
+    assert not (run_dir / "weights.png").exists() and (run_dir / "pred_vs_true.png").is_file()
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_without_eval_draws_the_grid_pictures(tmp_path: Path, tiny_data: Path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+    assert not (run_dir / "heatmap_val.png").exists()
+    code, out, err = run(["report", "--runs-dir", str(tmp_path / "runs")])  # the latest run
+    assert code == 0, err
+    assert NO_EVAL in out and "drew heatmap_val.png, val_vs_epochs.png" in err
+    for name in ("heatmap_val.png", "val_vs_epochs.png"):
+        assert png_size((run_dir / name).read_bytes()) == EXPECTED_SIZES[name]
+    page = (run_dir / "report.html").read_text()
+    assert "agereg eval --best" in page and page.count("data:image/png") == 2
+
+
+def test_report_on_a_folder_that_is_not_a_run_exits_2(tmp_path: Path):
+    code, _, err = run(["report", str(tmp_path)])
+    assert code == 2
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert "not an agereg run folder" in err and "Traceback" not in err

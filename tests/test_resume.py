@@ -1,0 +1,235 @@
+"""Never lose a finished trial: resume, torn logs, kill -9, SIGINT/SIGTERM, locks,
+unwritable folders and a full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agereg import fileio
+from agereg.runs import LOG_NAME, RunLock, create_run_dir, read_log
+from agereg.synth import write_synthetic
+
+from tests_helpers import latest_run, read_results, run, search, without_seconds
+
+# A grid of 8 groups (one per batch size) that takes a few seconds with n_jobs=1, so a
+# signal can land between groups.
+SLOW_CONFIG = """\
+name: slow
+seed: 5
+n_jobs: {n_jobs}
+data: {{dir: {data}}}
+grid:
+  batch_size: [2, 3, 4, 5, 6, 7, 8, 9]
+  learning_rate: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]
+  epochs: [20, 40]
+  l2: [0.0, 1.0e-4, 1.0e-3, 1.0e-2]
+"""
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("slow") / "data", seed=1, n_train=600,
+                           n_test=100, side=10)
+
+
+def slow_config(tmp_path: Path, data: Path, n_jobs: int = 1) -> Path:
+    path = tmp_path / "slow.yaml"
+    path.write_text(SLOW_CONFIG.format(data=data, n_jobs=n_jobs))
+    return path
+
+
+def start(config: Path, runs: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agereg", "search", str(config), "--runs-dir", str(runs),
+         "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_log_lines(runs: Path, proc: subprocess.Popen, timeout: float = 60) -> int:
+    """Wait until the run's trial log holds at least one record; return the count."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        latest = runs / "latest"
+        if latest.exists():
+            log = runs / latest.read_text().strip() / LOG_NAME
+            if log.exists() and log.stat().st_size > 0:
+                return log.read_bytes().count(b"\n")
+        assert proc.poll() is None, "the search ended before the first group finished"
+        time.sleep(0.01)
+    raise AssertionError("no trial finished in time")
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, slow_data: Path):
+    config = slow_config(tmp_path, slow_data)
+    reference = search(config, tmp_path / "ref")
+    runs = tmp_path / "runs"
+    proc = start(config, runs)
+    done = wait_for_log_lines(runs, proc)
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait()
+    run_dir = latest_run(runs)
+    assert 0 < done < 256
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    code, _out, err = run(["search", "--resume", "--runs-dir", str(runs), "--quiet"])
+    assert code == 0, err
+    assert "resuming" in err and "already done" in err
+    assert without_seconds(read_results(run_dir)) == without_seconds(read_results(reference))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGINT, 130, "Ctrl-C"),
+                                                   (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_saves_partial_results(tmp_path: Path, slow_data: Path, sig, code, name):
+    config = slow_config(tmp_path, slow_data, n_jobs=2)
+    runs = tmp_path / "runs"
+    proc = start(config, runs)
+    seen = wait_for_log_lines(runs, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    run_dir = latest_run(runs)
+    assert f"interrupted ({name})" in err and f"agereg search --resume {run_dir}" in err
+    assert "Traceback" not in err
+    rows = read_results(run_dir)
+    logged = read_log(run_dir)
+    assert 0 < len(rows) == len(logged) < 256, (seen, err, (run_dir / LOG_NAME).read_bytes()[:300])
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / ".work").exists()
+    # no orphaned workers: every child of the killed search is gone
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                        text=True, check=False)
+    assert ps.stdout.strip() == ""
+
+
+def test_torn_last_line_is_ignored_and_redone(tiny_config: Path, tmp_path: Path):
+    reference = search(tiny_config, tmp_path / "ref")
+    runs = tmp_path / "runs"
+    run_dir = search(tiny_config, runs)
+    log = run_dir / LOG_NAME
+    lines = log.read_bytes().splitlines(keepends=True)
+    # keep the first 5 records and half of the 6th, as a kill mid-write would
+    log.write_bytes(b"".join(lines[:5]) + lines[5][: len(lines[5]) // 2])
+    assert len(read_log(run_dir)) == 5
+    code, _, err = run(["search", "--resume", str(run_dir), "--runs-dir", str(runs),
+                        "--quiet"])
+    assert code == 0, err
+    assert without_seconds(read_results(run_dir)) == without_seconds(read_results(reference))
+    assert all(line.endswith(b"}\n") for line in log.read_bytes().splitlines(keepends=True))
+
+
+def test_corrupt_middle_line_is_an_error(tiny_config: Path, tmp_path: Path):
+    run_dir = search(tiny_config, tmp_path)
+    log = run_dir / LOG_NAME
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:2]) + "garbage\n" + "".join(lines[2:]))
+    code, _, err = run(["search", "--resume", str(run_dir), "--runs-dir", str(tmp_path)])
+    assert code == 2 and f"{LOG_NAME}:3: corrupt trial record" in err
+
+
+def test_resume_with_a_different_config_is_refused(tiny_config: Path, tmp_path: Path):
+    run_dir = search(tiny_config, tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_config.read_text().replace("seed: 3", "seed: 4"))
+    code, _, err = run(["search", str(other), "--resume", str(run_dir), "--runs-dir",
+                        str(tmp_path)])
+    assert code == 2 and "differs from the run's in seed" in err
+    code, _, err = run(["search", "--resume", str(run_dir), "--runs-dir", str(tmp_path),
+                        "--precision", "float32"])
+    assert code == 2 and "execution.precision" in err
+    # the same config (or none) resumes fine; n_jobs may change
+    code, _, err = run(["search", str(tiny_config), "--resume", str(run_dir), "--runs-dir",
+                        str(tmp_path), "--n-jobs", "2", "--quiet"])
+    assert code == 0, err
+
+
+def test_resume_refuses_data_that_changed(tiny_config: Path, data_copy: Path, tmp_path: Path):
+    import numpy as np
+
+    run_dir = search(tiny_config, tmp_path)
+    y = np.load(data_copy / "age_regression_yte.npy")
+    np.save(data_copy / "age_regression_yte.npy", y + 1)
+    for args in (["search", "--resume", str(run_dir)], ["eval", "--run", str(run_dir)]):
+        code, _, err = run([*args, "--runs-dir", str(tmp_path)])
+        assert code == 2 and "differ from the data this run used" in err
+
+
+def test_locked_run_cannot_be_resumed(tiny_config: Path, tmp_path: Path):
+    run_dir = search(tiny_config, tmp_path)
+    with RunLock(run_dir):
+        code, _, err = run(["search", "--resume", str(run_dir), "--runs-dir", str(tmp_path)])
+    assert code == 2 and "another agereg process" in err and str(os.getpid()) in err
+
+
+def test_two_runs_in_the_same_second_get_different_folders(tmp_path: Path):
+    a, b = create_run_dir(tmp_path, "x"), create_run_dir(tmp_path, "x")
+    assert a != b and a.is_dir() and b.is_dir()
+
+
+def test_not_a_run_folder(tmp_path: Path):
+    (tmp_path / "junk").mkdir()
+    for args in (["search", "--resume", str(tmp_path / "junk")],
+                 ["eval", "--best", "--run", str(tmp_path / "junk")]):
+        code, _, err = run(args)
+        assert code == 2 and "not an agereg run folder" in err
+
+
+def test_runs_dir_not_writable(tiny_config: Path, tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(blocker / "runs")])
+    assert code == 2 and "cannot create a run folder" in err and "--runs-dir" in err
+
+
+def test_disk_full_while_logging_keeps_finished_trials(tiny_config: Path, tmp_path: Path,
+                                                       monkeypatch):
+    real = fileio.append_durable
+    calls = {"n": 0}
+
+    def flaky(path, text):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise_enospc(path)
+        return real(path, text)
+
+    monkeypatch.setattr("agereg.runs.append_durable", flaky)
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 2 and "No space left on device" in err and "--resume" in err
+    run_dir = latest_run(tmp_path)
+    logged = read_log(run_dir)
+    assert 0 < len(logged) < 24
+    assert len(read_results(run_dir)) == len(logged)  # summaries match the durable log
+    monkeypatch.setattr("agereg.runs.append_durable", real)
+    code, _, err = run(["search", "--resume", "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 0, err
+    assert len(read_results(run_dir)) == 24
+
+
+def raise_enospc(path: Path) -> None:
+    err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    raise fileio.RunError(f"{path}: cannot append ({err.strerror}); check free space and "
+                          "permissions, then resume with `agereg search --resume`")
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path: Path, monkeypatch):
+    target = tmp_path / "results.csv"
+    target.write_text("old\n")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fileio.os, "fsync", no_space)
+    with pytest.raises(fileio.RunError, match="No space left on device"):
+        fileio.atomic_write_text(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left
