@@ -1,0 +1,44 @@
+"""The README's promises, checked: its by-hand recipe reproduces a search result."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from tests_helpers import read_results, search
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def recipe() -> str:
+    text = README.read_text()
+    section = text[text.index("### Reproducing a number by hand"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_recipe_reproduces_results_csv(tiny_config: Path, data_copy: Path, tmp_path: Path):
+    run_dir = search(tiny_config, tmp_path / "runs")
+    row = next(r for r in read_results(run_dir) if r["status"] == "ok" and r["epochs"] == "3")
+    code = recipe()
+    values = (f'seed, batch_size, lr, epochs, l2 = 3, {row["batch_size"]}, '
+              f'{row["learning_rate"]}, {row["epochs"]}, {row["l2"]}')
+    code = re.sub(r"seed, batch_size, lr, epochs, l2 = .*", values, code)
+    code = code.replace('"runs/<your run>"', repr(str(run_dir)))
+    code = code.replace('"data/', f'"{data_copy}/')
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README recipe", "exec"), {})
+    printed = float(out.getvalue().split()[-1])
+    assert printed == pytest.approx(float(row["val_loss"]), rel=1e-12)
+
+
+def test_readme_names_every_command():
+    text = README.read_text()
+    for cmd in ("agereg synth", "agereg split", "agereg search", "agereg eval",
+                "python -m pytest -q"):
+        assert cmd in text
+    assert "python -m pytest -q" in (README.parent / ".ci" / "run").read_text()
