@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from agereg import __version__, pipeline
+from agereg.assessment import evaluate_run
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
 from agereg.search import TrialRecord, note_interrupt
@@ -243,7 +244,7 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
 
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    res = pipeline.evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit,
+    res = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit,
                                 n_boot=n_boot, plots=not no_plots, log=_log)
     if as_json:
         click.echo(json.dumps(res, indent=2))
