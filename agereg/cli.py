@@ -17,6 +17,7 @@ from types import FrameType
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -100,8 +101,8 @@ def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None
     from agereg.synth import write_synthetic
 
     path = write_synthetic(out_dir, seed=seed, n_train=n_train, n_test=n_test, side=side)
-    err.print(f"wrote a synthetic stand-in to {path}/ ({n_train} training and {n_test} test "
-              f"images of {side}x{side}, seed {seed}); it is not real faces")
+    err.print(escape(f"wrote a synthetic stand-in to {path}/ ({n_train} training and {n_test} test "
+              f"images of {side}x{side}, seed {seed}); it is not real faces"))
 
 
 # ---------------------------------------------------------------- split
@@ -116,8 +117,8 @@ def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None
 def split(seed: int, val_fraction: float, data_dir: str) -> None:
     """Write DATA/split.json: a seeded 80/20 train/validation split of the training files."""
     path, s = pipeline.write_split(Path(data_dir), seed, val_fraction)
-    err.print(f"wrote {path}: {len(s.train)} training and {len(s.val)} validation rows "
-              f"(seed {seed}, val_fraction {val_fraction})")
+    err.print(escape(f"wrote {path}: {len(s.train)} training and {len(s.val)} validation rows "
+              f"(seed {seed}, val_fraction {val_fraction})"))
 
 
 # ---------------------------------------------------------------- search
@@ -164,9 +165,9 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
     _print_ranking(outcome.ranked, top)
     n_div = sum(r.status == "diverged" for r in outcome.ranked)
     n_fail = sum(r.status == "failed" for r in outcome.ranked)
-    err.print(f"{len(outcome.ranked)} trials ({outcome.computed} trained now, "
+    err.print(escape(f"{len(outcome.ranked)} trials ({outcome.computed} trained now, "
               f"{n_div} diverged, {n_fail} failed) in {outcome.seconds:.1f} s; "
-              f"results in {outcome.run_dir}/")
+              f"results in {outcome.run_dir}/"))
 
 
 class _progress:
@@ -197,12 +198,12 @@ class _progress:
 
 
 def _log(msg: str) -> None:
-    err.print(msg, soft_wrap=True)
+    err.print(escape(msg), soft_wrap=True)
 
 
 def _started(run_dir: Path) -> None:
     _Interrupted.run_dir = str(run_dir)
-    err.print(f"run folder: {run_dir}/", soft_wrap=True)
+    err.print(escape(f"run folder: {run_dir}/"), soft_wrap=True)
 
 
 def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
@@ -238,14 +239,12 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
           n_boot: int, no_plots: bool, as_json: bool) -> None:
     """Retrain the best trial of a run and report its test-set error, with bootstrap
     confidence intervals, the exact ridge optimum, the noise model and pictures."""
-    from rich.markup import escape
-
     from agereg.report import eval_files
 
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    res = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit,
-                                n_boot=n_boot, plots=not no_plots, log=_log)
+    res = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit, n_boot=n_boot,
+                       plots=not no_plots, log=_log)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
@@ -258,8 +257,6 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
 
 def _print_eval(res: dict) -> None:
     """The content of an eval.json: the trial, the metrics table and the other findings."""
-    from rich.markup import escape
-
     from agereg.report import eval_lines, eval_table, trial_text
 
     t = res["trial"]
@@ -290,8 +287,6 @@ def _print_eval(res: dict) -> None:
 def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     """Print the ranking (and test metrics, if evaluated) of RUN_DIR (default: the latest
     run) and write RUN_DIR/report.html, a self-contained page to share."""
-    from rich.markup import escape
-
     from agereg.report import NO_EVAL, build_report
 
     rep = build_report(run_dir, Path(runs_dir), top)
@@ -324,8 +319,6 @@ def main(argv: list[str] | None = None) -> int:
     except AgeregError as exc:
         if _State.debug:
             raise
-        from rich.markup import escape  # messages hold paths and 'agereg[dask]'
-
         err.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except click.ClickException as exc:
@@ -333,14 +326,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort, Terminated) as exc:
         code = EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
-        err.print(f"interrupted ({'SIGTERM' if code == EXIT_SIGTERM else 'Ctrl-C'})"
-                  f"{_resume_hint()}")
+        err.print(escape(f"interrupted ({'SIGTERM' if code == EXIT_SIGTERM else 'Ctrl-C'})"
+                         f"{_resume_hint()}"))
         return code
     except Exception as exc:
         if _State.debug:
             raise
-        err.print(f"[red]internal error[/]: {type(exc).__name__}: {exc} "
-                  "(rerun with --debug for the traceback and report it)", soft_wrap=True)
+        err.print("[red]internal error[/]: " + escape(f"{type(exc).__name__}: {exc} "
+                  "(rerun with --debug for the traceback and report it)"), soft_wrap=True)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

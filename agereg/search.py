@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -196,7 +197,12 @@ def execute(
     _install_quiet_abort_hook()
     # Workers need not share our working directory (dask workers do not).
     ref = ArraysRef(os.path.abspath(ref.folder), ref.precision)
-    with threadpool_limits(limits=1, user_api="blas"), _backend(backend, jobs, scheduler):
+    with threadpool_limits(limits=1, user_api="blas"), _backend(backend, jobs, scheduler), \
+            warnings.catch_warnings():
+        # loky (with psutil installed) restarts a worker whose memory grew by 300 MB, and
+        # counts the pages of our memory-mapped arrays as growth; the restart is harmless
+        # (the page cache stays), its warning is noise.
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
         results = parallel(delayed(run_group)(ref, g, seed, engine) for g in groups)
         try:
