@@ -208,7 +208,7 @@ def _started(run_dir: Path) -> None:
 
 def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
     table = Table(title="best trials by validation fMSE", title_justify="left")
-    for col in ("rank", "batch", "learning rate", "epochs", "l2", "train", "val", "test",
+    for col in ("rank", "batch", "lr", "epochs", "l2", "train", "val", "test",
                 "status"):
         table.add_column(col, justify="left" if col == "status" else "right")
     for i, r in enumerate(ranked[:top], 1):
