@@ -115,7 +115,7 @@ def main() -> None:
         print(f"synthetic data: {time.perf_counter() - t0:.1f} s", flush=True)
         t0 = time.perf_counter()
         with LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=":0") as cluster:
+                          host="127.0.0.1", dashboard_address=None) as cluster:
             address = cluster.scheduler_address
             print(f"LocalCluster start: {time.perf_counter() - t0:.1f} s", flush=True)
             costs = [(b, *task_cost(tmp, b, s, w)) for b, s in (("loky", None),

@@ -49,7 +49,7 @@ def dask_cluster() -> Iterator[tuple[object, object]]:
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=":0",
+        dashboard_address=None,
     ) as lc, distributed.Client(lc, set_as_default=False) as client:  # fmt: skip
         yield lc, client
 
@@ -215,7 +215,7 @@ def test_resume_with_unreachable_scheduler_changes_nothing(
 def test_scheduler_without_workers(monkeypatch, tiny_config: Path, tmp_path: Path):
     distributed = pytest.importorskip("distributed")
     monkeypatch.setattr(cluster, "WORKERS_TIMEOUT", 0.5)
-    with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=":0") as lc:
+    with distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as lc:
         code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path / "runs"),
                             "--backend", "dask", "--scheduler", lc.scheduler_address])
     _one_line_error(code, err, "has no workers", f"dask worker {lc.scheduler_address}")
