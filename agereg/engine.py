@@ -207,7 +207,9 @@ def train_group(
                 for lo in range(0, m, block):
                     sub = rows[lo : lo + block]
                     xs, rs = X_S[: len(sub)], r[lo : lo + block]
-                    np.take(X, sub, axis=0, out=xs)  # (s, D)
+                    # mode="clip": indices come from a permutation, and the default mode
+                    # ("raise") copies through a temporary buffer on every call
+                    np.take(X, sub, axis=0, out=xs, mode="clip")  # (s, D)
                     np.matmul(xs, W, out=rs)  # (s, D) @ (D, k) -> (s, k)
                     rs += b
                     rs -= y_cast[sub, None]
