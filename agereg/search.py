@@ -63,19 +63,10 @@ class ArraysRef:
 
 def prepare_arrays(dataset: Dataset, split: Split, precision: str, folder: Path) -> ArraysRef:
     """Write the split's rows, contiguous and in the engine's dtype, for workers to map."""
-    dtype = np.dtype(precision)
     folder.mkdir(parents=True, exist_ok=True)
-    parts = {
-        "X_fit": dataset.Xtr[split.train],
-        "y_fit": dataset.ytr[split.train],
-        "X_val": dataset.Xtr[split.val],
-        "y_val": dataset.ytr[split.val],
-        "X_te": dataset.Xte,
-        "y_te": dataset.yte,
-    }
-    for name, arr in parts.items():
-        want = dtype if name.startswith("X") else np.float64
-        np.save(folder / f"{name}.npy", np.ascontiguousarray(arr, dtype=want))
+    arrays = in_memory(dataset, split, precision)
+    for name in ARRAY_NAMES:  # y_te last: load_arrays keys its cache on that file
+        np.save(folder / f"{name}.npy", getattr(arrays, name))
     return ArraysRef(str(folder), precision)
 
 
@@ -104,7 +95,7 @@ def _map_arrays(ref: ArraysRef, *identity: int) -> Arrays:
 
 
 def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
-    """The same arrays as :func:`prepare_arrays`, in memory (for eval and tests)."""
+    """The engine's inputs for a split: X rows in ``precision``, y in float64."""
     dtype = np.dtype(precision)
     return Arrays(
         np.ascontiguousarray(dataset.Xtr[split.train], dtype=dtype),
