@@ -1,4 +1,4 @@
-"""The commands' work, without any terminal: search, resume, split and eval.
+"""The work of `agereg search` and `agereg split`, without any terminal.
 
 The CLI parses options and prints; everything here is plain Python that reports through
 callbacks, so it is easy to test and to call from a notebook.
