@@ -58,7 +58,9 @@ def test_search_then_eval(tiny_config: Path, tmp_path: Path):
 def test_results_identical_for_n_jobs_1_and_2(tiny_config: Path, tmp_path: Path):
     a = search(tiny_config, tmp_path / "r1", "--n-jobs", "1")
     b = search(tiny_config, tmp_path / "r2", "--n-jobs", "2")
+    c = search(tiny_config, tmp_path / "r3", "--n-jobs", "2", "--backend", "threading")
     assert without_seconds(read_results(a)) == without_seconds(read_results(b))
+    assert without_seconds(read_results(a)) == without_seconds(read_results(c))
 
 
 def test_reference_engine_agrees_with_batched(tiny_config: Path, tmp_path: Path):
