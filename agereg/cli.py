@@ -181,19 +181,19 @@ class _progress:
         self.task: int | None = None
 
     def __enter__(self) -> Callable[[int, int], None] | None:
-        if self.bar is None:
-            return None
-        self.bar.start()
-        return self.update
+        return None if self.bar is None else self.update
 
     def update(self, done: int, total: int) -> None:
+        # Started on the first update, once training begins: an input error before it
+        # leaves stderr with its one-line message and nothing else.
         assert self.bar is not None
         if self.task is None:
+            self.bar.start()
             self.task = self.bar.add_task("trials", total=total)
         self.bar.update(self.task, completed=done)
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.stop()
 
 

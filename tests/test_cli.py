@@ -119,7 +119,7 @@ def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path: Path, tiny_co
     code, _out, err = run(args)
     assert code == 2, err
     assert fragment in err and "Traceback" not in err
-    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
+    assert err.startswith("error:") and err.count("\n") == 1  # one line, nothing else
 
 
 def test_bad_data_in_config_exits_2(tiny_config: Path, data_copy: Path, tmp_path: Path):
