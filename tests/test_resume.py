@@ -69,6 +69,21 @@ def wait_for_log_lines(runs: Path, proc: subprocess.Popen, timeout: float = 60) 
     raise AssertionError("no trial finished in time")
 
 
+def children(pid: int) -> list[int]:
+    ps = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                        text=True, check=False)
+    return [int(p) for p in ps.stdout.split()]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, already dead but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, slow_data: Path):
     config = slow_config(tmp_path, slow_data)
     reference = search(config, tmp_path / "ref")
@@ -94,6 +109,8 @@ def test_signal_saves_partial_results(tmp_path: Path, slow_data: Path, sig, code
     runs = tmp_path / "runs"
     proc = start(config, runs)
     seen = wait_for_log_lines(runs, proc)
+    workers = children(proc.pid)
+    assert workers  # the loky worker processes (and loky's resource tracker)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
@@ -105,11 +122,11 @@ def test_signal_saves_partial_results(tmp_path: Path, slow_data: Path, sig, code
     assert 0 < len(rows) == len(logged) < 256, (seen, err, (run_dir / LOG_NAME).read_bytes()[:300])
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     assert not (run_dir / ".work").exists()
-    # no orphaned workers: every child of the killed search is gone
-    time.sleep(0.5)
-    ps = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
-                        text=True, check=False)
-    assert ps.stdout.strip() == ""
+    # no orphaned workers: every process the search had started is gone
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if alive(pid)]
 
 
 def test_torn_last_line_is_ignored_and_redone(tiny_config: Path, tmp_path: Path):
