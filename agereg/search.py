@@ -155,11 +155,39 @@ def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
     return records
 
 
-def run_group(ref: ArraysRef, group: Group, seed: int, engine: str) -> list[TrialRecord]:
+def run_group(
+    ref: ArraysRef, group: Group, seed: int, engine: str, parent_pid: int | None = None
+) -> list[TrialRecord]:
     """The joblib task. One BLAS thread, always: the same kernels, so the same numbers,
     whatever ``n_jobs`` is, and workers x threads never exceeds the cores."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
         return run_group_on(load_arrays(ref), group, seed, engine)
+
+
+_WATCHING_PARENT = False
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a worker process started by agereg itself (loky), exit once agereg is gone.
+
+    Ctrl-C and SIGTERM stop the workers through joblib, but after ``kill -9`` (or the OOM
+    killer) loky's workers would finish their group and then idle on as orphans. Nothing
+    happens in agereg's own process (sequential or threading backend) or in a dask worker,
+    whose parent is its nanny.
+    """
+    global _WATCHING_PARENT
+    if _WATCHING_PARENT or os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return
+    _WATCHING_PARENT = True
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)  # the parent died: nobody will read this worker's results
+
+    threading.Thread(target=watch, name="agereg-parent-watch", daemon=True).start()
 
 
 def effective_jobs(n_jobs: int, n_tasks: int) -> int:
@@ -195,7 +223,8 @@ def execute(
         # (the page cache stays), its warning is noise.
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
-        results = parallel(delayed(run_group)(ref, g, seed, engine) for g in groups)
+        results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid())
+                           for g in groups)
         try:
             # not `yield from`: the interrupt must be noted before joblib starts aborting
             for records in results:  # noqa: UP028

@@ -84,14 +84,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def assert_gone(pids: list[int], timeout: float = 10) -> None:
+    """Every process in ``pids`` ends within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if alive(pid)]
+
+
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, slow_data: Path):
     config = slow_config(tmp_path, slow_data)
     reference = search(config, tmp_path / "ref")
     runs = tmp_path / "runs"
     proc = start(config, runs)
     done = wait_for_log_lines(runs, proc)
+    workers = children(proc.pid)
     proc.kill()  # SIGKILL: no cleanup at all
     proc.wait()
+    assert_gone(workers)  # the workers notice and exit rather than idle on as orphans
     run_dir = latest_run(runs)
     assert 0 < done < 256
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
@@ -122,11 +132,7 @@ def test_signal_saves_partial_results(tmp_path: Path, slow_data: Path, sig, code
     assert 0 < len(rows) == len(logged) < 256, (seen, err, (run_dir / LOG_NAME).read_bytes()[:300])
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     assert not (run_dir / ".work").exists()
-    # no orphaned workers: every process the search had started is gone
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in workers if alive(pid)]
+    assert_gone(workers)  # no orphaned workers
 
 
 def test_torn_last_line_is_ignored_and_redone(tiny_config: Path, tmp_path: Path):
