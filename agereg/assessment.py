@@ -16,16 +16,12 @@ from agereg.data import Dataset, load_dataset
 from agereg.engine import Arrays, Fit, train_group, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import mean_baseline, predict, regression_metrics
-from agereg.pipeline import Log, check_dataset, stored_config
+from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group, plan_groups
 from agereg.runs import rank as rank_records
 from agereg.runs import read_log, resolve_run, write_json
 from agereg.search import TrialRecord, in_memory
 from agereg.split import SPLIT_NAME, Split, load_split
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -85,7 +81,7 @@ def evaluate_run(
     refit: bool = False,
     n_boot: int = 1000,
     plots: bool = True,
-    log: Log = _quiet,
+    log: Log = quiet,
 ) -> dict:
     """Retrain the ``rank``-th best finished trial of a run and measure it on the test set.
 

@@ -8,7 +8,6 @@ The only module (with ``__main__``) that imports click or rich. Every
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 from collections.abc import Callable
@@ -32,6 +31,15 @@ from agereg import __version__, pipeline
 from agereg.assessment import evaluate_run
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
+from agereg.report import (
+    NO_EVAL,
+    build_report,
+    eval_files,
+    eval_lines,
+    eval_table,
+    ranking_rows,
+    trial_text,
+)
 from agereg.search import TrialRecord, note_interrupt
 
 EXIT_USAGE = 2
@@ -58,12 +66,6 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     note_interrupt()
     raise KeyboardInterrupt()
-
-
-def _fmt(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "-"
-    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
 
 
 # ---------------------------------------------------------------- the group
@@ -208,13 +210,11 @@ def _started(run_dir: Path) -> None:
 
 def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
     table = Table(title="best trials by validation fMSE", title_justify="left")
-    for col in ("rank", "batch", "lr", "epochs", "l2", "train", "val", "test",
-                "status"):
+    # report.RANKING_COLUMNS, with "lr" so that the table fits 80 columns
+    for col in ("rank", "batch", "lr", "epochs", "l2", "train", "val", "test", "status"):
         table.add_column(col, justify="left" if col == "status" else "right")
-    for i, r in enumerate(ranked[:top], 1):
-        table.add_row(str(i), str(r.batch_size), f"{r.learning_rate:g}", str(r.epochs),
-                      f"{r.l2:g}", _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss),
-                      r.status)
+    for row in ranking_rows(ranked, top):
+        table.add_row(*row)
     out.print(table)
 
 
@@ -239,8 +239,6 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
           n_boot: int, no_plots: bool, as_json: bool) -> None:
     """Retrain the best trial of a run and report its test-set error, with bootstrap
     confidence intervals, the exact ridge optimum, the noise model and pictures."""
-    from agereg.report import eval_files
-
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
     res = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit, n_boot=n_boot,
@@ -257,8 +255,6 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
 
 def _print_eval(res: dict) -> None:
     """The content of an eval.json: the trial, the metrics table and the other findings."""
-    from agereg.report import eval_lines, eval_table, trial_text
-
     t = res["trial"]
     out.print(f"[bold]trial #{t['rank']}[/]: " + escape(
         f"{trial_text(t)} ({res['engine']}, {res['precision']}); data: {res['dataset']}"))
@@ -287,8 +283,6 @@ def _print_eval(res: dict) -> None:
 def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     """Print the ranking (and test metrics, if evaluated) of RUN_DIR (default: the latest
     run) and write RUN_DIR/report.html, a self-contained page to share."""
-    from agereg.report import NO_EVAL, build_report
-
     rep = build_report(run_dir, Path(runs_dir), top)
     _print_ranking(rep.ranked, top)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""

@@ -40,8 +40,8 @@ Log = Callable[[str], None]
 Progress = Callable[[int, int], None]  # (trials done, trials planned)
 
 
-def _quiet(_: str) -> None:
-    pass
+def quiet(_: str) -> None:
+    """A :data:`Log` that drops every message."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def result_defining(cfg: Config) -> dict:
 def start_search(
     cfg: Config,
     runs_dir: Path,
-    log: Log = _quiet,
+    log: Log = quiet,
     progress: Progress | None = None,
     on_start: Callable[[Path], None] | None = None,
 ) -> SearchOutcome:
@@ -135,7 +135,7 @@ def resume_search(
     runs_dir: Path,
     cfg_path: str | Path | None = None,
     overrides: Callable[[Config], Config] | None = None,
-    log: Log = _quiet,
+    log: Log = quiet,
     progress: Progress | None = None,
     on_start: Callable[[Path], None] | None = None,
 ) -> SearchOutcome:
