@@ -28,6 +28,11 @@ LOSS_NAMES = ("train", "val", "test")
 # Rows per block inside a minibatch: a (128, 2304) float64 block is 2.4 MB, small enough
 # to stay in cache between the forward and backward products (measured fastest).
 ROW_BLOCK = 128
+# Columns per matrix product. Every product of the batched engine is exactly this wide
+# (fewer columns are padded with zeros), so that a column's numbers are the same whatever
+# trains beside it: BLAS kernels pick their code path by the shape, and a different width
+# changes the last bits. 16 columns run as fast per column as 32 (measured).
+PANEL = 16
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,17 @@ class GroupResult:
     losses: np.ndarray  # (E, K, 3) float64
     diverged: np.ndarray  # (E, K) bool
     snapshot: Fit | None = None
+    state: State | None = None
+
+
+@dataclass(frozen=True)
+class State:
+    """Parameters of K columns after ``epoch`` epochs, in the engine's dtype, to continue
+    training from (successive halving's rungs). Non-finite columns have diverged."""
+
+    epoch: int
+    W: np.ndarray  # (D, K)
+    b: np.ndarray  # (K,)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -148,12 +164,35 @@ def train_reference(
         losses = _losses(arrays, w, b)
     if not (np.isfinite(losses).all() and np.isfinite(w).all() and np.isfinite(b)):
         return _diverged(d)
-    return Fit(w.astype(np.float64), float(b), tuple(float(v) for v in losses), False)
+    return Fit(w.astype(np.float64), float(b), (float(losses[0]), float(losses[1]), float(losses[2])), False)
 
 
 def _diverged(d: int) -> Fit:
     nan = float("nan")
     return Fit(np.full(d, np.nan), nan, (nan, nan, nan), True)
+
+
+def _unpack(M: np.ndarray) -> np.ndarray:
+    """``(P, X, PANEL)`` panels -> ``(P * PANEL, X)`` slots (a copy)."""
+    P, X, _ = M.shape
+    return M.transpose(0, 2, 1).reshape(P * PANEL, X)
+
+
+def _pack(S: np.ndarray) -> np.ndarray:
+    """``(n, X)`` slots -> ``(ceil(n / PANEL), X, PANEL)`` contiguous panels, zero padded."""
+    n, X = S.shape
+    P = -(-n // PANEL)
+    out = np.zeros((P * PANEL, X), dtype=S.dtype)
+    out[:n] = S
+    return np.ascontiguousarray(out.reshape(P, PANEL, X).transpose(0, 2, 1))
+
+
+def _pack_vec(v: np.ndarray, fill: float) -> np.ndarray:
+    """``(n,)`` -> ``(ceil(n / PANEL), PANEL)``, padded with ``fill``."""
+    P = -(-len(v) // PANEL)
+    out = np.full(P * PANEL, fill, dtype=v.dtype)
+    out[: len(v)] = v
+    return out.reshape(P, PANEL)
 
 
 def train_group(
@@ -164,76 +203,109 @@ def train_group(
     l2s: Sequence[float],
     epochs: Sequence[int],
     snapshot: tuple[int, int] | None = None,
+    start: State | None = None,
 ) -> GroupResult:
     """Train K = len(lrs) columns of one batch size together and record every epoch count.
 
-    ``snapshot=(k, epoch)`` also returns the parameters of column ``k`` after ``epoch``
-    epochs, computed by the very same operations as its losses.
+    Columns are laid out in panels of :data:`PANEL`; every matrix product has exactly that
+    width, so a column's numbers do not depend on its neighbours, its position, or how many
+    columns train with it (tested). A column that goes non-finite is dropped at once and
+    the survivors are packed into fewer panels.
+
+    ``start`` continues from a saved :class:`State` (epoch ``start.epoch``, columns in the
+    order of ``lrs``; non-finite columns count as diverged); the result's ``state`` holds
+    the parameters after the last epoch. ``snapshot=(k, epoch)`` also returns the
+    parameters of column ``k`` after ``epoch`` epochs.
     """
     X, y = arrays.X_fit, arrays.y_fit
     dtype = X.dtype
     n, d = X.shape
     K = len(lrs)
     epochs = tuple(sorted(epochs))
+    first = 0 if start is None else start.epoch
+    if not epochs or epochs[0] <= first:
+        raise ValueError(f"epochs {epochs} must all come after the start epoch {first}")
     record_at = {e: i for i, e in enumerate(epochs)}
     losses = np.full((len(epochs), K, 3), np.nan)
     diverged = np.ones((len(epochs), K), dtype=bool)
     kept: Fit | None = None
 
-    lr = np.asarray(lrs, dtype=dtype)  # (K,)
-    decay = (1 - lr * np.asarray(l2s, dtype=dtype)).astype(dtype)  # (K,)  w *= 1 - lr * l2
-    W = np.zeros((d, K), dtype=dtype)
-    b = np.zeros(K, dtype=dtype)
-    alive = np.arange(K)  # original column index of each live column of W
+    lr_all = np.asarray(lrs, dtype=dtype)  # (K,)
+    decay_all = (1 - lr_all * np.asarray(l2s, dtype=dtype)).astype(dtype)  # w *= 1 - lr * l2
+    if start is None:
+        W0, b0 = np.zeros((K, d), dtype=dtype), np.zeros(K, dtype=dtype)
+    else:
+        W0 = np.asarray(start.W, dtype=dtype).T  # (K, D)
+        b0 = np.asarray(start.b, dtype=dtype)
+    alive = np.flatnonzero(np.isfinite(W0).all(axis=1) & np.isfinite(b0))  # (k,) columns
+    # Panels: W (P, D, PANEL), b / lr / decay (P, PANEL). Padding slots have W = b = lr = 0
+    # and decay = 1, so they stay exactly zero and never diverge.
+    W, b = _pack(W0[alive]), _pack_vec(b0[alive], 0)
+    lr, decay = _pack_vec(lr_all[alive], 0), _pack_vec(decay_all[alive], 1)
+    end_W, end_b = np.full((d, K), np.nan), np.full(K, np.nan)
     y_cast = y.astype(dtype)
     # Split each minibatch into near-equal blocks of at most ROW_BLOCK rows (160 -> 2 x 80
     # rather than 128 + 32, whose thin remainder wastes the products).
     block = -(-batch_size // -(-batch_size // ROW_BLOCK))
-    # Buffers reused by every step: no allocation in the hot loop.
-    X_S = np.empty((block, d), dtype=dtype)
-    R = np.empty((batch_size, K), dtype=dtype)
-    G = np.empty((d, K), dtype=dtype)
-    G_part = np.empty((d, K), dtype=dtype)
+    X_S = np.empty((block, d), dtype=dtype)  # buffers reused by every step
+    G_part = np.empty((d, PANEL), dtype=dtype)
+
+    def buffers(P: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.empty((P, batch_size, PANEL), dtype=dtype), np.empty((P, d, PANEL), dtype)
+
+    R, G = buffers(len(W))
 
     with np.errstate(all="ignore"):  # overflow is expected when a column diverges
-        for epoch in range(1, epochs[-1] + 1):
+        for epoch in range(first + 1, epochs[-1] + 1) if len(alive) else ():
             order = epoch_order(seed, epoch, n)
-            for start in range(0, n, batch_size):
-                rows = order[start : start + batch_size]
-                m, k = len(rows), len(alive)
-                r, g = R[:m, :k], G[:, :k]
+            for start_row in range(0, n, batch_size):
+                rows = order[start_row : start_row + batch_size]
+                m, P = len(rows), len(W)
                 # The minibatch is processed in blocks of ROW_BLOCK rows, so that each
-                # gathered block is still in cache when the backward product reads it.
+                # gathered block is still in cache when the backward products read it.
                 for lo in range(0, m, block):
                     sub = rows[lo : lo + block]
-                    xs, rs = X_S[: len(sub)], r[lo : lo + block]
+                    xs = X_S[: len(sub)]
                     # mode="clip": indices come from a permutation, and the default mode
                     # ("raise") copies through a temporary buffer on every call
                     np.take(X, sub, axis=0, out=xs, mode="clip")  # (s, D)
-                    np.matmul(xs, W, out=rs)  # (s, D) @ (D, k) -> (s, k)
-                    rs += b
-                    rs -= y_cast[sub, None]
-                    if lo == 0:
-                        np.matmul(xs.T, rs, out=g)  # (D, s) @ (s, k) -> (D, k)
-                    else:
-                        part = G_part[:, :k]
-                        np.matmul(xs.T, rs, out=part)
-                        g += part
-                ok = np.isfinite(r).all(axis=0)  # (k,)
+                    ys = y_cast[sub, None]  # (s, 1)
+                    for p in range(P):
+                        rs = R[p, lo : lo + len(sub)]
+                        np.matmul(xs, W[p], out=rs)  # (s, D) @ (D, PANEL) -> (s, PANEL)
+                        rs += b[p]
+                        rs -= ys
+                        if lo == 0:
+                            np.matmul(xs.T, rs, out=G[p])  # (D, s) @ (s, PANEL) -> (D, PANEL)
+                        else:
+                            np.matmul(xs.T, rs, out=G_part)
+                            G[p] += G_part
+                r = R[:, :m]  # (P, m, PANEL)
+                ok = np.isfinite(r).all(axis=1).reshape(-1)[: len(alive)]  # (k,)
                 if not ok.all():
-                    W, b, lr, decay, alive = W[:, ok], b[ok], lr[ok], decay[ok], alive[ok]
-                    W, k = np.ascontiguousarray(W), len(alive)
-                    if k == 0:
-                        return GroupResult(epochs, losses, diverged, kept)
-                    r, g = r[:, ok], np.ascontiguousarray(g[:, ok])
-                g *= lr / dtype.type(m)
-                b -= lr * r.mean(axis=0)
-                W *= decay
-                W -= g
+                    alive = alive[ok]
+                    if len(alive) == 0:
+                        break
+                    W, G = _pack(_unpack(W)[: len(ok)][ok]), _pack(_unpack(G)[: len(ok)][ok])
+                    r = _pack(_unpack(r)[: len(ok)][ok])
+                    b = _pack_vec(b.reshape(-1)[: len(ok)][ok], 0)
+                    lr = _pack_vec(lr.reshape(-1)[: len(ok)][ok], 0)
+                    decay = _pack_vec(decay.reshape(-1)[: len(ok)][ok], 1)
+                    R, _ = buffers(len(W))
+                for p in range(len(W)):
+                    b[p] -= lr[p] * r[p].mean(axis=0)  # (m, PANEL) -> (PANEL,)
+                G *= (lr / dtype.type(m))[:, None, :]
+                W *= decay[:, None, :]
+                W -= G
+            if len(alive) == 0:
+                break
             if epoch in record_at:
                 i = record_at[epoch]
-                L = _losses(arrays, W, b)  # (3, k)
-                finite = np.isfinite(L).all(axis=0) & np.isfinite(W).all(axis=0)
+                k = len(alive)
+                L = np.concatenate([_losses(arrays, W[p], b[p]) for p in range(len(W))],
+                                   axis=1)[:, :k]  # (3, k)
+                Wk = _unpack(W)[:k]  # (k, D)
+                finite = np.isfinite(L).all(axis=0) & np.isfinite(Wk).all(axis=1)
                 losses[i, alive[finite]] = L[:, finite].T
                 diverged[i, alive[finite]] = False
                 if snapshot is not None and snapshot[1] == epoch:
@@ -241,9 +313,15 @@ def train_group(
                     if where.size and finite[where[0]]:
                         j = where[0]
                         kept = Fit(
-                            W[:, j].astype(np.float64),
-                            float(b[j]),
-                            tuple(float(v) for v in L[:, j]),
+                            Wk[j].astype(np.float64),
+                            float(b.reshape(-1)[j]),
+                            (float(L[0, j]), float(L[1, j]), float(L[2, j])),
                             False,
                         )
-    return GroupResult(epochs, losses, diverged, kept)
+        if len(alive):
+            k = len(alive)
+            end_W = end_W.astype(dtype)
+            end_b = end_b.astype(dtype)
+            end_W[:, alive] = _unpack(W)[:k].T
+            end_b[alive] = b.reshape(-1)[:k]
+    return GroupResult(epochs, losses, diverged, kept, State(epochs[-1], end_W, end_b))
