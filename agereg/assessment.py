@@ -17,10 +17,11 @@ from agereg.engine import Arrays, Fit, train_group, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import mean_baseline, predict, regression_metrics
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
-from agereg.plan import Group, plan_groups
-from agereg.runs import rank as rank_records
-from agereg.runs import read_log, resolve_run, write_json
-from agereg.search import TrialRecord, in_memory
+from agereg.launcher import in_memory
+from agereg.plan import Group
+from agereg.records import TrialRecord
+from agereg.records import rank as rank_records
+from agereg.runs import read_log, read_plan, resolve_run, write_json
 from agereg.split import SPLIT_NAME, Split, load_split
 
 
@@ -44,27 +45,43 @@ def open_run(run: str | Path | None, runs_dir: Path) -> RunContext:
     return RunContext(run_dir, cfg, dataset, split, read_log(run_dir))
 
 
-def group_of(cfg: Config, rec: TrialRecord) -> tuple[Group, int]:
-    """The group that trained ``rec`` in the search and its column inside it."""
-    for g in plan_groups(cfg.grid):
-        if g.batch_size == rec.batch_size and (rec.learning_rate, rec.l2) in g.columns:
-            return g, g.columns.index((rec.learning_rate, rec.l2))
-    raise RunError(f"trial {rec.key()} is not in the run's grid; the run folder is damaged")
+def group_of(run_dir: Path, rec: TrialRecord) -> Group | None:
+    """The stored group that trained ``rec`` (None for a trial reused from another run, or
+    a run written before plans were stored)."""
+    plan = read_plan(run_dir)
+    for groups in plan.values():
+        for g in groups:
+            if (g.batch_size == rec.batch_size and (rec.learning_rate, rec.l2) in g.columns
+                    and rec.epochs in g.epochs):
+                return g
+    if plan and rec.origin is None:
+        raise RunError(f"{run_dir}: trial {rec.key()} is not in the run's stored plan "
+                       "(plan.jsonl); the run folder is damaged")
+    return None
 
 
-def retrain(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
+def retrain(cfg: Config, arrays: Arrays, rec: TrialRecord, run_dir: Path | None = None) -> Fit:
     """Train ``rec`` again by exactly the operations the search used, so its losses are
-    bit-for-bit those in the log: the same engine, precision and column group."""
+    bit-for-bit those in the log. The batched engine's products have a fixed width, so a
+    column's numbers do not depend on the group it trained in, nor on whether halving
+    continued it from saved parameters: training the column alone from zero replays it."""
+    if run_dir is not None:
+        group_of(run_dir, rec)  # the trial must be one this run trained
+    fit = _train_column(cfg, arrays, rec)
+    if fit.diverged:
+        raise RunError(f"trial {rec.key()} diverged when trained again; the data or the "
+                       "numerical libraries changed since the search")
+    return fit
+
+
+def _train_column(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
     if cfg.execution.engine == "reference":
         return train_reference(arrays, cfg.seed, rec.batch_size, rec.learning_rate, rec.l2,
                                rec.epochs)
-    group, k = group_of(cfg, rec)
-    res = train_group(arrays, cfg.seed, group.batch_size, [c[0] for c in group.columns],
-                      [c[1] for c in group.columns], (rec.epochs,), snapshot=(k, rec.epochs))
-    if res.snapshot is None:
-        raise RunError(f"trial {rec.key()} diverged when trained again; the data or the "
-                       "numerical libraries changed since the search")
-    return res.snapshot
+    res = train_group(arrays, cfg.seed, rec.batch_size, [rec.learning_rate], [rec.l2],
+                      (rec.epochs,), snapshot=(0, rec.epochs))
+    return res.snapshot or Fit(np.full(arrays.X_fit.shape[1], np.nan), float("nan"),
+                               (float("nan"),) * 3, True)
 
 
 def refit_arrays(arrays: Arrays) -> Arrays:
@@ -98,7 +115,7 @@ def evaluate_run(
     if n_boot < 0:
         raise RunError(f"--bootstrap {n_boot}: give a number of resamples >= 0 (0 disables)")
     ctx = open_run(run, runs_dir)
-    ranked = [r for r in rank_records(ctx.records) if r.status == "ok"]
+    ranked = [r for r in rank_records(ctx.records) if r.status.has_losses()]
     if not ranked:
         raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, failed "
                        "or not run yet); resume the search or widen the grid")
@@ -109,7 +126,8 @@ def evaluate_run(
     arrays = in_memory(ctx.dataset, ctx.split, ctx.cfg.execution.precision)
     train_rows = refit_arrays(arrays) if refit else arrays
     log(f"training trial #{rank} again ({'on train+validation' if refit else 'as in the search'})")
-    fit = _refit(ctx.cfg, train_rows, rec) if refit else retrain(ctx.cfg, arrays, rec)
+    fit = (_refit(ctx.cfg, train_rows, rec) if refit
+           else retrain(ctx.cfg, arrays, rec, ctx.run_dir))
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
     notes: list[str] = []
@@ -157,14 +175,7 @@ def evaluate_run(
 
 def _refit(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
     """Train the trial's hyperparameters on training + validation rows."""
-    if cfg.execution.engine == "reference":
-        fit = train_reference(arrays, cfg.seed, rec.batch_size, rec.learning_rate, rec.l2,
-                              rec.epochs)
-    else:
-        res = train_group(arrays, cfg.seed, rec.batch_size, [rec.learning_rate], [rec.l2],
-                          (rec.epochs,), snapshot=(0, rec.epochs))
-        fit = res.snapshot or Fit(np.full(arrays.X_fit.shape[1], np.nan), float("nan"),
-                                  (float("nan"),) * 3, True)
+    fit = _train_column(cfg, arrays, rec)
     if fit.diverged:
         raise RunError(f"trial {rec.key()} diverged when refit on train+validation; "
                        "evaluate without --refit or pick another trial with --rank")
@@ -205,7 +216,7 @@ def _bootstrap(
         log(f"training trial #{vs_rank} for the paired comparison")
         try:
             fit_vs = (_refit(ctx.cfg, train_rows, other) if refit
-                      else retrain(ctx.cfg, arrays, other))
+                      else retrain(ctx.cfg, arrays, other, ctx.run_dir))
             pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
         except RunError as exc:
             notes.append(f"no paired comparison: {exc}")

@@ -37,10 +37,13 @@ from agereg.report import (
     eval_files,
     eval_lines,
     eval_table,
+    counts_text,
     ranking_rows,
     trial_text,
 )
-from agereg.search import TrialRecord, note_interrupt
+from agereg.launcher import note_interrupt
+from agereg.advice import edge_notices
+from agereg.records import TrialRecord
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
@@ -140,15 +143,20 @@ def split(seed: int, val_fraction: float, data_dir: str) -> None:
 @click.option("--scheduler", default=None, help="dask scheduler address, tcp://HOST:PORT.")
 @click.option("--resume", is_flag=False, flag_value="latest", default=None,
               metavar="[RUN_DIR]", help="Continue an interrupted run (default: the latest).")
+@click.option("--extend", default=None, metavar="RUN_DIR",
+              help="Grow that run: reuse its trials, train only the new ones (new folder).")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
               help="Rows of the ranked table to print.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | None,
            precision: str | None, backend: str | None, scheduler: str | None,
-           resume: str | None, top: int, quiet: bool) -> None:
-    """Train every trial of CONFIG's grid and rank them by validation loss."""
+           resume: str | None, extend: str | None, top: int, quiet: bool) -> None:
+    """Run CONFIG's search strategy (the grid by default) and rank the trials by
+    validation loss."""
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG file, or --resume to continue a run")
+    if extend is not None and (resume is not None or config is None):
+        raise click.UsageError("--extend RUN_DIR needs a CONFIG and cannot go with --resume")
 
     def overrides(cfg: Config) -> Config:
         return apply_overrides(cfg, n_jobs=n_jobs, engine=engine, precision=precision,
@@ -163,12 +171,13 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
         else:
             cfg = overrides(load_config(config))  # type: ignore[arg-type]
             outcome = pipeline.start_search(cfg, runs, log=_log, progress=progress,
-                                            on_start=_started)
+                                            on_start=_started, extend=extend)
     _print_ranking(outcome.ranked, top)
-    n_div = sum(r.status == "diverged" for r in outcome.ranked)
-    n_fail = sum(r.status == "failed" for r in outcome.ranked)
-    err.print(escape(f"{len(outcome.ranked)} trials ({outcome.computed} trained now, "
-              f"{n_div} diverged, {n_fail} failed) in {outcome.seconds:.1f} s; "
+    for notice in outcome.summary.notices:
+        out.print(f"[yellow]note[/]: {escape(notice)}")
+    reused = f", {outcome.reused} reused" if outcome.reused else ""
+    err.print(escape(f"{len(outcome.ranked)} trials ({outcome.computed} trained now{reused}; "
+              f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
               f"results in {outcome.run_dir}/"))
 
 
@@ -287,8 +296,9 @@ def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     _print_ranking(rep.ranked, top)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts
-    out.print(f"{len(rep.ranked)} trials{planned}: {c['ok']} finished, {c['diverged']} "
-              f"diverged, {c['failed']} failed")
+    out.print(escape(f"{len(rep.ranked)} trials{planned}: {counts_text(c)}"))
+    for notice in edge_notices(rep.ranked):
+        out.print(f"[yellow]note[/]: {escape(notice)}")
     if rep.eval is None:
         out.print(escape(NO_EVAL))
     else:

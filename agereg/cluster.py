@@ -6,10 +6,10 @@ so the extra stays optional. It does two things:
 * :func:`check_backend`, called before a run folder is created or a run is resumed:
   the extra is installed, the scheduler answers within :data:`CONNECT_TIMEOUT`, it has
   workers, and every worker reads a probe file written where the run folder will be
-  (tasks carry only the path of the prepared arrays, see :mod:`agereg.search`), with
+  (tasks carry only the path of the prepared arrays, see :mod:`agereg.launcher`), with
   the same agereg version as this process;
 * :func:`dask_backend`, the ``parallel_config`` under which
-  :func:`agereg.search.execute` runs: a client connected to the scheduler, and the
+  :func:`agereg.launcher.launch` runs: a client connected to the scheduler, and the
   cluster's failures turned into one-line :class:`~agereg.errors.RunError` messages.
 
 A worker that dies mid-task is not an error here: the scheduler runs its tasks again on

@@ -30,7 +30,10 @@ __all__ = [
     "Config",
     "DataConfig",
     "ExecutionConfig",
+    "Distribution",
     "Grid",
+    "SearchConfig",
+    "STRATEGIES",
     "SplitConfig",
     "apply_overrides",
     "config_to_dict",
@@ -43,12 +46,24 @@ ENGINES = ("batched", "reference")
 PRECISIONS = ("float64", "float32")
 BACKENDS = ("loky", "threading", "dask")
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")
+STRATEGIES = ("grid", "random", "halving", "refine")
+DISTRIBUTIONS = ("log_uniform", "uniform")
 
-_TOP_KEYS = ("grid", "seed", "name", "n_jobs", "max_trials", "data", "split", "execution")
+_TOP_KEYS = (
+    "grid", "seed", "name", "n_jobs", "max_trials", "data", "split", "execution", "search",
+)  # fmt: skip
 _GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
 _DATA_KEYS = ("dir",)
 _SPLIT_KEYS = ("seed", "val_fraction")
 _EXECUTION_KEYS = ("engine", "precision", "backend", "scheduler")
+_SEARCH_KEYS = ("strategy", "n_trials", "seed", "eta", "rounds", "points", "tol")
+# The keys each strategy reads; any other search key is an error that says so.
+_STRATEGY_KEYS = {
+    "grid": (),
+    "random": ("n_trials", "seed"),
+    "halving": ("n_trials", "seed", "eta"),
+    "refine": ("n_trials", "seed", "rounds", "points", "tol"),
+}
 
 # Integers end up in numpy seeds, joblib and run metadata; anything outside int64 is a typo.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
@@ -63,21 +78,51 @@ _Num = TypeVar("_Num", int, float)
 
 
 @dataclass(frozen=True)
-class Grid:
-    """The hyperparameter values to try; every combination is one trial.
+class Distribution:
+    """A continuous range to draw from: ``uniform`` or ``log_uniform`` on [low, high]."""
 
-    Each tuple holds distinct values sorted ascending, so the trial order
-    does not depend on how the config file listed them.
+    kind: str
+    low: float
+    high: float
+
+
+Axis = tuple[float, ...] | Distribution
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The hyperparameter space: every combination of the listed values is one trial.
+
+    Each tuple holds distinct values sorted ascending, so the trial order does not depend
+    on how the config file listed them. ``learning_rate`` and ``l2`` may instead be a
+    :class:`Distribution` (random, halving and refine draw from it).
     """
 
     batch_size: tuple[int, ...]
-    learning_rate: tuple[float, ...]
+    learning_rate: Axis
     epochs: tuple[int, ...]
-    l2: tuple[float, ...]
+    l2: Axis
 
     def __len__(self) -> int:
-        """Return the number of trials, the product of the four lengths."""
+        """Return the number of trials, the product of the four lengths (0 when an axis
+        is a distribution: the strategy decides how many trials it draws)."""
         return _n_trials(self)
+
+    def is_finite(self) -> bool:
+        return not any(isinstance(a, Distribution) for a in (self.learning_rate, self.l2))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search strategy and its settings (see README, "Search strategies")."""
+
+    strategy: str = "grid"
+    n_trials: int | None = None
+    seed: int | None = None  # None: the top-level seed
+    eta: int = 3
+    rounds: int = 3
+    points: int = 5
+    tol: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -129,6 +174,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 class _Invalid(Exception):
@@ -234,13 +280,29 @@ def config_to_dict(cfg: Config) -> dict[str, object]:
             "backend": cfg.execution.backend,
             "scheduler": cfg.execution.scheduler,
         },
+        "search": _search_to_dict(cfg.search),
         "grid": {
             "batch_size": list(grid.batch_size),
-            "learning_rate": list(grid.learning_rate),
+            "learning_rate": _axis_to_yaml(grid.learning_rate),
             "epochs": list(grid.epochs),
-            "l2": list(grid.l2),
+            "l2": _axis_to_yaml(grid.l2),
         },
     }
+
+
+def _axis_to_yaml(axis: Axis) -> object:
+    if isinstance(axis, Distribution):
+        return {axis.kind: [axis.low, axis.high]}
+    return list(axis)
+
+
+def _search_to_dict(search: SearchConfig) -> dict[str, object]:
+    """Only the keys the strategy reads, so the written config loads back."""
+    d: dict[str, object] = {"strategy": search.strategy}
+    for key in _STRATEGY_KEYS[search.strategy]:
+        if getattr(search, key) is not None:
+            d[key] = getattr(search, key)
+    return d
 
 
 def dump_config(cfg: Config) -> str:
@@ -372,11 +434,15 @@ def _parse(raw: object) -> Config:
         )
     )
     _check_scheduler(execution)
-
-    if _n_trials(grid) > max_trials:
+    search = _search(top.get("search"), grid)
+    budget = search_budget(search, grid)
+    if budget > max_trials:
+        what = (f"the grid has {budget:,} trials ({_grid_shape(grid)})"
+                if search.strategy == "grid" else
+                f"strategy {search.strategy!r} may train up to {budget:,} trials")
         raise _Invalid(
-            f"the grid has {_n_trials(grid):,} trials ({_grid_shape(grid)}), more than "
-            f"max_trials = {max_trials:,}; shrink the grid or raise max_trials"
+            f"{what}, more than max_trials = {max_trials:,}; shrink the "
+            f"{'grid' if search.strategy == 'grid' else 'search'} or raise max_trials"
         )
     return Config(
         grid=grid,
@@ -387,7 +453,88 @@ def _parse(raw: object) -> Config:
         data=data,
         split=split,
         execution=execution,
+        search=search,
     )
+
+
+def search_budget(search: SearchConfig, grid: Grid) -> int:
+    """The most trials a strategy can train (each epoch count is a trial)."""
+    n_epochs = len(grid.epochs)
+    columns = (math.prod(len(a) for a in (grid.batch_size, grid.learning_rate, grid.l2))
+               if grid.is_finite() else 0)  # type: ignore[arg-type]
+    if search.n_trials is not None:
+        columns = search.n_trials
+    if search.strategy in ("grid", "random"):
+        return columns * n_epochs
+    if search.strategy == "halving":
+        total, alive = 0, columns
+        for _ in range(n_epochs):
+            total, alive = total + alive, max(1, alive // search.eta)
+        return total
+    # refine: the first round, then rounds - 1 sub-grids of points x points columns with
+    # up to two more epoch counts each
+    later = search.points**2 * (n_epochs + 2 * search.rounds)
+    return columns * n_epochs + (search.rounds - 1) * later
+
+
+def _search(raw: object, grid: Grid) -> SearchConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _Invalid(
+            f"search must be a mapping like {{strategy: random, n_trials: 60}}, not "
+            f"{_kind(raw)}"
+        )
+    section = _keys(raw, "search.", _SEARCH_KEYS)
+    strategy = (_choice(section["strategy"], "search.strategy", STRATEGIES)
+                if "strategy" in section else "grid")
+    allowed = _STRATEGY_KEYS[strategy]
+    for key in section:
+        if key != "strategy" and key not in allowed:
+            users = [s for s, keys in _STRATEGY_KEYS.items() if key in keys]
+            raise _Invalid(
+                f"search.{key} is not used by strategy {strategy!r} (only by "
+                f"{' and '.join(users)}); remove it or change search.strategy"
+            )
+    checks: dict[str, Callable[[object, str], object]] = {
+        "n_trials": lambda v, k: _positive(v, k, "60"),
+        "seed": _seed,
+        "eta": lambda v, k: _at_least(v, k, 2, "3"),
+        "rounds": lambda v, k: _positive(v, k, "3"),
+        "points": lambda v, k: _at_least(v, k, 2, "5"),
+        "tol": _tolerance,
+    }
+    values = {k: checks[k](v, f"search.{k}") for k, v in section.items() if k != "strategy"}
+    out = SearchConfig(strategy=strategy, **values)  # type: ignore[arg-type]
+    if not grid.is_finite():
+        axis = "learning_rate" if isinstance(grid.learning_rate, Distribution) else "l2"
+        if strategy == "grid":
+            raise _Invalid(
+                f"grid.{axis} is a distribution, which the grid strategy cannot enumerate; "
+                "list values, or set search.strategy to random, halving or refine"
+            )
+        if out.n_trials is None:
+            raise _Invalid(
+                f"grid.{axis} is a distribution, so strategy {strategy!r} needs "
+                "search.n_trials (how many configurations to draw); add it, like n_trials: 60"
+            )
+    elif strategy == "random" and out.n_trials is None:
+        raise _Invalid("strategy 'random' needs search.n_trials; add it, like n_trials: 60")
+    return out
+
+
+def _at_least(value: object, key: str, low: int, example: str) -> int:
+    number = _whole(value, key, example)
+    if number < low:
+        raise _Invalid(f"{_at(key, value)} must be at least {low}; write it like {example}")
+    return number
+
+
+def _tolerance(value: object, key: str) -> float:
+    number = _real(value, key, "0.001")
+    if not 0 <= number < 1:
+        raise _Invalid(f"{_at(key, value)} must be in [0, 1); write it like 0.001")
+    return number
 
 
 def _keys(raw: dict[object, object], prefix: str, allowed: tuple[str, ...]) -> dict[str, object]:
@@ -440,10 +587,35 @@ def _grid(raw: object) -> Grid:
             raise _Invalid(f"grid is missing {key!r}; add grid.{key} as a list of values")
     return Grid(
         batch_size=_grid_values(section["batch_size"], "grid.batch_size", _batch_size),
-        learning_rate=_grid_values(section["learning_rate"], "grid.learning_rate", _learning_rate),
+        learning_rate=_axis(section["learning_rate"], "grid.learning_rate", _learning_rate),
         epochs=_grid_values(section["epochs"], "grid.epochs", _epochs),
-        l2=_grid_values(section["l2"], "grid.l2", _l2),
+        l2=_axis(section["l2"], "grid.l2", _l2),
     )
+
+
+def _axis(raw: object, key: str, check: Callable[[object, str], float]) -> Axis:
+    """A list of values, or a distribution ``{log_uniform: [a, b]}`` / ``{uniform: [a, b]}``."""
+    if not isinstance(raw, dict):
+        return _grid_values(raw, key, check)
+    example = f"{key.split('.')[-1]}: {{log_uniform: [1.0e-4, 1.0]}}"
+    if len(raw) != 1:
+        raise _Invalid(f"{key} must be a list or one distribution, like {example}")
+    (kind, bounds), = raw.items()
+    if kind not in DISTRIBUTIONS:
+        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"write it like {example}"
+        raise _Invalid(f"{key} has the unknown distribution {_show(kind)}; {hint}")
+    where = f"{key}.{kind}"
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise _Invalid(f"{where} = {_show(bounds)} must be two numbers [low, high]; "
+                       f"write it like {example}")
+    low, high = check(bounds[0], f"{where}[0]"), check(bounds[1], f"{where}[1]")
+    if not low < high:
+        raise _Invalid(f"{where} = {_show(bounds)}: low must be below high; swap them")
+    if kind == "log_uniform" and low <= 0:
+        raise _Invalid(f"{where} = {_show(bounds)}: a log-uniform range must start above 0; "
+                       "use a small positive low, or list 0 with other values")
+    return Distribution(str(kind), float(low), float(high))
 
 
 def _grid_values(raw: object, key: str, check: Callable[[object, str], _Num]) -> tuple[_Num, ...]:
@@ -678,17 +850,19 @@ def _kind(value: object) -> str:
 
 
 def _n_trials(grid: Grid) -> int:
-    return math.prod(
-        len(values) for values in (grid.batch_size, grid.learning_rate, grid.epochs, grid.l2)
-    )
+    axes = (grid.batch_size, grid.learning_rate, grid.epochs, grid.l2)
+    return math.prod(0 if isinstance(a, Distribution) else len(a) for a in axes)
 
 
 def _grid_shape(grid: Grid) -> str:
+    def n(a: Axis) -> int:
+        return 0 if isinstance(a, Distribution) else len(a)
+
     parts = [
         (len(grid.batch_size), "batch size"),
-        (len(grid.learning_rate), "learning rate"),
+        (n(grid.learning_rate), "learning rate"),
         (len(grid.epochs), "epoch count"),
-        (len(grid.l2), "l2 value"),
+        (n(grid.l2), "l2 value"),
     ]
     return " x ".join(f"{n:,} {noun}{'' if n == 1 else 's'}" for n, noun in parts)
 

@@ -15,26 +15,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agereg.cluster import check_backend
-from agereg.config import Config, config_to_dict, dump_config, load_config
+from agereg.advice import edge_notices
+from agereg.config import (
+    Config,
+    Distribution,
+    config_to_dict,
+    dump_config,
+    load_config,
+    search_budget,
+)
 from agereg.data import Dataset, DatasetInfo, load_dataset
+from agereg.engine import State
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import atomic_write_text
-from agereg.plan import ParameterGrid, plan_groups
+from agereg.launcher import ArraysRef, launch, prepare_arrays
+from agereg.plan import Group, group_columns
+from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord
 from agereg.runs import (
     CONFIG_NAME,
     RunLock,
+    append_plan,
     append_records,
     create_run_dir,
     read_json,
     read_log,
+    read_plan,
     resolve_run,
     set_latest,
     write_json,
     write_run_info,
     write_summaries,
 )
-from agereg.search import TrialRecord, execute, prepare_arrays
 from agereg.split import SPLIT_NAME, Split, load_split, make_split, save_split
+from agereg.strategies import Proposal, Strategy, make_strategy
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int], None]  # (trials done, trials planned)
@@ -47,10 +60,14 @@ def quiet(_: str) -> None:
 @dataclass(frozen=True)
 class SearchOutcome:
     run_dir: Path
-    ranked: list[TrialRecord]
-    n_planned: int
+    summary: RunSummary
     computed: int  # trials trained by this invocation (the rest came from the log)
+    reused: int  # trials taken from the run given to --extend
     seconds: float
+
+    @property
+    def ranked(self) -> list[TrialRecord]:
+        return self.summary.ranked
 
 
 # ---------------------------------------------------------------- split
@@ -99,6 +116,7 @@ def result_defining(cfg: Config) -> dict:
     d = config_to_dict(cfg)
     return {
         "grid": d["grid"],
+        "search": d["search"],
         "seed": d["seed"],
         "split": d["split"],
         "execution.engine": d["execution"]["engine"],
@@ -112,22 +130,29 @@ def start_search(
     log: Log = quiet,
     progress: Progress | None = None,
     on_start: Callable[[Path], None] | None = None,
+    extend: str | Path | None = None,
 ) -> SearchOutcome:
-    """Validate everything, create a run folder and run every trial of the grid."""
+    """Validate everything, create a run folder and run the search. With ``extend`` (a
+    finished or interrupted run), trials logged there are reused, not trained again."""
     dataset = load_dataset(cfg.data.dir)
+    base = None if extend is None else Extension.open(extend, runs_dir, cfg, dataset.info)
     check_backend(cfg.execution, runs_dir, log)  # an unreachable cluster writes nothing
     split, cfg = split_for(cfg, dataset, log)
+    if base is not None:
+        base.check_split(split)
     run_dir = create_run_dir(runs_dir, cfg.name)
     with RunLock(run_dir):
         # The resolved config and the inputs' records go down before any training.
         atomic_write_text(run_dir / CONFIG_NAME, dump_config(cfg))
         write_json(run_dir / "dataset.json", dataset.info.to_dict())
         save_split(split, run_dir / SPLIT_NAME)
-        write_run_info(run_dir, "running", trials_planned=len(cfg.grid))
+        extra = {} if base is None else {"extends": str(base.run_dir)}
+        write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
+                       **extra)
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
-        return _run(cfg, dataset, split, run_dir, [], log, progress)
+        return _run(cfg, dataset, split, run_dir, [], log, progress, base)
 
 
 def resume_search(
@@ -159,11 +184,20 @@ def resume_search(
         check_dataset(run_dir, dataset.info)
         split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
         done = read_log(run_dir, repair=True)
-        write_run_info(run_dir, "running", trials_planned=len(cfg.grid), resumed=True)
+        read_plan(run_dir, repair=True)
+        info = read_json(run_dir / "run.json", "this run folder is damaged")
+        extends = info.get("extends")
+        base = None
+        if isinstance(extends, str):
+            base = Extension.open(extends, runs_dir, cfg, dataset.info)
+            base.check_split(split)
+        extra = {} if base is None else {"extends": str(base.run_dir)}
+        write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
+                       resumed=True, **extra)
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
-        return _run(cfg, dataset, split, run_dir, done, log, progress)
+        return _run(cfg, dataset, split, run_dir, done, log, progress, base)
 
 
 def stored_config(run_dir: Path) -> Config:
@@ -192,6 +226,164 @@ def check_dataset(run_dir: Path, info: DatasetInfo) -> None:
                        f"used ({stored.get('path')}); point data.dir at the original files")
 
 
+@dataclass(frozen=True)
+class Extension:
+    """A run whose logged trials a new search reuses (``agereg search --extend RUN``)."""
+
+    run_dir: Path
+    split_path: Path
+    records: list[TrialRecord]
+
+    @classmethod
+    def open(cls, run: str | Path, runs_dir: Path, cfg: Config, info: DatasetInfo) -> Extension:
+        run_dir = resolve_run(run, runs_dir)
+        stored = stored_config(run_dir)
+        check_dataset(run_dir, info)
+        a, b = result_defining(stored), result_defining(cfg)
+        for key in ("seed", "execution.engine", "execution.precision"):
+            if a[key] != b[key]:
+                raise RunError(f"--extend {run_dir}: the config differs from that run's in "
+                               f"{key} ({b[key]!r} vs {a[key]!r}); its trials would not be "
+                               "the same numbers, so they cannot be reused")
+        for axis in ("batch_size", "learning_rate", "epochs", "l2"):
+            old, new = getattr(stored.grid, axis), getattr(cfg.grid, axis)
+            if not _covers(new, old):
+                raise RunError(f"--extend {run_dir}: grid.{axis} must contain that run's "
+                               f"({_axis_text(old)}), but is {_axis_text(new)}; widen it")
+        return cls(run_dir, run_dir / SPLIT_NAME, read_log(run_dir))
+
+    def check_split(self, split: Split) -> None:
+        info = read_json(self.split_path, "the run folder to extend is damaged")
+        if info.get("train") != [int(i) for i in split.train] or \
+                info.get("val") != [int(i) for i in split.val]:
+            raise RunError(f"--extend {self.run_dir}: that run used another train/validation "
+                           f"split; extend it with the same split (copy {self.split_path} "
+                           "to the data folder)")
+
+    def cache(self) -> dict[TrialKey, TrialRecord]:
+        """Its trials that have losses or diverged (a failed trial is trained again), as
+        reused records that name where they came from."""
+        origin = str(self.run_dir)
+        return {r.key(): dataclasses.replace(r, origin=r.origin or origin,
+                                             status=Status.OK if r.status is Status.PRUNED
+                                             else r.status)
+                for r in self.records if r.status is not Status.FAILED}
+
+
+def _covers(new: object, old: object) -> bool:
+    if isinstance(new, Distribution) and isinstance(old, Distribution):
+        return new.kind == old.kind and new.low <= old.low and old.high <= new.high
+    if isinstance(new, tuple) and isinstance(old, tuple):
+        return set(old) <= set(new)
+    return False
+
+
+def _axis_text(axis: object) -> str:
+    if isinstance(axis, Distribution):
+        return f"{axis.kind} [{axis.low:g}, {axis.high:g}]"
+    return "[" + ", ".join(f"{v:g}" for v in axis) + "]"  # type: ignore[attr-defined]
+
+
+class _Sweep:
+    """The one loop that connects a strategy and the launcher:
+
+        while (proposal := strategy.propose(results)) is not None:
+            for outcome in launcher.launch(groups of proposal):
+                log.append(outcome.records); results.update(outcome.records)
+
+    Every proposal's groups are stored (plan.jsonl) before they train; a resumed run
+    trains the stored groups of a stage, not a fresh grouping.
+    """
+
+    def __init__(self, cfg: Config, dataset: Dataset, split: Split, run_dir: Path,
+                 done: list[TrialRecord], log: Log, progress: Progress | None,
+                 cache: dict[TrialKey, TrialRecord] | None) -> None:
+        self.cfg, self.dataset, self.split, self.run_dir = cfg, dataset, split, run_dir
+        self.log, self.progress, self.cache = log, progress, cache or {}
+        self.results: dict[TrialKey, TrialRecord] = {r.key(): r for r in done}
+        self.plan = read_plan(run_dir)
+        self.states: dict[Config3, tuple[int, object, object]] = {}  # column -> (epoch, w, b)
+        self.ref: ArraysRef | None = None
+        self.computed = self.reused = 0
+        self.n_planned = search_budget(cfg.search, cfg.grid)
+
+    def run(self, strategy: Strategy) -> None:
+        seen: set[tuple[str, int]] = set()
+        while (proposal := strategy.propose(self.results)) is not None:
+            marker = (proposal.stage, len(self.results))
+            if marker in seen:  # a strategy must make progress: never spin
+                raise RuntimeError(f"strategy {strategy.name} repeated {proposal.stage}")
+            seen.add(marker)
+            self._prune(proposal)
+            if proposal.columns:
+                self._train(proposal, strategy.continues)
+
+    def _append(self, records: list[TrialRecord]) -> None:
+        append_records(self.run_dir, records)  # durable before it counts as done
+        for r in records:
+            self.results[r.key()] = r
+        if self.progress:
+            self.progress(len(self.results), max(self.n_planned, len(self.results)))
+
+    def _prune(self, proposal: Proposal) -> None:
+        pruned = [self.results[k].with_status(Status.PRUNED) for k in proposal.prune
+                  if self.results[k].status is Status.OK]
+        if pruned:
+            self._append(pruned)
+
+    def _train(self, proposal: Proposal, continues: bool) -> None:
+        groups = self.plan.get(proposal.stage)
+        if groups is None or sorted(k for g in groups for k in g.keys()) != \
+                sorted(proposal.keys()):
+            groups = group_columns(proposal.columns, proposal.epochs, proposal.start_epoch)
+            append_plan(self.run_dir, proposal.stage, groups)
+            self.plan[proposal.stage] = groups
+        reuse = [self.cache[k] for k in proposal.keys()
+                 if k not in self.results and k in self.cache]
+        if reuse:
+            self._append(reuse)
+            self.reused += len(reuse)
+        todo = [g for g in groups if any(k not in self.results for k in g.keys())]
+        if not todo:
+            return
+        self.log(f"{proposal.stage}: training {sum(len(g.keys()) for g in todo)} trials in "
+                 f"{len(todo)} groups")
+        if self.ref is None:
+            self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,
+                                      self.run_dir / ".work")
+        ex = self.cfg.execution
+        stream = launch(self.ref, todo, self.cfg.seed, ex.engine, self.cfg.n_jobs, ex.backend,
+                        ex.scheduler, [self._start(g) for g in todo], keep_state=continues)
+        # closing() stops the workers at once if anything (Ctrl-C, SIGTERM, a full disk)
+        # interrupts the loop, rather than whenever the generator is collected.
+        with contextlib.closing(stream):  # type: ignore[type-var]
+            for outcome in stream:
+                new = [r for r in outcome.records if r.key() not in self.results]
+                self._append(new)
+                self.computed += len(new)
+                if outcome.state is not None:
+                    self._keep(outcome.group, outcome.state)
+
+    def _start(self, group: Group) -> State | None:
+        """The saved parameters a group continues from; None (train from zero, the same
+        numbers) unless every column has them."""
+        if group.start_epoch == 0:
+            return None
+        cols = [(group.batch_size, lr, l2) for lr, l2 in group.columns]
+        saved = [self.states.get(c) for c in cols]
+        if any(s is None or s[0] != group.start_epoch for s in saved):
+            return None
+        import numpy as np
+
+        W = np.stack([s[1] for s in saved], axis=1)  # type: ignore[index,misc]
+        b = np.array([s[2] for s in saved])  # type: ignore[index]
+        return State(group.start_epoch, W, b.astype(W.dtype))
+
+    def _keep(self, group: Group, state: State) -> None:
+        for k, (lr, l2) in enumerate(group.columns):
+            self.states[(group.batch_size, lr, l2)] = (state.epoch, state.W[:, k], state.b[k])
+
+
 def _run(
     cfg: Config,
     dataset: Dataset,
@@ -200,49 +392,37 @@ def _run(
     done: list[TrialRecord],
     log: Log,
     progress: Progress | None,
+    base: Extension | None = None,
 ) -> SearchOutcome:
-    n_planned = len(cfg.grid)
-    planned_keys = {t.key() for t in ParameterGrid(cfg.grid)}
-    records = {r.key(): r for r in done if r.key() in planned_keys}
-    groups = [g for g in plan_groups(cfg.grid) if any(t.key() not in records
-                                                       for t in g.trials())]
-    if records:
-        log(f"resuming: {len(records)} of {n_planned} trials already done")
+    sweep = _Sweep(cfg, dataset, split, run_dir, done, log, progress,
+                   None if base is None else base.cache())
+    if sweep.results:
+        log(f"resuming: {len(sweep.results)} trials already done")
     t0 = time.perf_counter()
-    computed = 0
     if progress:
-        progress(len(records), n_planned)
-    work = run_dir / ".work"
+        progress(len(sweep.results), max(sweep.n_planned, len(sweep.results)))
     status = "interrupted"
+    summary = None
     try:
-        if groups:
-            ref = prepare_arrays(dataset, split, cfg.execution.precision, work)
-            ex = cfg.execution
-            stream = execute(ref, groups, cfg.seed, ex.engine, cfg.n_jobs, ex.backend,
-                             ex.scheduler)
-            # closing() stops the workers at once if anything (Ctrl-C, SIGTERM, a full
-            # disk) interrupts the loop, rather than whenever the generator is collected.
-            with contextlib.closing(stream):
-                for group_records in stream:
-                    new = [r for r in group_records if r.key() not in records]
-                    append_records(run_dir, new)  # durable before it counts as done
-                    for r in new:
-                        records[r.key()] = r
-                    computed += len(new)
-                    if progress:
-                        progress(len(records), n_planned)
+        sweep.run(make_strategy(cfg))
         status = "finished"
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(run_dir / ".work", ignore_errors=True)
         try:
             # From the durable log, not from memory: an interrupt can land between a
             # group's append and its bookkeeping, and the log is the truth either way.
-            logged = [r for r in read_log(run_dir) if r.key() in planned_keys]
-            ranked = write_summaries(run_dir, logged, n_planned)
-            write_run_info(run_dir, status, trials_planned=n_planned, trials_done=len(logged))
+            logged = read_log(run_dir)
+            # a finished adaptive search planned exactly what it trained
+            planned = len(logged) if status == "finished" else sweep.n_planned
+            summary = write_summaries(run_dir, logged, planned, edge_notices(logged))
+            write_run_info(run_dir, status, trials_planned=planned, trials_done=len(logged),
+                           strategy=cfg.search.strategy,
+                           **({} if base is None else {"extends": str(base.run_dir)}))
         except RunError:
             if status == "finished":
                 raise
             # Already unwinding an interrupt or error: the durable trial log is the truth,
             # and --resume rebuilds the summaries from it.
-    return SearchOutcome(run_dir, ranked, n_planned, computed, time.perf_counter() - t0)
+    assert summary is not None
+    return SearchOutcome(run_dir, summary, sweep.computed, sweep.reused,
+                         time.perf_counter() - t0)

@@ -1,11 +1,14 @@
-"""The search space as a sized, indexable, deterministic sequence, and its grouping.
+"""Trials, the grid as a sized sequence, and groups: the units of work. No I/O here.
 
-No I/O here. A *trial* is one point of the grid. A *group* is the unit of work sent to a
-worker: one batch size, a chunk of (learning_rate, l2) columns and every epoch count,
-trained together by the batched engine (or one after another by the reference engine).
+A *trial* is (batch_size, learning_rate, epochs, l2). A *column* is (batch_size,
+learning_rate, l2): one trained model, recorded at several epoch counts. A *group* is the
+unit of work sent to a worker: one batch size, a chunk of (learning_rate, l2) columns and
+the epoch counts to record, trained together by the batched engine (or one after another
+by the reference engine), optionally continuing from ``start_epoch``.
 
-Groups depend on the grid alone, never on ``n_jobs`` or the backend, so every trial is
-computed by exactly the same floating-point operations however the work is spread.
+Since the engine's products have a fixed width (``engine.PANEL``), a column's numbers do
+not depend on the group it is trained in: grouping decides speed, never results. The
+groups that ran are stored in the run folder all the same (``plan.jsonl``).
 """
 
 from __future__ import annotations
@@ -15,35 +18,37 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from agereg.config import Grid
+from agereg.config import Distribution, Grid
+from agereg.records import Config3, TrialKey
 
-# Columns per group: at least MIN_COLUMNS (narrower matrix products waste most of their
-# time on memory traffic), at most MAX_COLUMNS (wider groups would leave the workers of a
-# large grid idle), and aiming for TARGET_GROUPS groups so that small grids still keep a
-# few cores busy. Measured on the homework data: 16-32 columns per product run at 2-3x
-# the per-trial speed of 4-8.
+# Columns per group: whole panels of 16 (engine.PANEL), at most MAX_COLUMNS (wider groups
+# would leave the workers of a large grid idle), aiming for TARGET_GROUPS groups so that
+# small searches still keep a few cores busy.
 TARGET_GROUPS = 4
-MIN_COLUMNS = 8
+PANEL = 16
 MAX_COLUMNS = 32
 
 
 @dataclass(frozen=True, order=True)
 class Trial:
-    """One grid point. Ordering is the grid order: batch_size, learning_rate, epochs, l2."""
+    """One point of the space. Ordering: batch_size, learning_rate, epochs, l2."""
 
     batch_size: int
     learning_rate: float
     epochs: int
     l2: float
 
-    def key(self) -> tuple[int, float, int, float]:
+    def key(self) -> TrialKey:
         return (self.batch_size, self.learning_rate, self.epochs, self.l2)
 
 
 class ParameterGrid(Sequence[Trial]):
-    """All trials of a grid in lexicographic order of (batch_size, learning_rate, epochs, l2)."""
+    """All trials of a finite grid in lexicographic order of (batch_size, learning_rate,
+    epochs, l2)."""
 
     def __init__(self, grid: Grid) -> None:
+        if isinstance(grid.learning_rate, Distribution) or isinstance(grid.l2, Distribution):
+            raise ValueError("a grid with a distribution cannot be enumerated")
         self._axes = (grid.batch_size, grid.learning_rate, grid.epochs, grid.l2)
 
     def __len__(self) -> int:
@@ -66,38 +71,64 @@ class ParameterGrid(Sequence[Trial]):
             yield Trial(int(bs), float(lr), int(ep), float(l2))
 
 
+def grid_columns(grid: Grid) -> list[Config3]:
+    """Every (batch_size, learning_rate, l2) of a finite grid, in grid order."""
+    lrs, l2s = grid.learning_rate, grid.l2
+    assert not isinstance(lrs, Distribution) and not isinstance(l2s, Distribution)
+    return [(bs, lr, l2) for bs in grid.batch_size for lr in lrs for l2 in l2s]
+
+
 @dataclass(frozen=True)
 class Group:
-    """Trials sharing a batch size and trained in one pass: ``columns`` are
-    (learning_rate, l2) pairs, ``epochs`` the sorted epoch counts to record."""
+    """Columns of one batch size trained in one pass: ``columns`` are (learning_rate, l2)
+    pairs, ``epochs`` the sorted epoch counts to record, ``start_epoch`` where training
+    resumes from saved parameters (0: from zero)."""
 
     index: int
     batch_size: int
     columns: tuple[tuple[float, float], ...]
     epochs: tuple[int, ...]
+    start_epoch: int = 0
 
     def trials(self) -> list[Trial]:
         return [
             Trial(self.batch_size, lr, ep, l2) for lr, l2 in self.columns for ep in self.epochs
         ]
 
+    def keys(self) -> list[TrialKey]:
+        return [t.key() for t in self.trials()]
 
-def column_chunk(grid: Grid, target_groups: int = TARGET_GROUPS) -> int:
-    """Columns per group. A function of the grid only, never of ``n_jobs``: the width of
-    a group's matrix products changes the last bits of its results."""
-    per_batch = len(grid.learning_rate) * len(grid.l2)
-    wanted = math.ceil(per_batch * len(grid.batch_size) / target_groups)
-    return min(per_batch, MAX_COLUMNS, max(MIN_COLUMNS, wanted))
+
+def column_chunk(n_columns: int, n_total: int, target_groups: int = TARGET_GROUPS) -> int:
+    """Columns per group for a batch size holding ``n_columns`` of ``n_total`` columns:
+    whole panels where possible, and enough groups to keep ``target_groups`` workers busy."""
+    wanted = math.ceil(n_total / target_groups)
+    chunk = max(PANEL, math.ceil(wanted / PANEL) * PANEL)
+    return min(n_columns, MAX_COLUMNS, chunk)
+
+
+def group_columns(
+    columns: Sequence[Config3],
+    epochs: Sequence[int],
+    start_epoch: int = 0,
+    target_groups: int = TARGET_GROUPS,
+) -> list[Group]:
+    """Split columns into groups by batch size (in the order given); together they hold
+    every trial exactly once."""
+    by_bs: dict[int, list[tuple[float, float]]] = {}
+    for bs, lr, l2 in columns:
+        by_bs.setdefault(bs, []).append((lr, l2))
+    groups: list[Group] = []
+    for bs, cols in by_bs.items():
+        n_chunks = math.ceil(len(cols) / column_chunk(len(cols), len(columns), target_groups))
+        # near-equal chunks, so no worker gets a sliver
+        bounds = [round(i * len(cols) / n_chunks) for i in range(n_chunks + 1)]
+        for lo, hi in itertools.pairwise(bounds):
+            groups.append(Group(len(groups), bs, tuple(cols[lo:hi]), tuple(sorted(epochs)),
+                                start_epoch))
+    return groups
 
 
 def plan_groups(grid: Grid, target_groups: int = TARGET_GROUPS) -> list[Group]:
-    """Split the grid into groups; together they hold every trial exactly once."""
-    columns = [(lr, l2) for lr in grid.learning_rate for l2 in grid.l2]
-    n_chunks = math.ceil(len(columns) / column_chunk(grid, target_groups))
-    # near-equal chunks, so no worker gets a sliver
-    bounds = [round(i * len(columns) / n_chunks) for i in range(n_chunks + 1)]
-    groups = []
-    for bs in grid.batch_size:
-        for lo, hi in itertools.pairwise(bounds):
-            groups.append(Group(len(groups), bs, tuple(columns[lo:hi]), tuple(grid.epochs)))
-    return groups
+    """The groups of a finite grid."""
+    return group_columns(grid_columns(grid), grid.epochs, 0, target_groups)

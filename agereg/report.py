@@ -23,8 +23,9 @@ import numpy as np
 from agereg import __version__
 from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes, atomic_write_text
-from agereg.runs import CONFIG_NAME, RUN_NAME, rank, read_json, read_log, resolve_run
-from agereg.search import STATUS_OK, TrialRecord
+from agereg.advice import edge_notices
+from agereg.records import TrialRecord, rank, status_counts
+from agereg.runs import CONFIG_NAME, RUN_NAME, read_json, read_log, resolve_run
 
 if TYPE_CHECKING:
     from agereg.plots import Curve, GridCells
@@ -67,7 +68,7 @@ def grid_cells(records: Iterable[TrialRecord]) -> GridCells:
     for r in recs:
         cell = (bss.index(r.batch_size), lrs.index(r.learning_rate), l2s.index(r.l2))
         seen[cell] = True
-        if r.status == STATUS_OK and r.val_loss is not None and math.isfinite(r.val_loss):
+        if r.status.has_losses() and r.val_loss is not None and math.isfinite(r.val_loss):
             values[cell] = np.fmin(values[cell], r.val_loss)
     return GridCells(bss, lrs, l2s, values, seen & np.isnan(values))
 
@@ -82,7 +83,7 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES) -> list[Curv
         by_config.setdefault((r.batch_size, r.learning_rate, r.l2), []).append(r)
 
     def best(rs: list[TrialRecord]) -> float:
-        ok = [r.val_loss for r in rs if r.status == STATUS_OK and r.val_loss is not None]
+        ok = [r.val_loss for r in rs if r.status.has_losses() and r.val_loss is not None]
         return min(ok) if ok else math.inf
 
     ranked = sorted((c for c in by_config if best(by_config[c]) < math.inf),
@@ -90,7 +91,7 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES) -> list[Curv
     curves = []
     for bs, lr, l2 in ranked[:k]:
         rs = sorted(by_config[(bs, lr, l2)], key=lambda r: r.epochs)
-        val = tuple(r.val_loss if r.status == STATUS_OK and r.val_loss is not None
+        val = tuple(r.val_loss if r.status.has_losses() and r.val_loss is not None
                     else math.nan for r in rs)
         curves.append(Curve(f"batch {bs}, lr {lr:g}, l2 {l2:g}",
                             tuple(r.epochs for r in rs), val))
@@ -262,7 +263,7 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     """Read a run folder, draw the grid pictures if missing and write report.html."""
     run_dir = resolve_run(run, runs_dir)
     ranked = rank(read_log(run_dir))
-    counts = {s: sum(r.status == s for r in ranked) for s in ("ok", "diverged", "failed")}
+    counts = status_counts(ranked)
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
     res = None
@@ -302,6 +303,7 @@ figure { margin: 1em 0; }
 figcaption { color: #555; font-size: 0.9em; }
 img { max-width: 100%; }
 .note { color: #555; }
+.notice { background: #fff6d6; border-left: 4px solid #e0b000; padding: 0.3em 0.6em; }
 """
 
 
@@ -325,6 +327,13 @@ def _img(path: Path) -> str:
     caption = CAPTIONS.get(path.name, path.name)
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(path.name)}">'
             f"<figcaption>{_e(path.name)}: {_e(caption)}</figcaption></figure>\n")
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """"250 finished, 6 diverged, 0 failed" (pruned only when there are any)."""
+    pruned = f"{counts['pruned']} pruned, " if counts.get("pruned") else ""
+    return (f"{counts['ok']} finished, {pruned}{counts['diverged']} diverged, "
+            f"{counts['failed']} failed")
 
 
 def ranking_rows(ranked: Sequence[TrialRecord], top: int) -> list[list[str]]:
@@ -364,20 +373,20 @@ def render_html(
         ], left=2),
         "<h2>Best trial</h2>\n",
     ]
-    ok = [r for r in ranked if r.status == STATUS_OK]
+    ok = [r for r in ranked if r.status.has_losses()]
     if ok:
         b = ok[0]
         parts.append(f"<p>best trial: <strong>{_e(trial_text(asdict(b)))}</strong>: "
                      f"validation fMSE {_e(fmt(b.val_loss))}, train fMSE "
                      f"{_e(fmt(b.train_loss))}</p>\n")
+        parts += [f"<p class=\"notice\">{_e(n)}</p>\n" for n in edge_notices(ranked)]
     else:
         parts.append("<p>no finished trial yet.</p>\n")
     done = len(ranked)
     parts += [
         f"<h2>Ranking (top {min(top, done)} of {done} trials"
         f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
-        f"<p>{counts['ok']} finished, {counts['diverged']} diverged, {counts['failed']} "
-        "failed.</p>\n",
+        f"<p>{_e(counts_text(counts))}.</p>\n",
         _table(RANKING_COLUMNS, ranking_rows(ranked, top)),
         "<h2>Test-set evaluation</h2>\n",
     ]

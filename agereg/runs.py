@@ -6,6 +6,7 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
     dataset.json   what data the run used (path, shapes, sha256s, kind)
     split.json     the exact train/validation split used
     run.json       status (running / interrupted / finished), counts, versions
+    plan.jsonl     the groups each stage of the strategy trained, appended before training
     trials.jsonl   append-only log: one JSON line per finished trial, fsynced per group
     results.csv    every trial, ranked by validation loss (rebuilt from the log)
     best.json      the best finished trial (rebuilt from the log)
@@ -31,15 +32,17 @@ from pathlib import Path
 from agereg import __version__
 from agereg.errors import RunError
 from agereg.fileio import append_durable, atomic_write_text
-from agereg.search import STATUS_OK, TrialRecord
+from agereg.plan import Group
+from agereg.records import RunSummary, Status, TrialRecord, rank, status_counts
 
 LOG_NAME = "trials.jsonl"
+PLAN_NAME = "plan.jsonl"
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
 LATEST_NAME = "latest"
 CSV_COLUMNS = (
     "rank", "batch_size", "learning_rate", "epochs", "l2",
-    "train_loss", "val_loss", "test_loss", "status", "seconds",
+    "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id",
 )  # fmt: skip
 
 
@@ -155,9 +158,11 @@ def _num(v: float | None) -> float | None:
 
 
 def record_to_json(rec: TrialRecord) -> str:
-    d = asdict(rec)
+    d = {"trial_id": rec.trial_id, **asdict(rec), "status": rec.status.value}
     for k in ("train_loss", "val_loss", "test_loss"):
         d[k] = _num(d[k])
+    if d["origin"] is None:
+        del d["origin"]
     return json.dumps(d, allow_nan=False)
 
 
@@ -170,23 +175,30 @@ def append_records(run_dir: Path, records: Iterable[TrialRecord]) -> None:
 
 def _parse_record(line: str) -> TrialRecord:
     d = json.loads(line)
+    if not isinstance(d, dict):
+        raise ValueError("not an object")
+    stored_id = d.pop("trial_id", None)
     rec = TrialRecord(**d)
     if not isinstance(rec.batch_size, int) or not isinstance(rec.epochs, int):
         raise ValueError("bad types")
-    return TrialRecord(
+
+    def num(v: object) -> float | None:
+        return None if v is None else float(v)  # type: ignore[arg-type]
+
+    out = TrialRecord(
         rec.batch_size, float(rec.learning_rate), rec.epochs, float(rec.l2),
-        *(None if v is None else float(v) for v in (rec.train_loss, rec.val_loss,
-                                                    rec.test_loss)),
-        str(rec.status), float(rec.seconds), rec.error,
+        num(rec.train_loss), num(rec.val_loss), num(rec.test_loss),
+        Status(rec.status), float(rec.seconds), rec.error, rec.origin,
     )  # fmt: skip
+    if stored_id is not None and stored_id != out.trial_id:
+        raise ValueError("trial_id does not match the hyperparameters")
+    return out
 
 
-def read_log(run_dir: Path, repair: bool = False) -> list[TrialRecord]:
-    """Read the trial log. Every record is written as whole lines ending in a newline, so
-    bytes after the last newline are a torn write (the process died mid-write): they are
-    ignored and, with ``repair``, cut off so that appends start on a fresh line. Any other
-    bad line is an error."""
-    path = run_dir / LOG_NAME
+def _read_lines(path: Path, repair: bool) -> list[bytes]:
+    """The complete lines of an append-only file (none if it does not exist). Bytes after
+    the last newline are a torn write (the process died mid-write): they are ignored and,
+    with ``repair``, cut off so that appends start on a fresh line."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -195,14 +207,6 @@ def read_log(run_dir: Path, repair: bool = False) -> list[TrialRecord]:
         raise RunError(f"{path}: cannot read ({exc.strerror or exc})") from None
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
-    records: dict[tuple, TrialRecord] = {}
-    for i, raw in enumerate(lines, 1):
-        try:
-            rec = _parse_record(raw.decode("utf-8"))
-        except (ValueError, TypeError, UnicodeDecodeError):
-            raise RunError(f"{path}:{i}: corrupt trial record; the log was edited or "
-                           "damaged, start a new run") from None
-        records[rec.key()] = rec
     if tail and repair:
         try:
             with open(path, "r+b") as f:
@@ -212,21 +216,28 @@ def read_log(run_dir: Path, repair: bool = False) -> list[TrialRecord]:
         except OSError as exc:
             raise RunError(f"{path}: cannot repair the torn last line "
                            f"({exc.strerror or exc})") from None
+    return lines
+
+
+def read_log(run_dir: Path, repair: bool = False) -> list[TrialRecord]:
+    """Read the trial log. Every record is written as whole lines ending in a newline, so
+    bytes after the last newline are a torn write (the process died mid-write): they are
+    ignored and, with ``repair``, cut off so that appends start on a fresh line. Any other
+    bad line is an error."""
+    path = run_dir / LOG_NAME
+    lines = _read_lines(path, repair)
+    records: dict[tuple, TrialRecord] = {}
+    for i, raw in enumerate(lines, 1):
+        try:
+            rec = _parse_record(raw.decode("utf-8"))
+        except (ValueError, TypeError, UnicodeDecodeError):
+            raise RunError(f"{path}:{i}: corrupt trial record; the log was edited or "
+                           "damaged, start a new run") from None
+        records[rec.key()] = rec
     return list(records.values())
 
 
 # ---------------------------------------------------------------- ranking and summaries
-
-
-def rank(records: Iterable[TrialRecord]) -> list[TrialRecord]:
-    """Finished trials by validation loss (ties by grid order), then diverged and failed
-    ones in grid order. A NaN never wins."""
-    recs = list(records)
-    ok = [r for r in recs if r.status == STATUS_OK and r.val_loss is not None]
-    rest = [r for r in recs if not (r.status == STATUS_OK and r.val_loss is not None)]
-    ok.sort(key=lambda r: (r.val_loss, r.key()))
-    rest.sort(key=lambda r: (r.status, r.key()))
-    return ok + rest
 
 
 def _fmt(v: float | None) -> str:
@@ -240,26 +251,68 @@ def results_csv(ranked: list[TrialRecord]) -> str:
     for i, r in enumerate(ranked, 1):
         w.writerow([
             i, r.batch_size, repr(r.learning_rate), r.epochs, repr(r.l2),
-            _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss), r.status,
-            f"{r.seconds:.4f}",
+            _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss), r.status.value,
+            f"{r.seconds:.4f}", r.trial_id,
         ])  # fmt: skip
     return buf.getvalue()
 
 
-def best_record(ranked: list[TrialRecord]) -> TrialRecord | None:
-    return ranked[0] if ranked and ranked[0].status == STATUS_OK else None
-
-
-def write_summaries(run_dir: Path, records: Iterable[TrialRecord], n_planned: int) -> list:
-    """(Re)write results.csv and best.json from records; returns the ranking."""
-    ranked = rank(records)
-    atomic_write_text(run_dir / "results.csv", results_csv(ranked))
-    best = best_record(ranked)
-    counts = {s: sum(r.status == s for r in ranked) for s in ("ok", "diverged", "failed")}
+def write_summaries(
+    run_dir: Path, records: Iterable[TrialRecord], n_planned: int,
+    notices: tuple[str, ...] = (),
+) -> RunSummary:
+    """(Re)write results.csv and best.json from records; returns the summary."""
+    summary = RunSummary(rank(list(records)), n_planned, notices)
+    atomic_write_text(run_dir / "results.csv", results_csv(summary.ranked))
+    best = summary.best
     write_json(run_dir / "best.json", {
-        "best": None if best is None else {**asdict(best), "rank": 1},
-        "trials_done": len(ranked),
+        "best": None if best is None else {
+            "trial_id": best.trial_id, **asdict(best), "status": best.status.value, "rank": 1},
+        "trials_done": len(summary.ranked),
         "trials_planned": n_planned,
-        "counts": counts,
+        "counts": status_counts(summary.ranked),
+        "notices": list(notices),
     })  # fmt: skip
-    return ranked
+    return summary
+
+
+# ---------------------------------------------------------------- the stored plan
+
+
+def _group_to_dict(g: Group) -> dict:
+    return {"index": g.index, "batch_size": g.batch_size, "columns": [list(c) for c in g.columns],
+            "epochs": list(g.epochs), "start_epoch": g.start_epoch}
+
+
+def append_plan(run_dir: Path, stage: str, groups: list[Group]) -> None:
+    """Record the groups of a stage before they train; durable when this returns."""
+    line = json.dumps({"stage": stage, "groups": [_group_to_dict(g) for g in groups]},
+                      allow_nan=False)
+    append_durable(run_dir / PLAN_NAME, line + "\n")
+
+
+def read_plan(run_dir: Path, repair: bool = False) -> dict[str, list[Group]]:
+    """The stored plan: each stage's groups, as they were trained. A torn last line (a
+    kill in mid-write) is ignored, and cut off with ``repair``: that stage had not started."""
+    path = run_dir / PLAN_NAME
+    plan: dict[str, list[Group]] = {}
+    for i, raw in enumerate(_read_lines(path, repair), 1):
+        try:
+            d = json.loads(raw.decode("utf-8"))
+            groups = [
+                Group(int(g["index"]), _int(g["batch_size"]),
+                      tuple((float(a), float(b)) for a, b in g["columns"]),
+                      tuple(_int(e) for e in g["epochs"]), _int(g["start_epoch"]))
+                for g in d["groups"]
+            ]
+            plan[str(d["stage"])] = groups
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            raise RunError(f"{path}:{i}: corrupt plan record; the file was edited or "
+                           "damaged, start a new run") from None
+    return plan
+
+
+def _int(v: object) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError("not an integer")
+    return v

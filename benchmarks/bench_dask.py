@@ -14,7 +14,7 @@ connection check, the prepared arrays and the durable trial log are all counted)
   log-spaced) x 16 l2 (1e-7 ... 1e-1, log-spaced): 2560 trials, 10x the columns, so about
   10x the arithmetic;
 * the cost of a task: many trivial groups (tiny data, one epoch) through
-  :func:`agereg.search.execute`, per backend.
+  :func:`agereg.launcher.launch`, per backend.
 
 It prints a table: wall time, the summed training time of the groups ("compute"),
 compute / wall (the parallel speed-up; at most the number of workers, and of groups),
@@ -39,7 +39,7 @@ from agereg.config import Config, parse_config
 from agereg.data import load_dataset
 from agereg.pipeline import start_search
 from agereg.plan import plan_groups
-from agereg.search import execute, prepare_arrays
+from agereg.launcher import launch, prepare_arrays
 from agereg.split import make_split
 from agereg.synth import write_synthetic
 
@@ -84,7 +84,7 @@ def timed_search(cfg: Config, runs: Path) -> tuple[float, float, list[tuple]]:
 
 
 def task_cost(tmp: Path, backend: str, scheduler: str | None, jobs: int) -> tuple[int, float]:
-    """(tasks, wall seconds) for many trivial groups straight through execute()."""
+    """(tasks, wall seconds) for many trivial groups straight through launch()."""
     data = tmp / "trivial-data"
     if not data.exists():
         write_synthetic(data, seed=0, n_train=40, n_test=20, side=4)
@@ -94,7 +94,7 @@ def task_cost(tmp: Path, backend: str, scheduler: str | None, jobs: int) -> tupl
     grid = config(data, TRIVIAL, "loky", None, 1).grid
     groups = plan_groups(grid, target_groups=10**6)
     t0 = time.perf_counter()
-    n = sum(1 for _ in execute(ref, groups, 0, "batched", jobs, backend, scheduler))
+    n = sum(1 for _ in launch(ref, groups, 0, "batched", jobs, backend, scheduler))
     return n, time.perf_counter() - t0
 
 

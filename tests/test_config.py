@@ -297,7 +297,7 @@ BAD_VALUES = [
     ("execution: fast\n" + GRID, ["execution must be a mapping", "not a string"]),
     # grid lists
     (grid_text(l2="[]"), ["grid.l2 is an empty list"]),
-    (grid_text(l2="{a: 1}"), ["grid.l2 is a mapping"]),
+    (grid_text(l2="{a: 1}"), ["grid.l2 has the unknown distribution 'a'"]),
     (grid_text(l2=""), ["grid.l2 = null is not a number"]),
     (grid_text(batch_size="[[160], 200]"), ["grid.batch_size[0] = [160] is a nested list"]),
     (grid_text(batch_size="[160, {a: 1}]"), ["grid.batch_size[1] = {'a': 1} is a nested mapping"]),
@@ -451,7 +451,7 @@ AWKWARD = Config(
 def test_dict_round_trip(cfg: Config) -> None:
     raw = config_to_dict(cfg)
     assert parse_config(raw, "x") == cfg
-    keys = ["name", "seed", "n_jobs", "max_trials", "data", "split", "execution", "grid"]
+    keys = ["name", "seed", "n_jobs", "max_trials", "data", "split", "execution", "search", "grid"]
     assert list(raw) == keys
     assert raw["execution"] == {
         "engine": cfg.execution.engine,
@@ -487,7 +487,7 @@ def test_dump_is_readable_and_exact() -> None:
     cfg = load_config(CONFIGS / "grid.yaml")
     text = dump_config(cfg)
     assert "learning_rate: [3.0e-08, 3.0e-06, 3.0e-05, 0.003]" in text
-    keys = ["name", "seed", "n_jobs", "max_trials", "data", "split", "execution", "grid"]
+    keys = ["name", "seed", "n_jobs", "max_trials", "data", "split", "execution", "search", "grid"]
     assert list(yaml.safe_load(text)) == keys
     floats = yaml.safe_load(dump_config(AWKWARD))["grid"]["learning_rate"]
     assert [x.hex() for x in floats] == [x.hex() for x in AWKWARD.grid.learning_rate]

@@ -23,7 +23,7 @@ from agereg.config import ExecutionConfig, apply_overrides, load_config
 from agereg.errors import RunError
 from agereg.pipeline import resume_search, start_search
 from agereg.plan import plan_groups
-from agereg.search import ArraysRef, execute
+from agereg.launcher import ArraysRef, launch
 from agereg.synth import write_synthetic
 
 from tests_helpers import read_results, run, search, without_seconds
@@ -142,7 +142,7 @@ def test_killed_worker_task_is_retried(dask_cluster, slow_config, slow_loky, tmp
     outcome = start_search(_dask(slow_config, lc.scheduler_address), tmp_path / "runs",
                            progress=_kill_a_busy_worker(client, killed))
     assert killed and killed[0] not in _alive_pids(client)
-    assert outcome.computed == outcome.n_planned == 64
+    assert outcome.computed == outcome.summary.n_planned == 64
     assert without_seconds(read_results(outcome.run_dir)) == slow_loky
 
 
@@ -228,7 +228,7 @@ def test_worker_that_cannot_see_the_arrays_says_why(dask_cluster, tiny_config: P
     groups = plan_groups(load_config(tiny_config).grid)
     ref = ArraysRef(str(tmp_path / "elsewhere" / ".work"), "float64")
     with pytest.raises(RunError, match="visible to every worker at the same path"):
-        list(execute(ref, groups, 0, "batched", 1, "dask", lc.scheduler_address))
+        list(launch(ref, groups, 0, "batched", 1, "dask", lc.scheduler_address))
 
 
 class _StubClient:

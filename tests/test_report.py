@@ -15,7 +15,7 @@ import pytest
 
 from agereg import plots
 from agereg.report import NO_EVAL, draw_eval_pictures, grid_cells, top_curves
-from agereg.search import TrialRecord
+from agereg.records import TrialRecord
 
 from tests_helpers import latest_run, run
 

@@ -1,7 +1,10 @@
-"""Running a plan: one module-level task per group, fanned out with joblib.
+"""The launcher: trains groups, one module-level task each, fanned out with joblib (local
+processes, threads or a dask cluster), and streams their records back. It knows nothing
+of strategies.
 
 The task takes plain, picklable data (a :class:`ArraysRef` naming memory-mappable .npy
-files, a :class:`~agereg.plan.Group` and the engine settings) and returns plain records.
+files, a :class:`~agereg.plan.Group`, an optional starting :class:`~agereg.engine.State`
+and the engine settings) and returns a :class:`GroupOutcome`.
 Workers memory-map the prepared arrays, so the page cache holds one copy of the data for
 every worker on a machine; nothing large travels with a task.
 """
@@ -23,34 +26,23 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from agereg.data import Dataset
-from agereg.engine import Arrays, train_group, train_reference
+from agereg.engine import Arrays, State, train_group, train_reference
 from agereg.errors import RunError
 from agereg.plan import Group
+from agereg.records import Status, TrialKey, TrialRecord
 from agereg.split import Split
 
 ARRAY_NAMES = ("X_fit", "y_fit", "X_val", "y_val", "X_te", "y_te")
-STATUS_OK = "ok"
-STATUS_DIVERGED = "diverged"
-STATUS_FAILED = "failed"
 
 
 @dataclass(frozen=True)
-class TrialRecord:
-    """A finished trial. Losses are None unless ``status == "ok"``."""
+class GroupOutcome:
+    """A trained group: its records and, if asked for, the parameters after its last
+    epoch (columns in the group's order)."""
 
-    batch_size: int
-    learning_rate: float
-    epochs: int
-    l2: float
-    train_loss: float | None
-    val_loss: float | None
-    test_loss: float | None
-    status: str
-    seconds: float
-    error: str | None = None
-
-    def key(self) -> tuple[int, float, int, float]:
-        return (self.batch_size, self.learning_rate, self.epochs, self.l2)
+    group: Group
+    records: list[TrialRecord]
+    state: State | None = None
 
 
 @dataclass(frozen=True)
@@ -107,41 +99,46 @@ def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
     )
 
 
-def _record(trial_key: tuple, losses: Sequence[float] | None, seconds: float) -> TrialRecord:
+def _record(trial_key: TrialKey, losses: Sequence[float] | None, seconds: float) -> TrialRecord:
     bs, lr, ep, l2 = trial_key
     if losses is None:
-        return TrialRecord(bs, lr, ep, l2, None, None, None, STATUS_DIVERGED, seconds)
+        return TrialRecord(bs, lr, ep, l2, None, None, None, Status.DIVERGED, seconds)
     tr, va, te = (float(v) for v in losses)
-    return TrialRecord(bs, lr, ep, l2, tr, va, te, STATUS_OK, seconds)
+    return TrialRecord(bs, lr, ep, l2, tr, va, te, Status.OK, seconds)
 
 
-def run_group_on(arrays: Arrays, group: Group, seed: int, engine: str) -> list[TrialRecord]:
-    """Train every trial of ``group``; a crash becomes ``failed`` records, not an exception."""
+def run_group_on(
+    arrays: Arrays, group: Group, seed: int, engine: str, start: State | None = None,
+    keep_state: bool = False,
+) -> GroupOutcome:
+    """Train every trial of ``group`` (from ``start`` if given, else from zero: the numbers
+    are the same); a crash becomes ``failed`` records, not an exception."""
     t0 = time.perf_counter()
     try:
         if engine == "reference":
-            return _reference(arrays, group, seed)
+            return GroupOutcome(group, _reference(arrays, group, seed))
         res = train_group(
             arrays, seed, group.batch_size, [c[0] for c in group.columns],
-            [c[1] for c in group.columns], group.epochs,
+            [c[1] for c in group.columns], group.epochs, start=start,
         )
     except Exception as exc:  # a failed group is data: record it, keep the search going
         seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
         msg = f"{type(exc).__name__}: {exc}"
-        return [
-            TrialRecord(*t.key(), None, None, None, STATUS_FAILED, seconds, msg)
+        return GroupOutcome(group, [
+            TrialRecord(*t.key(), None, None, None, Status.FAILED, seconds, msg)
             for t in group.trials()
-        ]
+        ])  # fmt: skip
     elapsed = time.perf_counter() - t0
     records = []
-    top = group.epochs[-1]
+    first = 0 if start is None else start.epoch
+    top = group.epochs[-1] - first
     for k, (lr, l2) in enumerate(group.columns):
         for i, ep in enumerate(res.epochs):
             # A column's share of the group's time, in proportion to the epochs it needs.
-            seconds = elapsed / len(group.columns) * ep / top
+            seconds = elapsed / len(group.columns) * (ep - first) / top
             losses = None if res.diverged[i, k] else res.losses[i, k]
             records.append(_record((group.batch_size, lr, ep, l2), losses, seconds))
-    return records
+    return GroupOutcome(group, records, res.state if keep_state else None)
 
 
 def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
@@ -156,14 +153,15 @@ def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
 
 
 def run_group(
-    ref: ArraysRef, group: Group, seed: int, engine: str, parent_pid: int | None = None
-) -> list[TrialRecord]:
+    ref: ArraysRef, group: Group, seed: int, engine: str, parent_pid: int | None = None,
+    start: State | None = None, keep_state: bool = False,
+) -> GroupOutcome:
     """The joblib task. One BLAS thread, always: the same kernels, so the same numbers,
     whatever ``n_jobs`` is, and workers x threads never exceeds the cores."""
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
-        return run_group_on(load_arrays(ref), group, seed, engine)
+        return run_group_on(load_arrays(ref), group, seed, engine, start, keep_state)
 
 
 _WATCHING_PARENT = False
@@ -198,7 +196,7 @@ def effective_jobs(n_jobs: int, n_tasks: int) -> int:
     return max(1, min(jobs, n_tasks))
 
 
-def execute(
+def launch(
     ref: ArraysRef,
     groups: Sequence[Group],
     seed: int,
@@ -206,8 +204,11 @@ def execute(
     n_jobs: int,
     backend: str = "loky",
     scheduler: str | None = None,
-) -> Iterator[list[TrialRecord]]:
-    """Yield each group's records as soon as it finishes (in completion order)."""
+    starts: Sequence[State | None] | None = None,
+    keep_state: bool = False,
+) -> Iterator[GroupOutcome]:
+    """Yield each group's outcome as soon as it finishes (in completion order).
+    ``starts[i]`` is the state group ``i`` continues from (None: from zero)."""
     from joblib import Parallel, delayed
 
     if not groups:
@@ -223,12 +224,13 @@ def execute(
         # (the page cache stays), its warning is noise.
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
-        results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid())
-                           for g in groups)
+        starts = starts or [None] * len(groups)
+        results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid(), st, keep_state)
+                           for g, st in zip(groups, starts, strict=True))
         try:
             # not `yield from`: the interrupt must be noted before joblib starts aborting
-            for records in results:  # noqa: UP028
-                yield records
+            for outcome in results:  # noqa: UP028
+                yield outcome
         except BaseException:  # GeneratorExit, KeyboardInterrupt, a failed append...
             note_interrupt()
             results.close()  # joblib terminates the workers now

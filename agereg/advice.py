@@ -1,0 +1,42 @@
+"""Notices about a search's outcome, as sentences: plain records in, strings out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agereg.records import TrialRecord, best_record, rank
+
+AXES = ("batch_size", "learning_rate", "epochs", "l2")
+
+
+def _suggest(axis: str, value: float, largest: bool) -> str:
+    """The next range to try for an axis whose best value sits on an edge."""
+    if axis in ("learning_rate", "l2"):
+        low, high = (value / 3, value * 30) if largest else (value / 30, value * 3)
+        return f"{axis}: {{log_uniform: [{low:.3g}, {high:.3g}]}}"
+    v = int(value)
+    values = [v, 2 * v, 4 * v] if largest else sorted({max(1, v // 4), max(1, v // 2), v})
+    return f"{axis}: [{', '.join(str(x) for x in values)}]"
+
+
+def edge_notices(records: Sequence[TrialRecord]) -> tuple[str, ...]:
+    """One sentence per axis on which the best trial's value is the smallest or largest
+    value tried (of an axis with at least two values), with the next range to try."""
+    best = best_record(rank(list(records)))
+    if best is None:
+        return ()
+    out = []
+    for axis in AXES:
+        tried = sorted({getattr(r, axis) for r in records})
+        value = getattr(best, axis)
+        if len(tried) < 2 or tried[0] < value < tried[-1]:
+            continue
+        largest = value == tried[-1]
+        if axis == "l2" and value == 0:
+            out.append("best l2 0 is the smallest tried: regularisation does not help at "
+                       "these settings")
+            continue
+        side, where = ("largest", "above") if largest else ("smallest", "below")
+        out.append(f"best {axis} {value:g} is the {side} tried: the optimum may lie {where} "
+                   f"it; try {_suggest(axis, value, largest)}")
+    return tuple(out)

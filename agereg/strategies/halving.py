@@ -1,0 +1,53 @@
+"""Successive halving with epochs as the resource.
+
+The rungs are the listed epoch counts in increasing order. Every configuration trains to
+the first rung; the best ``1/eta`` by validation loss (at least one) continue from their
+parameters to the next rung, and so on. A configuration stopped at a rung keeps that
+rung's losses with status ``pruned``. Ties are broken by the hyperparameters, so the
+decisions are a function of the recorded losses alone and replay exactly on resume.
+"""
+
+from __future__ import annotations
+
+from agereg.config import Grid
+from agereg.records import Config3, Status, TrialKey
+from agereg.strategies.base import Proposal, Results, initial_columns
+
+
+class Halving:
+    name = "halving"
+    continues = True
+
+    def __init__(self, grid: Grid, eta: int, n_trials: int | None, seed: int) -> None:
+        self.columns = initial_columns(grid, n_trials, seed)
+        self.rungs = grid.epochs
+        self.eta = eta
+
+    def survivors(self, alive: list[Config3], epoch: int, results: Results) -> list[Config3]:
+        """The best ``len(alive) // eta`` (at least one) finished configurations at
+        ``epoch``, back in their original order."""
+        done = [c for c in alive if results[(c[0], c[1], epoch, c[2])].status.has_losses()]
+        done.sort(key=lambda c: (results[(c[0], c[1], epoch, c[2])].val_loss, c))
+        keep = set(done[: max(1, len(alive) // self.eta)])
+        return [c for c in alive if c in keep]
+
+    def propose(self, results: Results) -> Proposal | None:
+        alive = list(self.columns)
+        pruned: list[TrialKey] = []
+        for k, epoch in enumerate(self.rungs):
+            start = self.rungs[k - 1] if k else 0
+            keys = [(bs, lr, epoch, l2) for bs, lr, l2 in alive]
+            if any(key not in results for key in keys):
+                return Proposal(f"rung {k + 1} of {len(self.rungs)} ({epoch} epochs)",
+                                tuple(alive), (epoch,), start, tuple(pruned))
+            if k == len(self.rungs) - 1:
+                break
+            keep = self.survivors(alive, epoch, results)
+            pruned += [(bs, lr, epoch, l2) for bs, lr, l2 in alive
+                       if (bs, lr, l2) not in keep and results[(bs, lr, epoch, l2)].status
+                       is Status.OK]
+            alive = keep
+            if not alive:
+                break
+        todo = tuple(k for k in pruned if results[k].status is Status.OK)
+        return Proposal("pruning", (), (), 0, todo) if todo else None

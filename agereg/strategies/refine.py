@@ -1,0 +1,93 @@
+"""Coarse to fine: the first round is the grid (or ``n_trials`` draws); each later round
+places a ``points x points`` log-spaced sub-grid of learning rate and l2 around the best
+trial so far, at its batch size.
+
+* The sub-grid spans ``h`` decades either side of the best value; ``h`` starts at the
+  median spacing of the first round's values and halves after a round whose best lies
+  inside the range tried, while a best on the edge keeps ``h``: the next sub-grid then
+  reaches past the edge by the same step.
+* When the best sits at the largest epoch count tried, the next round also records twice
+  that many epochs (epoch counts come free in one pass).
+* It stops after ``rounds`` rounds, or when a round improves the best validation loss by
+  less than ``tol`` (relative).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+from agereg.config import Distribution, Grid
+from agereg.records import TrialKey
+from agereg.strategies.base import Proposal, Results, best_of, initial_columns, nice
+
+
+def _spacing(values: Sequence[float], axis: object, n_drawn: int) -> float:
+    """Decades between neighbouring values of the first round (log scale)."""
+    if isinstance(axis, Distribution) and axis.low > 0:
+        return (math.log10(axis.high) - math.log10(axis.low)) / max(2.0, math.sqrt(n_drawn))
+    logs = sorted({math.log10(v) for v in values if v > 0})
+    if len(logs) < 2:
+        return 1.0
+    return statistics.median(b - a for a, b in zip(logs, logs[1:], strict=False))
+
+
+def _around(best: float, tried: Sequence[float], h: float, points: int) -> list[float]:
+    """``points`` log-spaced values within ``h`` decades of ``best`` (which may be 0 for
+    l2: then 0 and values below the smallest positive one tried)."""
+    if best == 0:
+        low = min((v for v in tried if v > 0), default=1e-6)
+        return [0.0] + [nice(low * 10 ** (-h * j)) for j in range(points - 1)]
+    c = math.log10(best)
+    return sorted({nice(10 ** (c + h * t)) for t in np.linspace(-1.0, 1.0, points)})
+
+
+class Refine:
+    name = "refine"
+    continues = False
+
+    def __init__(self, grid: Grid, rounds: int, points: int, tol: float,
+                 n_trials: int | None, seed: int) -> None:
+        self.first = initial_columns(grid, n_trials, seed)
+        self.epochs = grid.epochs
+        self.rounds, self.points, self.tol = rounds, points, tol
+        n = len(self.first)
+        self.h0 = (_spacing([c[1] for c in self.first], grid.learning_rate, n),
+                   _spacing([c[2] for c in self.first], grid.l2, n))
+
+    def propose(self, results: Results) -> Proposal | None:
+        columns, epochs = list(self.first), tuple(self.epochs)
+        h_lr, h_l2 = self.h0
+        tried: list[TrialKey] = []
+        previous_best: float | None = None
+        for r in range(self.rounds):
+            keys = [(bs, lr, ep, l2) for bs, lr, l2 in columns for ep in epochs]
+            if any(k not in results for k in keys):
+                return Proposal(f"round {r + 1} of {self.rounds}", tuple(columns), epochs)
+            tried += keys
+            best = best_of(tried, results)
+            if best is None or best.val_loss is None:
+                return None  # nothing finished: no centre for a finer grid
+            if previous_best is not None and (
+                    previous_best - best.val_loss <= self.tol * abs(previous_best)):
+                return None  # converged
+            previous_best = best.val_loss
+            lrs = sorted({k[1] for k in tried})
+            l2s = sorted({k[3] for k in tried})
+            # a best inside the range narrows the next sub-grid; on the edge it keeps h
+            if lrs[0] < best.learning_rate < lrs[-1]:
+                h_lr /= 2
+            if l2s[0] < best.l2 < l2s[-1]:
+                h_l2 /= 2
+            if best.epochs >= max(k[2] for k in tried):
+                epochs = tuple(sorted({*epochs, 2 * best.epochs}))
+            columns = [(best.batch_size, lr, l2)
+                       for lr in _around(best.learning_rate, lrs, h_lr, self.points)
+                       for l2 in _around(best.l2, l2s, h_l2, self.points)]
+            columns = list(dict.fromkeys(columns))  # no duplicate columns
+            columns.sort()
+        return None
+
