@@ -16,8 +16,8 @@ from agereg.data import Dataset, load_dataset
 from agereg.engine import Arrays, Fit, train_group, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import mean_baseline, predict, regression_metrics
-from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.launcher import in_memory
+from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group
 from agereg.records import TrialRecord
 from agereg.records import rank as rank_records

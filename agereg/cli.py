@@ -28,22 +28,22 @@ from rich.progress import (
 from rich.table import Table
 
 from agereg import __version__, pipeline
+from agereg.advice import edge_notices
 from agereg.assessment import evaluate_run
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
+from agereg.launcher import note_interrupt
+from agereg.records import TrialRecord
 from agereg.report import (
     NO_EVAL,
     build_report,
+    counts_text,
     eval_files,
     eval_lines,
     eval_table,
-    counts_text,
     ranking_rows,
     trial_text,
 )
-from agereg.launcher import note_interrupt
-from agereg.advice import edge_notices
-from agereg.records import TrialRecord
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130

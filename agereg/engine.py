@@ -164,7 +164,8 @@ def train_reference(
         losses = _losses(arrays, w, b)
     if not (np.isfinite(losses).all() and np.isfinite(w).all() and np.isfinite(b)):
         return _diverged(d)
-    return Fit(w.astype(np.float64), float(b), (float(losses[0]), float(losses[1]), float(losses[2])), False)
+    tr, va, te = (float(v) for v in losses)
+    return Fit(w.astype(np.float64), float(b), (tr, va, te), False)
 
 
 def _diverged(d: int) -> Fit:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agereg.cluster import check_backend
 from agereg.advice import edge_notices
+from agereg.cluster import check_backend
 from agereg.config import (
     Config,
     Distribution,
@@ -333,20 +333,20 @@ class _Sweep:
 
     def _train(self, proposal: Proposal, continues: bool) -> None:
         groups = self.plan.get(proposal.stage)
-        if groups is None or sorted(k for g in groups for k in g.keys()) != \
-                sorted(proposal.keys()):
+        if groups is None or sorted(k for g in groups for k in g.trial_keys()) != \
+                sorted(proposal.trial_keys()):
             groups = group_columns(proposal.columns, proposal.epochs, proposal.start_epoch)
             append_plan(self.run_dir, proposal.stage, groups)
             self.plan[proposal.stage] = groups
-        reuse = [self.cache[k] for k in proposal.keys()
+        reuse = [self.cache[k] for k in proposal.trial_keys()
                  if k not in self.results and k in self.cache]
         if reuse:
             self._append(reuse)
             self.reused += len(reuse)
-        todo = [g for g in groups if any(k not in self.results for k in g.keys())]
+        todo = [g for g in groups if any(k not in self.results for k in g.trial_keys())]
         if not todo:
             return
-        self.log(f"{proposal.stage}: training {sum(len(g.keys()) for g in todo)} trials in "
+        self.log(f"{proposal.stage}: training {sum(len(g.trial_keys()) for g in todo)} trials in "
                  f"{len(todo)} groups")
         if self.ref is None:
             self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,

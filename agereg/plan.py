@@ -95,7 +95,7 @@ class Group:
             Trial(self.batch_size, lr, ep, l2) for lr, l2 in self.columns for ep in self.epochs
         ]
 
-    def keys(self) -> list[TrialKey]:
+    def trial_keys(self) -> list[TrialKey]:
         return [t.key() for t in self.trials()]
 
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from agereg import __version__
+from agereg.advice import edge_notices
 from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes, atomic_write_text
-from agereg.advice import edge_notices
 from agereg.records import TrialRecord, rank, status_counts
 from agereg.runs import CONFIG_NAME, RUN_NAME, read_json, read_log, resolve_run
 
@@ -337,8 +337,8 @@ def counts_text(counts: dict[str, int]) -> str:
 
 
 def ranking_rows(ranked: Sequence[TrialRecord], top: int) -> list[list[str]]:
-    return [[str(i), str(r.batch_size), f"{r.learning_rate:g}", str(r.epochs), f"{r.l2:g}",
-             fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss), r.status]
+    return [[str(i), str(r.batch_size), f"{r.learning_rate:.4g}", str(r.epochs), f"{r.l2:.4g}",
+             fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss), r.status.value]
             for i, r in enumerate(ranked[:top], 1)]
 
 

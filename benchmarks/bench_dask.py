@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agereg.config import Config, parse_config
 from agereg.data import load_dataset
+from agereg.launcher import launch, prepare_arrays
 from agereg.pipeline import start_search
 from agereg.plan import plan_groups
-from agereg.launcher import launch, prepare_arrays
 from agereg.split import make_split
 from agereg.synth import write_synthetic
 

@@ -21,9 +21,9 @@ import pytest
 from agereg import __version__, cluster
 from agereg.config import ExecutionConfig, apply_overrides, load_config
 from agereg.errors import RunError
+from agereg.launcher import ArraysRef, launch
 from agereg.pipeline import resume_search, start_search
 from agereg.plan import plan_groups
-from agereg.launcher import ArraysRef, launch
 from agereg.synth import write_synthetic
 
 from tests_helpers import read_results, run, search, without_seconds

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from agereg import plots
-from agereg.report import NO_EVAL, draw_eval_pictures, grid_cells, top_curves
 from agereg.records import TrialRecord
+from agereg.report import NO_EVAL, draw_eval_pictures, grid_cells, top_curves
 
 from tests_helpers import latest_run, run
 

@@ -34,7 +34,7 @@ class Proposal:
     start_epoch: int = 0
     prune: tuple[TrialKey, ...] = ()
 
-    def keys(self) -> list[TrialKey]:
+    def trial_keys(self) -> list[TrialKey]:
         return [(bs, lr, ep, l2) for bs, lr, l2 in self.columns for ep in self.epochs]
 
 

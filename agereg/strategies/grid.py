@@ -15,4 +15,4 @@ class GridSearch:
         self.proposal = Proposal("grid", tuple(grid_columns(grid)), grid.epochs)
 
     def propose(self, results: Results) -> Proposal | None:
-        return self.proposal if missing(self.proposal.keys(), results) else None
+        return self.proposal if missing(self.proposal.trial_keys(), results) else None

@@ -16,4 +16,4 @@ class RandomSearch:
         self.proposal = Proposal("random", tuple(columns), grid.epochs)
 
     def propose(self, results: Results) -> Proposal | None:
-        return self.proposal if missing(self.proposal.keys(), results) else None
+        return self.proposal if missing(self.proposal.trial_keys(), results) else None

@@ -2,10 +2,9 @@
 places a ``points x points`` log-spaced sub-grid of learning rate and l2 around the best
 trial so far, at its batch size.
 
-* The sub-grid spans ``h`` decades either side of the best value; ``h`` starts at the
-  median spacing of the first round's values and halves after a round whose best lies
-  inside the range tried, while a best on the edge keeps ``h``: the next sub-grid then
-  reaches past the edge by the same step.
+* Round ``r`` (from 1) spans ``h / 2^r`` decades either side of the best value, where
+  ``h`` is the median spacing of the first round's values: a best on the edge of the
+  range tried gets a sub-grid that reaches past it.
 * When the best sits at the largest epoch count tried, the next round also records twice
   that many epochs (epoch counts come free in one pass).
 * It stops after ``rounds`` rounds, or when a round improves the best validation loss by
@@ -14,6 +13,7 @@ trial so far, at its batch size.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -32,7 +32,7 @@ def _spacing(values: Sequence[float], axis: object, n_drawn: int) -> float:
     logs = sorted({math.log10(v) for v in values if v > 0})
     if len(logs) < 2:
         return 1.0
-    return statistics.median(b - a for a, b in zip(logs, logs[1:], strict=False))
+    return statistics.median(b - a for a, b in itertools.pairwise(logs))
 
 
 def _around(best: float, tried: Sequence[float], h: float, points: int) -> list[float]:
@@ -77,11 +77,7 @@ class Refine:
             previous_best = best.val_loss
             lrs = sorted({k[1] for k in tried})
             l2s = sorted({k[3] for k in tried})
-            # a best inside the range narrows the next sub-grid; on the edge it keeps h
-            if lrs[0] < best.learning_rate < lrs[-1]:
-                h_lr /= 2
-            if l2s[0] < best.l2 < l2s[-1]:
-                h_l2 /= 2
+            h_lr, h_l2 = h_lr / 2, h_l2 / 2
             if best.epochs >= max(k[2] for k in tried):
                 epochs = tuple(sorted({*epochs, 2 * best.epochs}))
             columns = [(best.batch_size, lr, l2)

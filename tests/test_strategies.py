@@ -1,0 +1,321 @@
+"""Search strategies: unit tests on a fake objective, then end to end on tiny data
+(halving equals the grid to the last digit, resume identity, --extend, config errors)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agereg.advice import edge_notices
+from agereg.config import Distribution, Grid, load_config
+from agereg.engine import train_group
+from agereg.records import Status, TrialRecord
+from agereg.runs import read_log, read_plan
+from agereg.strategies.base import draw_columns
+from agereg.strategies.halving import Halving
+from agereg.strategies.random_search import RandomSearch
+from agereg.strategies.refine import Refine
+
+from tests_helpers import read_results, run, search, without_seconds
+
+# ---------------------------------------------------------------- a fake objective
+
+
+def drive(strategy, objective) -> dict:
+    """The sweep loop with ``objective(bs, lr, ep, l2) -> val`` in place of training."""
+    results: dict = {}
+    for _ in range(100):
+        p = strategy.propose(results)
+        if p is None:
+            return results
+        for k in p.prune:
+            results[k] = results[k].with_status(Status.PRUNED)
+        for key in p.trial_keys():
+            v = objective(*key)
+            results.setdefault(key, TrialRecord(*key, v, v, v, Status.OK, 0.0))
+    raise AssertionError("the strategy never finished")
+
+
+SPACE = Grid(batch_size=(8, 32), learning_rate=Distribution("log_uniform", 1e-4, 1.0),
+             epochs=(2, 6, 18), l2=Distribution("uniform", 0.0, 0.5))
+
+
+def test_random_draws_stay_in_their_ranges_and_depend_on_the_seed():
+    cols = draw_columns(SPACE, 200, seed=3)
+    assert len(cols) == 200 == len(set(cols))
+    assert {c[0] for c in cols} == {8, 32}
+    lrs = np.array([c[1] for c in cols])
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1.0
+    # log-uniform: about half of the draws below the geometric midpoint 1e-2
+    assert 0.35 < np.mean(lrs < 1e-2) < 0.65
+    l2s = np.array([c[2] for c in cols])
+    assert l2s.min() >= 0.0 and l2s.max() <= 0.5 and 0.35 < np.mean(l2s < 0.25) < 0.65
+    assert draw_columns(SPACE, 200, seed=3) == cols
+    assert draw_columns(SPACE, 200, seed=4) != cols
+
+
+def test_random_over_a_finite_grid_samples_without_replacement():
+    grid = Grid((8, 16), (0.1, 0.2, 0.3), (1, 2), (0.0, 1.0))
+    cols = draw_columns(grid, 5, seed=0)
+    assert len(set(cols)) == 5 and all(c[1] in (0.1, 0.2, 0.3) for c in cols)
+    assert len(draw_columns(grid, 100, seed=0)) == 12  # all of it
+    res = drive(RandomSearch(grid, 5, 0), lambda *k: 1.0)
+    assert len(res) == 5 * 2  # every draw recorded at every epoch count
+
+
+def test_halving_keeps_exactly_the_best_third_at_each_rung():
+    grid = Grid((8,), tuple(round(0.01 * i, 2) for i in range(1, 28)), (1, 3, 9), (0.0,))
+    # validation loss grows with the learning rate, so the smallest ones survive
+    res = drive(Halving(grid, eta=3, n_trials=None, seed=0), lambda bs, lr, ep, l2: lr)
+    at = {ep: sorted(k[1] for k in res if k[2] == ep) for ep in (1, 3, 9)}
+    assert len(at[1]) == 27 and at[3] == at[1][:9] and at[9] == at[1][:3]
+    pruned = sorted((k[1], k[2]) for k, r in res.items() if r.status is Status.PRUNED)
+    assert pruned == sorted([(lr, 1) for lr in at[1][9:]] + [(lr, 3) for lr in at[3][3:]])
+    assert all(res[(8, lr, 9, 0.0)].status is Status.OK for lr in at[9])
+
+
+def test_halving_keeps_at_least_one_and_skips_diverged():
+    grid = Grid((8,), (0.1, 0.2), (1, 2), (0.0,))
+
+    def objective(bs, lr, ep, l2):
+        return math.nan if lr == 0.1 else 1.0
+
+    strategy = Halving(grid, eta=3, n_trials=None, seed=0)
+    results: dict = {}
+    while (p := strategy.propose(results)) is not None:
+        for key in p.trial_keys():
+            v = objective(*key)
+            status = Status.DIVERGED if math.isnan(v) else Status.OK
+            results[key] = TrialRecord(*key, None if math.isnan(v) else v,
+                                       None if math.isnan(v) else v, None, status, 0.0)
+    assert (8, 0.2, 2, 0.0) in results and (8, 0.1, 2, 0.0) not in results
+
+
+def test_refine_extends_past_the_edge_and_trains_longer():
+    grid = Grid((8,), (1e-3, 1e-2), (2, 4), (0.0, 1e-2))
+    # better with larger learning rates and more epochs: the best sits on both edges
+    res = drive(Refine(grid, rounds=3, points=5, tol=0.0, n_trials=None, seed=0),
+                lambda bs, lr, ep, l2: 10 - math.log10(lr) * 0 - lr * 100 - ep)
+    lrs = {k[1] for k in res}
+    assert max(lrs) > 1e-2  # round 2 went past the largest learning rate tried
+    assert max(k[2] for k in res) >= 8  # the best was at 4 epochs: trained to 8
+    assert 0.0 in {k[3] for k in res}
+
+
+def test_refine_stops_when_a_round_does_not_improve():
+    grid = Grid((8,), (1e-3, 1e-2), (2,), (0.0,))
+    res = drive(Refine(grid, rounds=5, points=3, tol=1e-3, n_trials=None, seed=0),
+                lambda *k: 1.0)  # flat: round 2 cannot improve, so round 3 never runs
+    assert len({k[1] for k in res}) <= 2 + 3
+
+
+def test_edge_notices_name_the_axis_and_the_next_range():
+    recs = [TrialRecord(8, lr, 4, 0.1, 1.0, 5.0 - lr, 1.0, Status.OK, 0.0)
+            for lr in (0.001, 0.01, 0.1)]
+    notes = edge_notices(recs)
+    assert any(n.startswith("best learning_rate 0.1 is the largest tried: the optimum may "
+                            "lie above it; try learning_rate: {log_uniform: [0.0333, 3]}")
+               for n in notes), notes
+    assert not any("l2" in n or "epochs" in n for n in notes)  # one value tried: no notice
+
+
+# ---------------------------------------------------------------- the engine's seam
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_column_does_not_depend_on_its_neighbours(dtype):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 37)).astype(dtype)
+    y = X.astype(np.float64) @ rng.normal(size=37) + 1.0
+    from agereg.engine import Arrays
+    a = Arrays(X[:60], y[:60], X[60:75], y[60:75], X[75:], y[75:])
+    lrs = list(10 ** rng.uniform(-3, 1.5, 40))  # some diverge
+    l2s = list(10 ** rng.uniform(-5, 0, 40))
+    full = train_group(a, 3, 16, lrs, l2s, [2, 60])
+    assert full.diverged[-1].any() and not full.diverged[-1].all()
+    for k in range(40):
+        alone = train_group(a, 3, 16, [lrs[k]], [l2s[k]], [2, 60])
+        assert np.array_equal(alone.losses[:, 0], full.losses[:, k], equal_nan=True)
+    # continuing from a saved state equals training through
+    first = train_group(a, 3, 16, lrs, l2s, [2])
+    rest = train_group(a, 3, 16, lrs, l2s, [60], start=first.state)
+    assert np.array_equal(rest.losses[0], full.losses[1], equal_nan=True)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+SPACE_CONFIG = """\
+name: {name}
+seed: 2
+n_jobs: {n_jobs}
+data: {{dir: {data}}}
+search: {search}
+grid:
+  batch_size: [4, 16]
+  learning_rate: {lr}
+  epochs: [1, 3, 9]
+  l2: [0.0, 1.0e-2]
+"""
+LRS = "[1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2, 0.1, 0.3]"
+
+
+def write_config(tmp_path: Path, data: Path, search_: str, lr: str = LRS, name: str = "s",
+                 n_jobs: int = 1) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPACE_CONFIG.format(name=name, data=data, search=search_, lr=lr,
+                                        n_jobs=n_jobs))
+    return path
+
+
+def test_halving_survivors_equal_the_grid_to_the_last_digit(tmp_path: Path, data_copy: Path):
+    runs = tmp_path / "runs"
+    grid_run = search(write_config(tmp_path, data_copy, "{strategy: grid}", name="g"), runs)
+    halv_run = search(write_config(tmp_path, data_copy, "{strategy: halving, eta: 3}",
+                                   name="h", n_jobs=2), runs)
+    grid = {r.key(): r for r in read_log(grid_run)}
+    halv = read_log(halv_run)
+    assert len(halv) == 24 + 8 + 2  # 24 configurations, then 24 // 3, then 8 // 3
+    for r in halv:  # every halving record, continued from saved parameters or not
+        g = grid[r.key()]
+        assert (r.train_loss, r.val_loss, r.test_loss) == (g.train_loss, g.val_loss,
+                                                            g.test_loss), r
+    assert sum(r.status is Status.PRUNED for r in halv) == 16 + 6
+    plan = read_plan(halv_run)
+    assert list(plan) == ["rung 1 of 3 (1 epochs)", "rung 2 of 3 (3 epochs)",
+                          "rung 3 of 3 (9 epochs)"]
+    assert all(g.start_epoch == 3 for g in plan["rung 3 of 3 (9 epochs)"])
+    code, out, err = run(["eval", "--run", str(halv_run), "--bootstrap", "0", "--no-plots",
+                          "--json"])
+    assert code == 0, err
+    assert '"reproduced": true' in out
+
+
+STRATEGIES = [
+    "{strategy: grid}",
+    "{strategy: random, n_trials: 10, seed: 1}",
+    "{strategy: halving, eta: 2}",
+    "{strategy: refine, rounds: 3, points: 3}",
+]
+
+
+@pytest.mark.parametrize("search_", STRATEGIES)
+@pytest.mark.parametrize("cut", [1, 2])
+def test_interrupt_and_resume_give_the_same_results(tmp_path: Path, data_copy: Path,
+                                                     monkeypatch, search_: str, cut: int):
+    import agereg.pipeline as pipeline
+
+    config = write_config(tmp_path, data_copy, search_)
+    whole = search(config, tmp_path / "whole")
+    real = pipeline.append_records
+    calls = {"n": 0}
+
+    def interrupting(run_dir, records):
+        calls["n"] += 1
+        if calls["n"] == cut + 1:
+            raise KeyboardInterrupt
+        real(run_dir, records)
+
+    monkeypatch.setattr(pipeline, "append_records", interrupting)
+    code, _, _ = run(["search", str(config), "--runs-dir", str(tmp_path / "cut"), "--quiet"])
+    if code == 0:  # the search appended fewer times than the cut: nothing to resume
+        assert calls["n"] <= cut
+        return
+    assert code == 130
+    monkeypatch.setattr(pipeline, "append_records", real)
+    code, _, err = run(["search", "--resume", "--runs-dir", str(tmp_path / "cut"), "--quiet"])
+    assert code == 0, err
+    resumed = tmp_path / "cut" / (tmp_path / "cut" / "latest").read_text().strip()
+    assert without_seconds(read_results(resumed)) == without_seconds(read_results(whole))
+
+
+def test_extend_reuses_logged_trials(tmp_path: Path, data_copy: Path):
+    runs = tmp_path / "runs"
+    small = search(write_config(tmp_path, data_copy, "{strategy: grid}",
+                                lr="[1.0e-3, 1.0e-2]", name="small"), runs)
+    bigger = write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-3, 1.0e-2, 0.1]",
+                          name="big")
+    code, _, err = run(["search", str(bigger), "--runs-dir", str(runs), "--quiet", "--extend",
+                        str(small)])
+    assert code == 0, err
+    assert "12 trained now, 24 reused" in err
+    grown = runs / (runs / "latest").read_text().strip()
+    assert grown != small
+    fresh = search(bigger, tmp_path / "fresh")
+    assert without_seconds(read_results(grown)) == without_seconds(read_results(fresh))
+    origins = {r.origin for r in read_log(grown)}
+    assert origins == {None, str(small)}
+    import json
+    assert json.loads((grown / "run.json").read_text())["extends"] == str(small)
+
+
+def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy: Path):
+    runs = tmp_path / "runs"
+    small = search(write_config(tmp_path, data_copy, "{strategy: grid}",
+                                lr="[1.0e-3, 1.0e-2]", name="small"), runs)
+    narrower = write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-3]", name="n")
+    code, _, err = run(["search", str(narrower), "--runs-dir", str(runs), "--extend",
+                        str(small)])
+    assert code == 2 and "grid.learning_rate must contain that run's" in err
+    other_seed = tmp_path / "seed.yaml"
+    other_seed.write_text(write_config(tmp_path, data_copy, "{strategy: grid}",
+                                       lr="[1.0e-3, 1.0e-2]", name="x").read_text()
+                          .replace("seed: 2", "seed: 3"))
+    code, _, err = run(["search", str(other_seed), "--runs-dir", str(runs), "--extend",
+                        str(small)])
+    assert code == 2 and "differs from that run's in seed" in err
+    assert len(list(runs.iterdir())) == 2  # the small run and latest: nothing written
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("search: {strategy: random}\n", "strategy 'random' needs search.n_trials"),
+    ("search: {strategy: randon, n_trials: 3}\n", "did you mean 'random'"),
+    ("search: {strategy: random, n_trials: 3, eta: 3}\n",
+     "search.eta is not used by strategy 'random' (only by halving)"),
+    ("search: {strategy: halving, eta: 1}\n", "search.eta = 1 must be at least 2"),
+    ("search: {strategy: refine, tol: 2}\n", "search.tol = 2 must be in [0, 1)"),
+    ("search: {strategy: grid, n_trials: 3}\n", "search.n_trials is not used by strategy"),
+    ("search: [random]\n", "search must be a mapping"),
+    ("search: {stratgy: random}\n", "did you mean 'search.strategy'"),
+])
+def test_search_section_errors(tmp_path: Path, text: str, fragment: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "grid: {batch_size: 8, learning_rate: 0.1, epochs: 1, l2: 0}\n")
+    code, _, err = run(["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("lr", "fragment"), [
+    ("{log_uniform: [1.0e-4, 1.0]}", "grid.learning_rate is a distribution, which the grid "
+                                     "strategy cannot enumerate"),
+    ("{log_uniforn: [1.0e-4, 1.0]}", "did you mean 'log_uniform'"),
+    ("{log_uniform: [1.0, 1.0e-4]}", "low must be below high"),
+    ("{log_uniform: [1.0e-4]}", "must be two numbers [low, high]"),
+    ("{log_uniform: [0.0, 1.0]}", "grid.learning_rate.log_uniform[0] = 0.0 must be greater"),
+    ("{uniform: [1.0e-4, fast]}", "grid.learning_rate.uniform[1] = 'fast' is not a number"),
+    ("{uniform: [1, 2], log_uniform: [1, 2]}", "must be a list or one distribution"),
+])
+def test_distribution_errors(tmp_path: Path, lr: str, fragment: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"grid: {{batch_size: 8, learning_rate: {lr}, epochs: 1, l2: 0}}\n")
+    code, _, err = run(["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2 and fragment in err, err
+
+
+def test_distribution_needs_n_trials_and_round_trips(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("search: {strategy: halving}\ngrid: {batch_size: 8, learning_rate: "
+                    "{log_uniform: [1.0e-4, 1.0]}, epochs: [1, 3], l2: 0}\n")
+    code, _, err = run(["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2 and "needs search.n_trials" in err
+    path.write_text("search: {strategy: halving, n_trials: 9}\ngrid: {batch_size: 8, "
+                    "learning_rate: {log_uniform: [1.0e-4, 1.0]}, epochs: [1, 3], l2: 0}\n")
+    cfg = load_config(path)
+    assert cfg.grid.learning_rate == Distribution("log_uniform", 1e-4, 1.0)
+    from agereg.config import dump_config
+    (tmp_path / "back.yaml").write_text(dump_config(cfg))
+    assert load_config(tmp_path / "back.yaml") == cfg
