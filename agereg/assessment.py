@@ -7,6 +7,7 @@ ridge optimum) and :mod:`agereg.engine`; pictures from :mod:`agereg.report`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def evaluate_run(
     notes: list[str] = []
     noise = gaussian_noise(train_rows.y_fit, predict(train_rows.X_fit, fit.w, fit.b),
                            arrays.y_te, pred_te)
-    result = {
+    result: dict[str, Any] = {
         "run": str(ctx.run_dir),
         "dataset": ctx.dataset.info.description,
         "trial": _trial_dict(rec, rank),

@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
+    TaskID,
     BarColumn,
     MofNCompleteColumn,
     Progress,
@@ -189,7 +190,7 @@ class _progress:
             TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
         )  # fmt: skip
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> Callable[[int, int], None] | None:
         return None if self.bar is None else self.update

@@ -124,10 +124,10 @@ def _check_workers(client: Client, where: Path, log: Callable[[str], None] | Non
                 where.rmdir()  # leave no trace; start_search creates it again
     failed = {w: r for w, r in seen.items() if isinstance(r, BaseException)}
     if failed:
-        worker, exc = next(iter(failed.items()))
+        worker, problem = next(iter(failed.items()))
         raise RunError(
-            f"dask worker {worker} cannot run agereg ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())}); install agereg[dask] {__version__} in the "
+            f"dask worker {worker} cannot run agereg ({type(problem).__name__}: "
+            f"{' '.join(str(problem).split())}); install agereg[dask] {__version__} in the "
             "workers' environment"
         )
     blind = sorted(w for w, (text, _, _) in seen.items() if text != token)

@@ -16,7 +16,7 @@ import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -261,7 +261,7 @@ def parse_config(raw: object, source: str) -> Config:
         raise _error(f"{source}: {exc}") from None
 
 
-def config_to_dict(cfg: Config) -> dict[str, object]:
+def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Return the config as plain YAML-safe Python types, every default filled in.
 
     ``parse_config(config_to_dict(cfg), source) == cfg`` for any validated config.
@@ -340,7 +340,7 @@ def apply_overrides(
         top: dict[str, int] = {}
         if n_jobs is not None:
             top["n_jobs"] = _n_jobs(n_jobs, "--n-jobs")
-        given: dict[str, str] = {}
+        given: dict[str, str | None] = {}
         if engine is not None:
             given["engine"] = _choice(engine, "--engine", ENGINES)
         if precision is not None:
@@ -349,7 +349,7 @@ def apply_overrides(
             given["backend"] = _choice(backend, "--backend", BACKENDS)
         if scheduler is not None:
             given["scheduler"] = _scheduler(scheduler, "--scheduler")
-        execution = replace(cfg.execution, **given)
+        execution = replace(cfg.execution, **given)  # type: ignore[arg-type]
         if backend is not None and scheduler is None and execution.backend != "dask":
             # The user picked a non-dask backend on purpose; the file's scheduler is moot.
             execution = replace(execution, scheduler=None)
@@ -365,7 +365,7 @@ def apply_overrides(
             )
     except _Invalid as exc:
         raise _error(str(exc)) from None
-    return replace(cfg, execution=execution, **top)
+    return replace(cfg, execution=execution, **top)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- reading
@@ -416,12 +416,12 @@ def _parse(raw: object) -> Config:
         _max_trials(top["max_trials"], "max_trials") if "max_trials" in top else Config.max_trials
     )
 
-    data = DataConfig(**_section(top, "data", _DATA_KEYS, {"dir": _dir}))
+    data = DataConfig(**_section(top, "data", _DATA_KEYS, {"dir": _dir}))  # type: ignore[arg-type]
     split_options = _section(top, "split", _SPLIT_KEYS, {"seed": _seed, "val_fraction": _fraction})
     split_options.setdefault("seed", seed)  # one seed in the file sets both
-    split = SplitConfig(**split_options)
+    split = SplitConfig(**split_options)  # type: ignore[arg-type]
     execution = ExecutionConfig(
-        **_section(
+        **_section(  # type: ignore[arg-type]
             top,
             "execution",
             _EXECUTION_KEYS,
@@ -460,8 +460,7 @@ def _parse(raw: object) -> Config:
 def search_budget(search: SearchConfig, grid: Grid) -> int:
     """The most trials a strategy can train (each epoch count is a trial)."""
     n_epochs = len(grid.epochs)
-    columns = (math.prod(len(a) for a in (grid.batch_size, grid.learning_rate, grid.l2))
-               if grid.is_finite() else 0)  # type: ignore[arg-type]
+    columns = _n_trials(grid) // n_epochs
     if search.n_trials is not None:
         columns = search.n_trials
     if search.strategy in ("grid", "random"):

@@ -189,7 +189,8 @@ def heatmap_val(cells: GridCells) -> bytes:
             ax.set_title(f"batch size {bs}", fontsize=10)
         if im is not None:
             finite = cells.values[np.isfinite(cells.values)]
-            clipped = bool(finite.size) and float(finite.max()) > float(norm.vmax)
+            clipped = bool(finite.size) and norm.vmax is not None and \
+                float(finite.max()) > float(norm.vmax)
             fig.colorbar(im, ax=list(axes.flat), label="validation fMSE (min over epochs)",
                          extend="max" if clipped else "neither")
         fig.suptitle("validation fMSE (grey x: diverged or failed; frame: best)", fontsize=10)

@@ -10,9 +10,11 @@ gradient descent or SGD clearly beats the mean predictor.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -68,13 +70,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+def _save(fh: IO[bytes], array: np.ndarray) -> None:
+    np.save(fh, array)
+
+
 def _blob(
     u: np.ndarray,
     v: np.ndarray,
     cu: float | np.ndarray,
     cv: float | np.ndarray,
-    su: float,
-    sv: float,
+    su: float | np.ndarray,
+    sv: float | np.ndarray,
 ) -> np.ndarray:
     """Gaussian bump centred at (cu, cv) with widths (su, sv) in face coordinates."""
     # Separable on purpose: u and v are (k, 1, side) and (k, side, 1), so the exponentials
@@ -313,7 +319,7 @@ def write_synthetic(
         # A manifest from an earlier run must not vouch for a half-replaced folder.
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         for key, name in FILE_NAMES.items():
-            atomic_write(folder / name, lambda fh, a=arrays[key]: np.save(fh, a))
+            atomic_write(folder / name, functools.partial(_save, array=arrays[key]))
         payload = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
         atomic_write(folder / MANIFEST_NAME, lambda fh: fh.write(payload))
     except OSError as exc:
