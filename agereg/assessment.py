@@ -7,8 +7,8 @@ ridge optimum) and :mod:`agereg.engine`; pictures from :mod:`agereg.report`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

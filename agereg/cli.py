@@ -18,10 +18,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    TaskID,
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
