@@ -19,7 +19,9 @@ matplotlib.use("Agg")  # headless: no display needed, same pixels everywhere
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
@@ -38,6 +40,9 @@ HEATMAP_MAX_COLUMNS = 4
 # Colours span at most this factor above the best loss: a nearly diverged trial with a
 # loss of 1e188 would otherwise paint every sensible cell the same colour.
 HEATMAP_COLOUR_RANGE = 1e3
+# With more distinct values on an axis (random draws), cells are drawn as points on log
+# axes instead: a heatmap of 60 x 60 mostly empty cells is unreadable.
+HEATMAP_MAX_VALUES = 12
 
 
 def heatmap_size(n_batch_sizes: int) -> tuple[float, float]:
@@ -166,7 +171,12 @@ def heatmap_val(cells: GridCells) -> bytes:
         for ax in axes.flat[n:]:
             ax.set_axis_off()
         im = None
+        scatter = max(len(cells.learning_rates), len(cells.l2s)) > HEATMAP_MAX_VALUES
         for i, (ax, bs) in enumerate(zip(axes.flat, cells.batch_sizes, strict=False)):
+            if scatter:
+                im = _scatter_panel(ax, cells, i, norm, cmap, best)
+                ax.set_title(f"batch size {bs}", fontsize=10)
+                continue
             v = np.ma.masked_invalid(cells.values[i])  # (L, R)
             im = ax.imshow(v, cmap=cmap, norm=norm, origin="lower", aspect="auto")
             for j, k in zip(*np.nonzero(cells.bad[i]), strict=True):
@@ -195,6 +205,30 @@ def heatmap_val(cells: GridCells) -> bytes:
                          extend="max" if clipped else "neither")
         fig.suptitle("validation fMSE (grey x: diverged or failed; frame: best)", fontsize=10)
         return _png(fig)
+
+
+def _scatter_panel(ax: Axes, cells: GridCells, i: int, norm: Normalize, cmap: Colormap,
+                   best: tuple | None) -> PathCollection:
+    """One batch size's configurations as points: l2 across (symmetric log, so 0 shows),
+    learning rate up (log), colour the validation loss."""
+    lr = np.asarray(cells.learning_rates)
+    l2 = np.asarray(cells.l2s)
+    ok = np.isfinite(cells.values[i])
+    j, k = np.nonzero(ok)
+    im = ax.scatter(l2[k], lr[j], c=cells.values[i][ok], cmap=cmap, norm=norm, s=36,
+                    edgecolors="none")
+    jb, kb = np.nonzero(cells.bad[i])
+    ax.scatter(l2[kb], lr[jb], marker="x", color="0.5", s=30)
+    if best is not None and best[0] == i:
+        ax.scatter([l2[best[2]]], [lr[best[1]]], marker="s", s=140, facecolors="none",
+                   edgecolors="black", linewidths=2)
+    positive = l2[l2 > 0]
+    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1e-12)
+    ax.set_yscale("log")
+    ax.set_xlabel("l2")
+    ax.set_ylabel("learning rate")
+    ax.tick_params(labelsize=7)
+    return im
 
 
 @dataclass(frozen=True)

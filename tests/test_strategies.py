@@ -319,3 +319,16 @@ def test_distribution_needs_n_trials_and_round_trips(tmp_path: Path):
     from agereg.config import dump_config
     (tmp_path / "back.yaml").write_text(dump_config(cfg))
     assert load_config(tmp_path / "back.yaml") == cfg
+
+
+def test_random_search_draws_its_configurations_as_points(tmp_path: Path):
+    from agereg import plots
+    from agereg.report import grid_cells
+
+    recs = [TrialRecord(8, lr, 2, l2, 1.0, 1.0 + lr, 1.0, Status.OK, 0.0)
+            for lr, l2 in zip(np.logspace(-4, -1, 20), np.r_[0.0, np.logspace(-6, -1, 19)],
+                              strict=True)]
+    png = plots.heatmap_val(grid_cells(recs))
+    assert png.startswith(b"\x89PNG")
+    cells = grid_cells(recs)
+    assert len(cells.learning_rates) > plots.HEATMAP_MAX_VALUES  # the scatter branch ran
