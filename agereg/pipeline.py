@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from agereg.advice import edge_notices
 from agereg.cluster import check_backend
 from agereg.config import (
@@ -302,7 +304,8 @@ class _Sweep:
         self.log, self.progress, self.cache = log, progress, cache or {}
         self.results: dict[TrialKey, TrialRecord] = {r.key(): r for r in done}
         self.plan = read_plan(run_dir)
-        self.states: dict[Config3, tuple[int, object, object]] = {}  # column -> (epoch, w, b)
+        # column -> (epoch, w (D,), b): halving's parameters at the last rung
+        self.states: dict[Config3, tuple[int, np.ndarray, np.generic]] = {}
         self.ref: ArraysRef | None = None
         self.computed = self.reused = 0
         self.n_planned = search_budget(cfg.search, cfg.grid)
@@ -371,13 +374,12 @@ class _Sweep:
             return None
         cols = [(group.batch_size, lr, l2) for lr, l2 in group.columns]
         saved = [self.states.get(c) for c in cols]
-        if any(s is None or s[0] != group.start_epoch for s in saved):
+        have = [s for s in saved if s is not None and s[0] == group.start_epoch]
+        if len(have) < len(saved):
             return None
-        import numpy as np
-
-        W = np.stack([s[1] for s in saved], axis=1)  # type: ignore[index,misc]
-        b = np.array([s[2] for s in saved])  # type: ignore[index]
-        return State(group.start_epoch, W, b.astype(W.dtype))
+        W = np.stack([s[1] for s in have], axis=1)  # (D, k)
+        b = np.array([s[2] for s in have], dtype=W.dtype)  # (k,)
+        return State(group.start_epoch, W, b)
 
     def _keep(self, group: Group, state: State) -> None:
         for k, (lr, l2) in enumerate(group.columns):
