@@ -6,7 +6,8 @@ trial so far, at its batch size.
   ``h`` is the median spacing of the first round's values: a best on the edge of the
   range tried gets a sub-grid that reaches past it.
 * When the best sits at the largest epoch count tried, the next round also records twice
-  that many epochs (epoch counts come free in one pass).
+  that many epochs (epoch counts come free in one pass); when it sits at the smallest
+  batch size tried, the next round also trains half that batch size.
 * It stops after ``rounds`` rounds, or when a round improves the best validation loss by
   less than ``tol`` (relative).
 """
@@ -80,7 +81,10 @@ class Refine:
             h_lr, h_l2 = h_lr / 2, h_l2 / 2
             if best.epochs >= max(k[2] for k in tried):
                 epochs = tuple(sorted({*epochs, 2 * best.epochs}))
-            columns = [(best.batch_size, lr, l2)
+            sizes = [best.batch_size]
+            if best.batch_size <= min(k[0] for k in tried) and best.batch_size > 1:
+                sizes.append(best.batch_size // 2)  # the smallest batch won: try below it
+            columns = [(bs, lr, l2) for bs in sizes
                        for lr in _around(best.learning_rate, lrs, h_lr, self.points)
                        for l2 in _around(best.l2, l2s, h_l2, self.points)]
             columns = list(dict.fromkeys(columns))  # no duplicate columns
