@@ -332,3 +332,14 @@ def test_random_search_draws_its_configurations_as_points(tmp_path: Path):
     assert png.startswith(b"\x89PNG")
     cells = grid_cells(recs)
     assert len(cells.learning_rates) > plots.HEATMAP_MAX_VALUES  # the scatter branch ran
+
+
+def test_refine_tries_a_smaller_batch_when_the_smallest_wins():
+    grid = Grid((8, 16), (1e-3, 1e-2), (2,), (0.0,))
+    res = drive(Refine(grid, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
+                lambda bs, lr, ep, l2: bs + lr)
+    assert {k[0] for k in res} == {4, 8, 16}
+    grid_big_wins = Grid((8, 16), (1e-3, 1e-2), (2,), (0.0,))
+    res = drive(Refine(grid_big_wins, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
+                lambda bs, lr, ep, l2: -bs + lr)
+    assert {k[0] for k in res} == {8, 16}
