@@ -19,13 +19,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from agereg.config import Distribution, Grid
+from agereg.engine import PANEL
 from agereg.records import Config3, TrialKey
 
-# Columns per group: whole panels of 16 (engine.PANEL), at most MAX_COLUMNS (wider groups
-# would leave the workers of a large grid idle), aiming for TARGET_GROUPS groups so that
-# small searches still keep a few cores busy.
+# Columns per group: whole panels of the engine's product width, at most MAX_COLUMNS
+# (wider groups would leave the workers of a large grid idle), aiming for TARGET_GROUPS
+# groups so that small searches still keep a few cores busy.
 TARGET_GROUPS = 4
-PANEL = 16
 MAX_COLUMNS = 32
 
 
