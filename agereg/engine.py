@@ -243,7 +243,7 @@ def train_group(
     # and decay = 1, so they stay exactly zero and never diverge.
     W, b = _pack(W0[alive]), _pack_vec(b0[alive], 0)
     lr, decay = _pack_vec(lr_all[alive], 0), _pack_vec(decay_all[alive], 1)
-    end_W, end_b = np.full((d, K), np.nan), np.full(K, np.nan)
+    end_W, end_b = np.full((d, K), np.nan, dtype=dtype), np.full(K, np.nan, dtype=dtype)
     y_cast = y.astype(dtype)
     # Split each minibatch into near-equal blocks of at most ROW_BLOCK rows (160 -> 2 x 80
     # rather than 128 + 32, whose thin remainder wastes the products).
@@ -287,11 +287,9 @@ def train_group(
                     alive = alive[ok]
                     if len(alive) == 0:
                         break
-                    W, G = _pack(_unpack(W)[: len(ok)][ok]), _pack(_unpack(G)[: len(ok)][ok])
-                    r = _pack(_unpack(r)[: len(ok)][ok])
-                    b = _pack_vec(b.reshape(-1)[: len(ok)][ok], 0)
-                    lr = _pack_vec(lr.reshape(-1)[: len(ok)][ok], 0)
-                    decay = _pack_vec(decay.reshape(-1)[: len(ok)][ok], 1)
+                    W, G, r = (_pack(_unpack(M)[: len(ok)][ok]) for M in (W, G, r))
+                    b, lr, decay = (_pack_vec(v.reshape(-1)[: len(ok)][ok], fill)
+                                    for v, fill in ((b, 0), (lr, 0), (decay, 1)))
                     R, _ = buffers(len(W))
                 for p in range(len(W)):
                     b[p] -= lr[p] * r[p].mean(axis=0)  # (m, PANEL) -> (PANEL,)
@@ -321,8 +319,6 @@ def train_group(
                         )
         if len(alive):
             k = len(alive)
-            end_W = end_W.astype(dtype)
-            end_b = end_b.astype(dtype)
             end_W[:, alive] = _unpack(W)[:k].T
             end_b[alive] = b.reshape(-1)[:k]
     return GroupResult(epochs, losses, diverged, kept, State(epochs[-1], end_W, end_b))
