@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from agereg.config import Grid
 from agereg.records import Config3, Status, TrialKey
-from agereg.strategies.base import Proposal, Results, initial_columns
+from agereg.strategies.base import Proposal, Results, initial_columns, missing
 
 
 class Halving:
@@ -37,14 +37,15 @@ class Halving:
         for k, epoch in enumerate(self.rungs):
             start = self.rungs[k - 1] if k else 0
             keys = [(bs, lr, epoch, l2) for bs, lr, l2 in alive]
-            if any(key not in results for key in keys):
+            if missing(keys, results):
                 return Proposal(f"rung {k + 1} of {len(self.rungs)} ({epoch} epochs)",
                                 tuple(alive), (epoch,), start, tuple(pruned))
             if k == len(self.rungs) - 1:
                 break
             keep = self.survivors(alive, epoch, results)
+            kept = set(keep)
             pruned += [(bs, lr, epoch, l2) for bs, lr, l2 in alive
-                       if (bs, lr, l2) not in keep and results[(bs, lr, epoch, l2)].status
+                       if (bs, lr, l2) not in kept and results[(bs, lr, epoch, l2)].status
                        is Status.OK]
             alive = keep
             if not alive:

@@ -23,7 +23,14 @@ import numpy as np
 
 from agereg.config import Distribution, Grid
 from agereg.records import TrialKey
-from agereg.strategies.base import Proposal, Results, best_of, initial_columns, nice
+from agereg.strategies.base import (
+    Proposal,
+    Results,
+    best_of,
+    initial_columns,
+    missing,
+    nice,
+)
 
 
 def _spacing(values: Sequence[float], axis: object, n_drawn: int) -> float:
@@ -66,7 +73,7 @@ class Refine:
         previous_best: float | None = None
         for r in range(self.rounds):
             keys = [(bs, lr, ep, l2) for bs, lr, l2 in columns for ep in epochs]
-            if any(k not in results for k in keys):
+            if missing(keys, results):
                 return Proposal(f"round {r + 1} of {self.rounds}", tuple(columns), epochs)
             tried += keys
             best = best_of(tried, results)
