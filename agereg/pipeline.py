@@ -148,9 +148,8 @@ def start_search(
         atomic_write_text(run_dir / CONFIG_NAME, dump_config(cfg))
         write_json(run_dir / "dataset.json", dataset.info.to_dict())
         save_split(split, run_dir / SPLIT_NAME)
-        extra = {} if base is None else {"extends": str(base.run_dir)}
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       **extra)
+                       **Extension.run_info(base))
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
@@ -193,9 +192,8 @@ def resume_search(
         if isinstance(extends, str):
             base = Extension.open(extends, runs_dir, cfg, dataset.info)
             base.check_split(split)
-        extra = {} if base is None else {"extends": str(base.run_dir)}
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       resumed=True, **extra)
+                       resumed=True, **Extension.run_info(base))
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
@@ -253,6 +251,11 @@ class Extension:
                 raise RunError(f"--extend {run_dir}: grid.{axis} must contain that run's "
                                f"({_axis_text(old)}), but is {_axis_text(new)}; widen it")
         return cls(run_dir, run_dir / SPLIT_NAME, read_log(run_dir))
+
+    @staticmethod
+    def run_info(base: Extension | None) -> dict[str, str]:
+        """What run.json says of the extended run (nothing without one)."""
+        return {} if base is None else {"extends": str(base.run_dir)}
 
     def check_split(self, split: Split) -> None:
         info = read_json(self.split_path, "the run folder to extend is damaged")
@@ -418,8 +421,7 @@ def _run(
             planned = len(logged) if status == "finished" else sweep.n_planned
             summary = write_summaries(run_dir, logged, planned, edge_notices(logged))
             write_run_info(run_dir, status, trials_planned=planned, trials_done=len(logged),
-                           strategy=cfg.search.strategy,
-                           **({} if base is None else {"extends": str(base.run_dir)}))
+                           strategy=cfg.search.strategy, **Extension.run_info(base))
         except RunError:
             if status == "finished":
                 raise
