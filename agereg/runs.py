@@ -157,13 +157,18 @@ def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else v
 
 
-def record_to_json(rec: TrialRecord) -> str:
+def record_to_dict(rec: TrialRecord) -> dict:
+    """A trial as the log stores it (``origin`` only for a reused trial)."""
     d = {"trial_id": rec.trial_id, **asdict(rec), "status": rec.status.value}
     for k in ("train_loss", "val_loss", "test_loss"):
         d[k] = _num(d[k])
     if d["origin"] is None:
         del d["origin"]
-    return json.dumps(d, allow_nan=False)
+    return d
+
+
+def record_to_json(rec: TrialRecord) -> str:
+    return json.dumps(record_to_dict(rec), allow_nan=False)
 
 
 def append_records(run_dir: Path, records: Iterable[TrialRecord]) -> None:
@@ -266,8 +271,7 @@ def write_summaries(
     atomic_write_text(run_dir / "results.csv", results_csv(summary.ranked))
     best = summary.best
     write_json(run_dir / "best.json", {
-        "best": None if best is None else {
-            "trial_id": best.trial_id, **asdict(best), "status": best.status.value, "rank": 1},
+        "best": None if best is None else {**record_to_dict(best), "rank": 1},
         "trials_done": len(summary.ranked),
         "trials_planned": n_planned,
         "counts": status_counts(summary.ranked),
