@@ -35,6 +35,7 @@ class RunContext:
     dataset: Dataset
     split: Split
     records: list[TrialRecord]
+    plan: dict[str, list[Group]]  # the stored plan, by stage
 
 
 def open_run(run: str | Path | None, runs_dir: Path) -> RunContext:
@@ -43,32 +44,30 @@ def open_run(run: str | Path | None, runs_dir: Path) -> RunContext:
     dataset = load_dataset(cfg.data.dir)
     check_dataset(run_dir, dataset.info)
     split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
-    return RunContext(run_dir, cfg, dataset, split, read_log(run_dir))
+    return RunContext(run_dir, cfg, dataset, split, read_log(run_dir), read_plan(run_dir))
 
 
-def group_of(run_dir: Path, rec: TrialRecord) -> Group | None:
+def group_of(ctx: RunContext, rec: TrialRecord) -> Group | None:
     """The stored group that trained ``rec`` (None for a trial reused from another run, or
     a run written before plans were stored)."""
-    plan = read_plan(run_dir)
-    for groups in plan.values():
+    for groups in ctx.plan.values():
         for g in groups:
             if (g.batch_size == rec.batch_size and (rec.learning_rate, rec.l2) in g.columns
                     and rec.epochs in g.epochs):
                 return g
-    if plan and rec.origin is None:
-        raise RunError(f"{run_dir}: trial {rec.key()} is not in the run's stored plan "
+    if ctx.plan and rec.origin is None:
+        raise RunError(f"{ctx.run_dir}: trial {rec.key()} is not in the run's stored plan "
                        "(plan.jsonl); the run folder is damaged")
     return None
 
 
-def retrain(cfg: Config, arrays: Arrays, rec: TrialRecord, run_dir: Path | None = None) -> Fit:
+def retrain(ctx: RunContext, arrays: Arrays, rec: TrialRecord) -> Fit:
     """Train ``rec`` again by exactly the operations the search used, so its losses are
     bit-for-bit those in the log. The batched engine's products have a fixed width, so a
     column's numbers do not depend on the group it trained in, nor on whether halving
     continued it from saved parameters: training the column alone from zero replays it."""
-    if run_dir is not None:
-        group_of(run_dir, rec)  # the trial must be one this run trained
-    fit = _train_column(cfg, arrays, rec)
+    group_of(ctx, rec)  # the trial must be one this run trained
+    fit = _train_column(ctx.cfg, arrays, rec)
     if fit.diverged:
         raise RunError(f"trial {rec.key()} diverged when trained again; the data or the "
                        "numerical libraries changed since the search")
@@ -128,7 +127,7 @@ def evaluate_run(
     train_rows = refit_arrays(arrays) if refit else arrays
     log(f"training trial #{rank} again ({'on train+validation' if refit else 'as in the search'})")
     fit = (_refit(ctx.cfg, train_rows, rec) if refit
-           else retrain(ctx.cfg, arrays, rec, ctx.run_dir))
+           else retrain(ctx, arrays, rec))
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
     notes: list[str] = []
@@ -217,7 +216,7 @@ def _bootstrap(
         log(f"training trial #{vs_rank} for the paired comparison")
         try:
             fit_vs = (_refit(ctx.cfg, train_rows, other) if refit
-                      else retrain(ctx.cfg, arrays, other, ctx.run_dir))
+                      else retrain(ctx, arrays, other))
             pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
         except RunError as exc:
             notes.append(f"no paired comparison: {exc}")
