@@ -29,7 +29,6 @@ from rich.progress import (
 from rich.table import Table
 
 from agereg import __version__, pipeline
-from agereg.advice import edge_notices
 from agereg.assessment import evaluate_run
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
@@ -298,7 +297,7 @@ def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts
     out.print(escape(f"{len(rep.ranked)} trials{planned}: {counts_text(c)}"))
-    for notice in edge_notices(rep.ranked):
+    for notice in rep.notices:
         out.print(f"[yellow]note[/]: {escape(notice)}")
     if rep.eval is None:
         out.print(escape(NO_EVAL))

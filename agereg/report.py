@@ -257,6 +257,7 @@ class Report:
     html_path: Path
     drawn: list[str]  # grid pictures drawn now because they were missing
     pictures: list[str]  # pictures embedded in the HTML
+    notices: tuple[str, ...]  # edge-of-range notices on the best trial
 
 
 def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -> Report:
@@ -276,12 +277,13 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
                 if (n in listed or n in GRID_PICTURES) and (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
+    notices = edge_notices(ranked)
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, res,
-                       pictures, top)
+                       notices, pictures, top)
     html_path = run_dir / REPORT_NAME
     atomic_write_text(html_path, page)
     return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
-                  res, html_path, drawn, pictures)
+                  res, html_path, drawn, pictures, notices)
 
 
 def _read_text(path: Path) -> str:
@@ -355,6 +357,7 @@ def render_html(
     dataset: dict,
     config_text: str,
     res: dict | None,
+    notices: Sequence[str],
     pictures: Sequence[str],
     top: int,
 ) -> str:
@@ -379,7 +382,7 @@ def render_html(
         parts.append(f"<p>best trial: <strong>{_e(trial_text(asdict(b)))}</strong>: "
                      f"validation fMSE {_e(fmt(b.val_loss))}, train fMSE "
                      f"{_e(fmt(b.train_loss))}</p>\n")
-        parts += [f"<p class=\"notice\">{_e(n)}</p>\n" for n in edge_notices(ranked)]
+        parts += [f"<p class=\"notice\">{_e(n)}</p>\n" for n in notices]
     else:
         parts.append("<p>no finished trial yet.</p>\n")
     done = len(ranked)
