@@ -270,6 +270,14 @@ def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy
     assert len(list(runs.iterdir())) == 2  # the small run and latest: nothing written
 
 
+def search_with(tmp_path: Path, text: str) -> tuple[int, str]:
+    """Run `agereg search` on a config of ``text``; return the exit code and stderr."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    code, _, err = run(["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    return code, err
+
+
 @pytest.mark.parametrize(("text", "fragment"), [
     ("search: {strategy: random}\n", "strategy 'random' needs search.n_trials"),
     ("search: {strategy: randon, n_trials: 3}\n", "did you mean 'random'"),
@@ -282,9 +290,8 @@ def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy
     ("search: {stratgy: random}\n", "did you mean 'search.strategy'"),
 ])
 def test_search_section_errors(tmp_path: Path, text: str, fragment: str):
-    path = tmp_path / "c.yaml"
-    path.write_text(text + "grid: {batch_size: 8, learning_rate: 0.1, epochs: 1, l2: 0}\n")
-    code, _, err = run(["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    code, err = search_with(
+        tmp_path, text + "grid: {batch_size: 8, learning_rate: 0.1, epochs: 1, l2: 0}\n")
     assert code == 2 and fragment in err, err
     assert len(err.strip().splitlines()) == 1
 
@@ -300,9 +307,8 @@ def test_search_section_errors(tmp_path: Path, text: str, fragment: str):
     ("{uniform: [1, 2], log_uniform: [1, 2]}", "must be a list or one distribution"),
 ])
 def test_distribution_errors(tmp_path: Path, lr: str, fragment: str):
-    path = tmp_path / "c.yaml"
-    path.write_text(f"grid: {{batch_size: 8, learning_rate: {lr}, epochs: 1, l2: 0}}\n")
-    code, _, err = run(["search", str(path), "--runs-dir", str(tmp_path / "runs")])
+    code, err = search_with(
+        tmp_path, f"grid: {{batch_size: 8, learning_rate: {lr}, epochs: 1, l2: 0}}\n")
     assert code == 2 and fragment in err, err
 
 
