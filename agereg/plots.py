@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ HEATMAP_COLOUR_RANGE = 1e3
 # With more distinct values on an axis (random draws), cells are drawn as points on log
 # axes instead: a heatmap of 60 x 60 mostly empty cells is unreadable.
 HEATMAP_MAX_VALUES = 12
+TITLE_WIDTH = 60  # characters per title line at fontsize 9 in a 5-inch picture
 
 
 def heatmap_size(n_batch_sizes: int) -> tuple[float, float]:
@@ -50,6 +52,12 @@ def heatmap_size(n_batch_sizes: int) -> tuple[float, float]:
     cols = min(max(n_batch_sizes, 1), HEATMAP_MAX_COLUMNS)
     rows = math.ceil(max(n_batch_sizes, 1) / HEATMAP_MAX_COLUMNS)
     return HEATMAP_PANEL[0] * cols + HEATMAP_EXTRA_WIDTH, HEATMAP_PANEL[1] * rows
+
+
+def _wrap(title: str, width: int = TITLE_WIDTH) -> str:
+    """A title broken into lines that fit a 500-pixel picture (drawn values such as
+    learning_rate 0.00347532 make trial titles longer than one line)."""
+    return textwrap.fill(title, width)
 
 
 @contextlib.contextmanager
@@ -86,7 +94,7 @@ def weights_image(w: np.ndarray, image_shape: tuple[int, ...], title: str = "") 
         fig.colorbar(im, ax=ax, label="weight (years per unit of pixel)")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(title or "weights (red raises, blue lowers the predicted age)",
+        ax.set_title(_wrap(title or "weights (red raises, blue lowers the predicted age)"),
                      fontsize=9)
         return _png(fig)
 
@@ -119,7 +127,7 @@ def pred_vs_true(y: np.ndarray, pred: np.ndarray, title: str = "") -> bytes:
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="y = x")
         ax.set_xlabel("true age (years)")
         ax.set_ylabel("predicted age (years)")
-        ax.set_title(title or "test set", fontsize=9)
+        ax.set_title(_wrap(title or "test set"), fontsize=9)
         ax.legend(loc="upper left")
         ax.set_aspect("equal", adjustable="datalim")
         return _png(fig)
