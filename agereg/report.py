@@ -295,7 +295,8 @@ def _read_text(path: Path) -> str:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
-       color: #222; line-height: 1.4; }
+       padding: 0 1em; color: #222; line-height: 1.4; }
+.scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; }
@@ -321,7 +322,7 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[object]], left: int =
         "<tr>" + "".join(f'<td class="l">{_e(c)}</td>' if i < left else f"<td>{_e(c)}</td>"
                          for i, c in enumerate(row)) + "</tr>\n"
         for row in rows)
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
+    return f"<div class=\"scroll\"><table>\n<tr>{head}</tr>\n{body}</table></div>\n"
 
 
 def _img(path: Path) -> str:
@@ -364,7 +365,8 @@ def render_html(
     """The whole report as one self-contained HTML page (pictures as data URIs)."""
     name = run_dir.name
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
         f"<title>agereg report: {_e(name)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
         f"<h1>agereg report: {_e(name)}</h1>\n",
         f"<p class=\"note\">run folder {_e(run_dir)}; status {_e(info.get('status', '?'))}; "
