@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agereg.engine import (
+    EXPLODE,
     Arrays,
     epoch_order,
+    explode_limit,
     fmse,
     gradient,
     objective,
@@ -130,6 +132,68 @@ def test_divergence_is_detected_and_does_not_poison_other_columns():
         ref = train_reference(a, 0, 10, lr, l2, 30)
         np.testing.assert_allclose(res.losses[1, [0, 2][k]], ref.losses, rtol=1e-12)
     assert train_reference(a, 0, 10, 1e3, 0.0, 20).diverged
+
+
+def test_explode_limit_is_a_thousand_times_the_zero_model():
+    y = np.array([3.0, -4.0, 12.0])
+    # the zero model's training fMSE by hand: 0.5 * (9 + 16 + 144) / 3 = 28.1666...
+    assert EXPLODE == 1000.0
+    assert explode_limit(y) == pytest.approx(1000 * 0.5 * 169 / 3, rel=1e-15)
+    assert explode_limit(np.zeros(4)) == float("inf")  # then only non-finite counts
+
+
+def _plain_explosion_check(a: Arrays, seed: int, bs: int, lr: float, l2: float, epochs: int):
+    """An independent statement of the rule: a plain float64 loop that tracks the largest
+    minibatch fMSE seen before each step; exploded when it (or the final training fMSE)
+    passes 1000 x 0.5 * mean(y^2), or anything is non-finite."""
+    X, y = a.X_fit.astype(np.float64), a.y_fit
+    limit = 1000 * 0.5 * np.mean(y**2)
+    w, b = np.zeros(X.shape[1]), 0.0
+    with np.errstate(all="ignore"):
+        for e in range(1, epochs + 1):
+            order = np.random.default_rng([seed, e]).permutation(len(y))
+            for s in range(0, len(y), bs):
+                rows = order[s:s + bs]
+                r = X[rows] @ w + b - y[rows]
+                if not 0.5 * np.mean(r**2) <= limit:
+                    return True
+                w, b = w - lr * (X[rows].T @ r / len(rows) + l2 * w), b - lr * r.mean()
+        train = 0.5 * np.mean((X @ w + b - y) ** 2)
+    return not train <= limit
+
+
+def test_exploding_trials_are_diverged_though_still_finite():
+    # lr 0.3 on this data grows the loss far past 1000x the start long before float64
+    # overflows: under the old rule (non-finite only) it was "ok" with a loss ~1e40
+    a = make_arrays(n=40, d=3)
+    with np.errstate(all="ignore"):
+        X, y, w, b = a.X_fit, a.y_fit, np.zeros(3), 0.0
+        for _ in range(20):  # full-batch steps, by hand: finite, but enormous
+            r = X @ w + b - y
+            w, b = w - 3.0 * X.T @ r / len(y), b - 3.0 * r.mean()
+        assert np.isfinite(w).all() and 0.5 * np.mean((X @ w + b - y) ** 2) > 1e10
+    assert train_reference(a, 0, 40, 3.0, 0.0, 20).diverged
+    assert train_group(a, 0, 40, [3.0, 0.01], [0.0, 0.0], [20]).diverged[0].tolist() == [
+        True, False]
+
+
+def test_float32_and_float64_and_both_engines_agree_on_the_diverged_set():
+    lrs = [10.0 ** p for p in np.arange(-4, 1.01, 0.25)]  # across the stability edge
+    found = {}
+    for dtype in (np.float64, np.float32):
+        a = make_arrays(n=64, d=6, seed=2, dtype=dtype)
+        for bs in (1, 7, 64):
+            res = train_group(a, 4, bs, lrs, [0.0] * len(lrs), [1, 3, 6])
+            for k, lr in enumerate(lrs):
+                for i, ep in enumerate((1, 3, 6)):
+                    ref = train_reference(a, 4, bs, lr, 0.0, ep).diverged
+                    assert bool(res.diverged[i, k]) == ref, (dtype, bs, lr, ep)
+                    found[(dtype, bs, lr, ep)] = ref
+    a64 = make_arrays(n=64, d=6, seed=2)
+    for (dtype, bs, lr, ep), div in found.items():
+        assert div == found[(np.float64, bs, lr, ep)], (bs, lr, ep)
+        assert div == _plain_explosion_check(a64, 4, bs, lr, 0.0, ep), (bs, lr, ep)
+    assert 0 < sum(found.values()) < len(found)  # both kinds present
 
 
 def test_all_columns_diverged_returns_cleanly():

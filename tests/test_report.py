@@ -208,7 +208,7 @@ def test_report_writes_a_self_contained_page(evaluated: dict):
     code, out, err = run(["report", str(run_dir), "--runs-dir", str(root / "runs"), "--top",
                           "3"])
     assert code == 0, err
-    assert "best trials" in out and "6 diverged, 0 failed" in out
+    assert "best trials" in out and "8 diverged, 0 failed" in out
     assert "test fMSE 95% CI" in out and "SGD gap" in out
     page = (run_dir / "report.html").read_text()
     assert not re.search(r"<(script|link|iframe)\b", page, re.I)

@@ -183,7 +183,13 @@ def test_halving_survivors_equal_the_grid_to_the_last_digit(tmp_path: Path, data
         g = grid[r.key()]
         assert (r.train_loss, r.val_loss, r.test_loss) == (g.train_loss, g.val_loss,
                                                             g.test_loss), r
-    assert sum(r.status is Status.PRUNED for r in halv) == 16 + 6
+    # stopped trials with losses are relabelled pruned; diverged ones stay diverged
+    stopped = [r for e, nxt in ((1, 3), (3, 9)) for r in halv if r.epochs == e
+               and r.column() not in {h.column() for h in halv if h.epochs == nxt}]
+    assert len(stopped) == 16 + 6
+    assert [r.status for r in stopped] == [
+        Status.PRUNED if grid[r.key()].status is Status.OK else Status.DIVERGED for r in stopped]
+    assert any(r.status is Status.PRUNED for r in stopped)
     plan = read_plan(halv_run)
     assert list(plan) == ["rung 1 of 3 (1 epochs)", "rung 2 of 3 (3 epochs)",
                           "rung 3 of 3 (9 epochs)"]
