@@ -150,7 +150,7 @@ def split(seed: int, val_fraction: float, data_dir: str) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | None,
            precision: str | None, backend: str | None, scheduler: str | None,
-           resume: str | None, extend: str | None, top: int, quiet: bool) -> None:
+           resume: str | None, extend: str | None, top: int, quiet: bool) -> int:
     """Run CONFIG's search strategy (the grid by default) and rank the trials by
     validation loss."""
     if config is None and resume is None:
@@ -179,6 +179,11 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
     err.print(escape(f"{len(outcome.ranked)} trials ({outcome.computed} trained now{reused}; "
               f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
               f"results in {outcome.run_dir}/"))
+    failed = outcome.failure()
+    if failed is None:
+        return 0
+    err.print(f"[red]error[/]: {escape(str(failed))}", soft_wrap=True)
+    return failed.exit_code
 
 
 class _progress:

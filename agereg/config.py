@@ -47,10 +47,12 @@ PRECISIONS = ("float64", "float32")
 BACKENDS = ("loky", "threading", "dask")
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")
 STRATEGIES = ("grid", "random", "halving", "refine")
+ON_ERROR = ("record", "stop")
 DISTRIBUTIONS = ("log_uniform", "uniform")
 
 _TOP_KEYS = (
     "grid", "seed", "name", "n_jobs", "max_trials", "data", "split", "execution", "search",
+    "on_error",
 )  # fmt: skip
 _GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
 _DATA_KEYS = ("dir",)
@@ -163,7 +165,9 @@ class Config:
     """A validated search config.
 
     ``n_jobs`` follows joblib (-1 all cores, -2 all but one, or a positive
-    count); a grid with more than ``max_trials`` trials is refused.
+    count); a grid with more than ``max_trials`` trials is refused. ``on_error`` is what a
+    trial that raises does: ``record`` (saved as failed, the search goes on) or ``stop``.
+    Either way the search exits non-zero and ``--resume`` trains failed trials again.
     """
 
     grid: Grid
@@ -175,6 +179,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    on_error: str = "record"
 
 
 class _Invalid(Exception):
@@ -281,6 +286,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "scheduler": cfg.execution.scheduler,
         },
         "search": _search_to_dict(cfg.search),
+        "on_error": cfg.on_error,
         "grid": {
             "batch_size": list(grid.batch_size),
             "learning_rate": _axis_to_yaml(grid.learning_rate),
@@ -435,6 +441,7 @@ def _parse(raw: object) -> Config:
     )
     _check_scheduler(execution)
     search = _search(top.get("search"), grid)
+    on_error = _choice(top["on_error"], "on_error", ON_ERROR) if "on_error" in top else "record"
     budget = search_budget(search, grid)
     if budget > max_trials:
         what = (f"the grid has {budget:,} trials ({_grid_shape(grid)})"
@@ -454,6 +461,7 @@ def _parse(raw: object) -> Config:
         split=split,
         execution=execution,
         search=search,
+        on_error=on_error,
     )
 
 

@@ -27,3 +27,10 @@ class SplitError(AgeregError):
 
 class RunError(AgeregError):
     """A run folder is missing, locked, not an agereg run, or cannot be written."""
+
+
+class TrialsFailed(AgeregError):
+    """Trials raised while training: the search saved them as ``failed`` and
+    ``--resume`` trains them again. Exit code 3, apart from input errors (2)."""
+
+    exit_code = 3

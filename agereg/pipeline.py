@@ -28,7 +28,7 @@ from agereg.config import (
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
 from agereg.engine import State
-from agereg.errors import ConfigError, RunError
+from agereg.errors import ConfigError, RunError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, launch, prepare_arrays
 from agereg.plan import Group, group_columns
@@ -70,6 +70,22 @@ class SearchOutcome:
     @property
     def ranked(self) -> list[TrialRecord]:
         return self.summary.ranked
+
+    def failure(self) -> TrialsFailed | None:
+        """The one-line error of a search that saved failed trials (None if none did)."""
+        return failure(self.summary.ranked, self.run_dir)
+
+
+def failure(records: list[TrialRecord], run_dir: Path) -> TrialsFailed | None:
+    failed = [r for r in records if r.status is Status.FAILED]
+    if not failed:
+        return None
+    first = failed[0]
+    return TrialsFailed(
+        f"{len(failed)} trial{'s' if len(failed) > 1 else ''} failed, the first "
+        f"(batch_size {first.batch_size}, learning_rate {first.learning_rate:g}, epochs "
+        f"{first.epochs}, l2 {first.l2:g}) with {first.error}; they are saved as failed in "
+        f"{run_dir}/: fix the cause, then `agereg search --resume {run_dir}` trains them again")
 
 
 # ---------------------------------------------------------------- split
@@ -305,7 +321,9 @@ class _Sweep:
                  cache: dict[TrialKey, TrialRecord] | None) -> None:
         self.cfg, self.dataset, self.split, self.run_dir = cfg, dataset, split, run_dir
         self.log, self.progress, self.cache = log, progress, cache or {}
-        self.results: dict[TrialKey, TrialRecord] = {r.key(): r for r in done}
+        # a failed trial is not done: a resumed search trains it again
+        self.results: dict[TrialKey, TrialRecord] = {
+            r.key(): r for r in done if r.status is not Status.FAILED}
         self.plan = read_plan(run_dir)
         # column -> (epoch, w (D,), b): halving's parameters at the last rung
         self.states: dict[Config3, tuple[int, np.ndarray, np.generic]] = {}
@@ -367,6 +385,8 @@ class _Sweep:
                 new = [r for r in outcome.records if r.key() not in self.results]
                 self._append(new)
                 self.computed += len(new)
+                if self.cfg.on_error == "stop" and (stop := failure(new, self.run_dir)):
+                    raise stop  # on_error: stop
                 if outcome.state is not None:
                     self._keep(outcome.group, outcome.state)
 
@@ -411,6 +431,9 @@ def _run(
     try:
         sweep.run(make_strategy(cfg))
         status = "finished"
+    except TrialsFailed:
+        status = "failed"
+        raise
     finally:
         shutil.rmtree(run_dir / ".work", ignore_errors=True)
         try:
@@ -420,7 +443,10 @@ def _run(
             # a finished adaptive search planned exactly what it trained
             planned = len(logged) if status == "finished" else sweep.n_planned
             summary = write_summaries(run_dir, logged, planned, edge_notices(logged))
-            write_run_info(run_dir, status, trials_planned=planned, trials_done=len(logged),
+            shown = status
+            if status == "finished" and summary.counts[Status.FAILED.value]:
+                shown = "failed"  # on_error: record; --resume trains them again
+            write_run_info(run_dir, shown, trials_planned=planned, trials_done=len(logged),
                            strategy=cfg.search.strategy, **Extension.run_info(base))
         except RunError:
             if status == "finished":
