@@ -22,7 +22,17 @@ from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group
 from agereg.records import TrialRecord
 from agereg.records import rank as rank_records
-from agereg.runs import read_log, read_plan, resolve_run, write_json
+from agereg.runs import (
+    EVAL_NAME,
+    EvalStaging,
+    RunLock,
+    eval_folder,
+    read_json,
+    read_log,
+    read_plan,
+    resolve_run,
+    write_json,
+)
 from agereg.split import SPLIT_NAME, Split, load_split
 
 
@@ -91,6 +101,16 @@ def refit_arrays(arrays: Arrays) -> Arrays:
     return Arrays(X, y, arrays.X_val, arrays.y_val, arrays.X_te, arrays.y_te)
 
 
+@dataclass(frozen=True)
+class EvalOutcome:
+    """An evaluation: its eval.json content, its folder, and whether it was already there
+    (``existing``: nothing was computed; ``--force`` recomputes)."""
+
+    result: dict
+    folder: Path
+    existing: bool = False
+
+
 def evaluate_run(
     run: str | Path | None,
     runs_dir: Path,
@@ -99,7 +119,8 @@ def evaluate_run(
     n_boot: int = 1000,
     plots: bool = True,
     log: Log = quiet,
-) -> dict:
+    force: bool = False,
+) -> EvalOutcome:
     """Retrain the ``rank``-th best finished trial of a run and measure it on the test set.
 
     Without ``refit`` the retrained validation loss must equal the search's figure (it is
@@ -107,21 +128,41 @@ def evaluate_run(
     Also: a bootstrap of the test fMSE (``n_boot`` resamples seeded by the run's seed; 0
     disables it) paired with the runner-up, the exact ridge optimum for the trial's l2, the
     Gaussian noise model, the weights and bias (.npy) and, unless ``plots`` is false, the
-    pictures. Writes ``eval.json`` last, in the run folder, and returns its content.
+    pictures. Each evaluation has its own folder, ``evals/<trial_id>[-refit]/``, moved into
+    place only when complete; an existing one is returned as it is unless ``force``.
+    The run stays locked meanwhile, so a search cannot write it while it is evaluated.
     """
+    if n_boot < 0:
+        raise RunError(f"--bootstrap {n_boot}: give a number of resamples >= 0 (0 disables)")
+    run_dir = resolve_run(run, runs_dir)
+    with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
+        ctx = open_run(run_dir, runs_dir)
+        ranked = [r for r in rank_records(ctx.records) if r.status.has_losses()]
+        if not ranked:
+            raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, "
+                           "failed or not run yet); resume the search or widen the grid")
+        if not 1 <= rank <= len(ranked):
+            raise RunError(f"--rank {rank} is out of range: the run has {len(ranked)} "
+                           "finished trials")
+        rec = ranked[rank - 1]
+        folder = eval_folder(ctx.run_dir, rec.trial_id, refit)
+        if (folder / EVAL_NAME).is_file() and not force:
+            found = read_json(folder / EVAL_NAME, "recompute it with `agereg eval --force`")
+            return EvalOutcome(found, folder, existing=True)
+        with EvalStaging(folder) as staging:
+            result = _evaluate(ctx, ranked, rank, refit, n_boot, plots, staging, log)
+            result["folder"] = str(folder.relative_to(ctx.run_dir))
+            write_json(staging / EVAL_NAME, result)
+    return EvalOutcome(result, folder)
+
+
+def _evaluate(
+    ctx: RunContext, ranked: list[TrialRecord], rank: int, refit: bool, n_boot: int,
+    plots: bool, folder: Path, log: Log,
+) -> dict:
     from agereg import report
     from agereg.evaluate import gaussian_noise
 
-    if n_boot < 0:
-        raise RunError(f"--bootstrap {n_boot}: give a number of resamples >= 0 (0 disables)")
-    ctx = open_run(run, runs_dir)
-    ranked = [r for r in rank_records(ctx.records) if r.status.has_losses()]
-    if not ranked:
-        raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, failed "
-                       "or not run yet); resume the search or widen the grid")
-    if not 1 <= rank <= len(ranked):
-        raise RunError(f"--rank {rank} is out of range: the run has {len(ranked)} finished "
-                       "trials")
     rec = ranked[rank - 1]
     arrays = in_memory(ctx.dataset, ctx.split, ctx.cfg.execution.precision)
     train_rows = refit_arrays(arrays) if refit else arrays
@@ -153,7 +194,7 @@ def evaluate_run(
         "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, log),
         "noise": {"sigma2": noise.sigma2, "sigma": float(np.sqrt(noise.sigma2)),
                   "test_avg_loglik": noise.test_avg_loglik},
-        "files": _save_parameters(ctx.run_dir, fit, refit),
+        "files": _save_parameters(folder, fit),
         "notes": notes,
     }
     if plots:
@@ -161,16 +202,14 @@ def evaluate_run(
         title = f"trial #{rank}: {report.trial_text(result['trial'])}" + (
             " (refit)" if refit else "")
         written, skipped = report.draw_eval_pictures(
-            ctx.run_dir, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
+            folder, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
             pred_te, title)
-        written += report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records))
+        report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records))
         result["files"]["pictures"] = written
         notes += skipped
     else:
         notes.append("no pictures drawn (--no-plots)")
-    result = _json_safe(result)
-    write_json(ctx.run_dir / "eval.json", result)
-    return result
+    return _json_safe(result)
 
 
 def _refit(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
@@ -276,14 +315,13 @@ def _ridge_reference(
     }
 
 
-def _save_parameters(run_dir: Path, fit: Fit, refit: bool) -> dict:
+def _save_parameters(folder: Path, fit: Fit) -> dict:
     """Write the trained weights (D,) and bias (0-d) as float64 .npy files."""
     from agereg.fileio import save_array
 
-    suffix = "_refit" if refit else ""
-    names = {"weights": f"weights{suffix}.npy", "bias": f"bias{suffix}.npy"}
-    save_array(run_dir / names["weights"], np.asarray(fit.w, dtype=np.float64))
-    save_array(run_dir / names["bias"], np.asarray(fit.b, dtype=np.float64))
+    names = {"weights": "weights.npy", "bias": "bias.npy"}
+    save_array(folder / names["weights"], np.asarray(fit.w, dtype=np.float64))
+    save_array(folder / names["bias"], np.asarray(fit.b, dtype=np.float64))
     return {**names, "pictures": []}
 
 

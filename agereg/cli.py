@@ -249,22 +249,30 @@ def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
                    "paired comparison with the runner-up (seeded by the run's seed; 0: none).")
 @click.option("--no-plots", is_flag=True, help="Do not draw the pictures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--force", is_flag=True,
+              help="Evaluate again even if this trial's evaluation exists (replaces it).")
 def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: bool,
-          n_boot: int, no_plots: bool, as_json: bool) -> None:
+          n_boot: int, no_plots: bool, as_json: bool, force: bool) -> None:
     """Retrain the best trial of a run and report its test-set error, with bootstrap
-    confidence intervals, the exact ridge optimum, the noise model and pictures."""
+    confidence intervals, the exact ridge optimum, the noise model and pictures. Each
+    evaluation keeps its own folder, RUN/evals/<trial_id>[-refit]/."""
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    res = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit, n_boot=n_boot,
-                       plots=not no_plots, log=_log)
+    outcome = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit, n_boot=n_boot,
+                           plots=not no_plots, log=_log, force=force)
+    res = outcome.result
     if as_json:
         click.echo(json.dumps(res, indent=2))
+    else:
+        _print_eval(res)
+    if outcome.existing:
+        err.print(escape(f"already evaluated: shown from {outcome.folder}/ (computed earlier; "
+                         "--force computes it again)"))
         return
-    _print_eval(res)
     if res["reproduced"] is False:
         err.print(f"[yellow]warning[/]: retrained validation fMSE {res['val_fmse']!r} differs "
                   f"from the search's {res['search_val_fmse']!r}")
-    err.print(escape(f"wrote {', '.join(eval_files(res))} in {res['run']}/"))
+    err.print(escape(f"wrote {', '.join(eval_files(res))} in {outcome.folder}/"))
 
 
 def _print_eval(res: dict) -> None:
@@ -304,10 +312,11 @@ def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     out.print(escape(f"{len(rep.ranked)} trials{planned}: {counts_text(c)}"))
     for notice in rep.notices:
         out.print(f"[yellow]note[/]: {escape(notice)}")
-    if rep.eval is None:
+    if not rep.evals:
         out.print(escape(NO_EVAL))
-    else:
-        _print_eval(rep.eval)
+    for ev in rep.evals:
+        _print_eval(ev.result)
+        out.print(escape(f"(files in {ev.folder}/)"))
     if rep.drawn:
         err.print(escape(f"drew {', '.join(rep.drawn)} from the trial log"))
     err.print(escape(f"wrote {rep.html_path}"))

@@ -25,13 +25,20 @@ from agereg.advice import edge_notices
 from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes, atomic_write_text
 from agereg.records import TrialRecord, rank, status_counts
-from agereg.runs import CONFIG_NAME, RUN_NAME, read_json, read_log, resolve_run
+from agereg.runs import (
+    CONFIG_NAME,
+    EVAL_NAME,
+    RUN_NAME,
+    evaluations,
+    read_json,
+    read_log,
+    resolve_run,
+)
 
 if TYPE_CHECKING:
     from agereg.plots import Curve, GridCells
 
 REPORT_NAME = "report.html"
-EVAL_NAME = "eval.json"
 GRID_PICTURES = ("heatmap_val.png", "val_vs_epochs.png")
 EVAL_PICTURES = ("weights.png", "worst_test.png", "pred_vs_true.png")
 CAPTIONS = {
@@ -235,7 +242,7 @@ def eval_lines(res: dict) -> list[str]:
 
 
 def eval_files(res: dict) -> list[str]:
-    """The files an eval wrote in the run folder, eval.json first."""
+    """The files an eval wrote in its folder, eval.json first."""
     files = res.get("files") or {}
     names = [EVAL_NAME]
     names += [files[k] for k in ("weights", "bias") if files.get(k)]
@@ -246,6 +253,15 @@ def eval_files(res: dict) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of the run: its folder, its eval.json and the pictures it drew."""
+
+    folder: Path
+    result: dict
+    pictures: list[str]
+
+
+@dataclass(frozen=True)
 class Report:
     """What ``agereg report`` found and wrote."""
 
@@ -253,10 +269,10 @@ class Report:
     ranked: list[TrialRecord]
     counts: dict[str, int]
     trials_planned: int | None
-    eval: dict | None
+    evals: list[Evaluation]  # best rank first, refits after the plain retrainings
     html_path: Path
     drawn: list[str]  # grid pictures drawn now because they were missing
-    pictures: list[str]  # pictures embedded in the HTML
+    pictures: list[str]  # grid pictures embedded in the HTML
     notices: tuple[str, ...]  # edge-of-range notices on the best trial
 
 
@@ -267,23 +283,68 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     counts = status_counts(ranked)
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
-    res = None
-    if (run_dir / EVAL_NAME).is_file():
-        res = read_json(run_dir / EVAL_NAME, "run `agereg eval --best` again to rewrite it")
+    evals = read_evaluations(run_dir)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True)
-    # Eval pictures only if this eval.json drew them: older ones may show another trial.
-    listed = set(((res or {}).get("files") or {}).get("pictures", []))
-    pictures = [n for n in (*EVAL_PICTURES, *GRID_PICTURES)
-                if (n in listed or n in GRID_PICTURES) and (run_dir / n).is_file()]
+    pictures = [n for n in GRID_PICTURES if (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
     notices = edge_notices(ranked)
-    page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, res,
+    page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
                        notices, pictures, top)
     html_path = run_dir / REPORT_NAME
     atomic_write_text(html_path, page)
     return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
-                  res, html_path, drawn, pictures, notices)
+                  evals, html_path, drawn, pictures, notices)
+
+
+def read_evaluations(run_dir: Path) -> list[Evaluation]:
+    """Every evaluation of the run (``evals/*/``, and a 0.1 run's own eval.json), each
+    checked to be one; the best-ranked first, plain retrainings before refits."""
+    folders = evaluations(run_dir)
+    if (run_dir / EVAL_NAME).is_file():  # written by agereg 0.1, before evals/ existed
+        folders.append(run_dir)
+    evals = []
+    for folder in folders:
+        path = folder / EVAL_NAME
+        res = read_json(path, "recompute it with `agereg eval --force`")
+        check_eval(res, path)
+        listed = (res.get("files") or {}).get("pictures") or []
+        evals.append(Evaluation(folder, res, [n for n in EVAL_PICTURES
+                                              if n in listed and (folder / n).is_file()]))
+    evals.sort(key=lambda e: (bool(e.result.get("refit")), e.result["trial"]["rank"]))
+    return evals
+
+
+_TRIAL_KEYS = {"rank": int, "batch_size": int, "learning_rate": float, "epochs": int,
+               "l2": float}
+
+
+def check_eval(res: dict, path: Path) -> None:
+    """An eval.json read back is input: the keys the report prints must be there with the
+    right types, else one line naming the file and the key."""
+    def bad(key: str) -> RunError:
+        return RunError(f"{path}: not an agereg evaluation ({key!r} is missing or not the "
+                        "right type); delete it or recompute it with `agereg eval --force`")
+
+    trial = res.get("trial")
+    if not isinstance(trial, dict):
+        raise bad("trial")
+    for key, kind in _TRIAL_KEYS.items():
+        v = trial.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or \
+                (kind is int and not isinstance(v, int)):
+            raise bad(f"trial.{key}")
+    for key in ("test", "baseline_test"):
+        d = res.get(key)
+        if not isinstance(d, dict) or not all(
+                d.get(m) is None or (isinstance(d.get(m), int | float)
+                                     and not isinstance(d.get(m), bool))
+                for m in ("fmse", "rmse", "mae", "r2")):
+            raise bad(key)
+    for key in ("train_fmse", "val_fmse"):
+        v = res.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise bad(key)
 
 
 def _read_text(path: Path) -> str:
@@ -357,7 +418,7 @@ def render_html(
     info: dict,
     dataset: dict,
     config_text: str,
-    res: dict | None,
+    evals: Sequence[Evaluation],
     notices: Sequence[str],
     pictures: Sequence[str],
     top: int,
@@ -393,21 +454,24 @@ def render_html(
         f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
         f"<p>{_e(counts_text(counts))}.</p>\n",
         _table(RANKING_COLUMNS, ranking_rows(ranked, top)),
-        "<h2>Test-set evaluation</h2>\n",
     ]
-    if res is None:
-        parts.append(f"<p>No eval.json in this run folder: {_e(NO_EVAL)}.</p>\n")
-    else:
+    if pictures:
+        parts += [_img(run_dir / p) for p in pictures]
+    parts.append("<h2>Test-set evaluations</h2>\n")
+    if not evals:
+        parts.append(f"<p>No evaluation in this run folder: {_e(NO_EVAL)}.</p>\n")
+    for ev in evals:
+        res = ev.result
         columns, rows = eval_table(res)
-        parts.append(f"<p>trial #{_e(res['trial']['rank'])}: {_e(trial_text(res['trial']))}"
-                     f" ({_e(res.get('engine'))}, {_e(res.get('precision'))}), trained on "
-                     f"the {_e(res.get('trained_on'))}</p>\n")
+        where = ev.folder.relative_to(run_dir) if ev.folder != run_dir else Path(".")
+        parts.append(f"<h3>trial #{_e(res['trial']['rank'])}: {_e(trial_text(res['trial']))}"
+                     f"{' (refit)' if res.get('refit') else ''}</h3>\n"
+                     f"<p class=\"note\">{_e(res.get('engine'))}, {_e(res.get('precision'))}; "
+                     f"trained on the {_e(res.get('trained_on'))}; files in {_e(where)}/</p>\n")
         parts.append(_table(columns, rows, left=1))
         parts.append("<ul>\n" + "".join(f"<li>{_e(s)}</li>\n" for s in eval_lines(res))
                      + "</ul>\n")
-    if pictures:
-        parts.append("<h2>Pictures</h2>\n")
-        parts += [_img(run_dir / p) for p in pictures]
+        parts += [_img(ev.folder / p) for p in ev.pictures]
     parts += [
         "<h2>Config</h2>\n",
         f"<pre>{_e(config_text)}</pre>\n",

@@ -10,6 +10,7 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
     trials.jsonl   append-only log: one JSON line per finished trial, fsynced per group
     results.csv    every trial, ranked by validation loss (rebuilt from the log)
     best.json      the best finished trial (rebuilt from the log)
+    evals/<trial_id>[-refit]/   one folder per evaluation (eval.json, weights, pictures)
     .lock          held (flock) by the process writing the run
 
 ``runs/latest`` is a one-line text file naming the newest run folder.
@@ -40,6 +41,8 @@ PLAN_NAME = "plan.jsonl"
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
 LATEST_NAME = "latest"
+EVALS_DIR = "evals"
+EVAL_NAME = "eval.json"
 CSV_COLUMNS = (
     "rank", "batch_size", "learning_rate", "epochs", "l2",
     "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id",
@@ -320,3 +323,65 @@ def _int(v: object) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise ValueError("not an integer")
     return v
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+def eval_folder(run_dir: Path, trial_id: str, refit: bool) -> Path:
+    """Where the evaluation of a trial lives: ``evals/<trial_id>`` (retrained as in the
+    search) or ``evals/<trial_id>-refit`` (refit on more rows)."""
+    return run_dir / EVALS_DIR / (f"{trial_id}-refit" if refit else trial_id)
+
+
+def evaluations(run_dir: Path) -> list[Path]:
+    """The evaluation folders of a run that hold an eval.json, by name. A folder being
+    written (``.staging-*``) or left by an interrupted eval is not one."""
+    root = run_dir / EVALS_DIR
+    try:
+        names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise RunError(f"{root}: cannot list ({exc.strerror or exc})") from None
+    return [root / n for n in names if (root / n / EVAL_NAME).is_file()]
+
+
+class EvalStaging:
+    """Write an evaluation into ``evals/.staging-<name>-<pid>`` and move it into place
+    only when complete, so an interrupted eval leaves nothing that a report would show,
+    and one trial's evaluation never mixes with another's files. Call within the run's
+    :class:`RunLock` (the lock makes every leftover staging folder stale)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.parent / f".staging-{target.name}-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        import shutil
+
+        try:
+            self.target.parent.mkdir(exist_ok=True)
+            for old in self.target.parent.glob(".staging-*"):
+                shutil.rmtree(old, ignore_errors=True)  # an interrupted eval's leftovers
+            self.path.mkdir()
+        except OSError as exc:
+            raise RunError(f"{self.target.parent}: cannot create the evaluation folder "
+                           f"({exc.strerror or exc}); check free space and permissions") from None
+        return self.path
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        import shutil
+
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        old = self.target.parent / f".staging-old-{self.target.name}-{os.getpid()}"
+        try:
+            if self.target.exists():  # --force: swap the new evaluation in, then drop the old
+                os.rename(self.target, old)
+            os.rename(self.path, self.target)
+        except OSError as exc:
+            raise RunError(f"{self.target}: cannot move the evaluation into place "
+                           f"({exc.strerror or exc})") from None
+        shutil.rmtree(old, ignore_errors=True)

@@ -48,7 +48,8 @@ def test_search_then_eval(tiny_config: Path, tmp_path: Path):
     assert res["reproduced"] is True and res["val_fmse"] == best["val_loss"]
     assert res["test"]["fmse"] == pytest.approx(best["test_loss"], rel=1e-12)
     assert res["test"]["rmse"] == pytest.approx(np.sqrt(2 * res["test"]["fmse"]))
-    assert (run_dir / "eval.json").is_file()
+    assert res["folder"] == f"evals/{best['trial_id']}"
+    assert (run_dir / res["folder"] / "eval.json").is_file()
 
     code, out, err = run(["eval", "--best", "--refit", "--runs-dir", str(runs)])
     assert code == 0, err

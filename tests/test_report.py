@@ -15,7 +15,13 @@ import pytest
 
 from agereg import plots
 from agereg.records import TrialRecord
-from agereg.report import NO_EVAL, draw_eval_pictures, grid_cells, top_curves
+from agereg.report import (
+    GRID_PICTURES,
+    NO_EVAL,
+    draw_eval_pictures,
+    grid_cells,
+    top_curves,
+)
 
 from tests_helpers import latest_run, run
 
@@ -30,7 +36,7 @@ EXPECTED_SIZES = {  # pixels at plots.DPI = 100
 EVAL_KEYS = {
     "run", "dataset", "trial", "refit", "trained_on", "engine", "precision", "train_fmse",
     "val_fmse", "search_val_fmse", "reproduced", "test", "baseline_test", "bootstrap",
-    "ridge", "noise", "files", "notes",
+    "ridge", "noise", "files", "notes", "folder",
 }
 
 CONFIG = """\
@@ -83,8 +89,10 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> dict
     run_dir = make_run(root, data)
     code, out, err = run(["eval", "--best", "--runs-dir", str(root / "runs")])
     assert code == 0, err
-    return {"root": root, "run_dir": run_dir, "out": out, "err": err,
-            "eval": json.loads((run_dir / "eval.json").read_text())}
+    best = json.loads((run_dir / "best.json").read_text())["best"]
+    folder = run_dir / "evals" / best["trial_id"]
+    return {"root": root, "run_dir": run_dir, "out": out, "err": err, "folder": folder,
+            "eval": json.loads((folder / "eval.json").read_text())}
 
 
 # ---------------------------------------------------------------- pictures
@@ -160,11 +168,11 @@ def test_flat_data_skip_the_image_pictures(tmp_path: Path):
 
 
 def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
-    res, run_dir = evaluated["eval"], evaluated["run_dir"]
+    res, run_dir, folder = evaluated["eval"], evaluated["run_dir"], evaluated["folder"]
     assert set(res) == EVAL_KEYS
     assert res["reproduced"] is True and res["trial"]["rank"] == 1
     # the saved parameters reproduce the test metrics
-    w, b = np.load(run_dir / "weights.npy"), np.load(run_dir / "bias.npy")
+    w, b = np.load(folder / "weights.npy"), np.load(folder / "bias.npy")
     assert w.dtype == np.float64 and w.shape == (36,) and b.dtype == np.float64 and b.ndim == 0
     Xte = np.load(Path(json.loads((run_dir / "dataset.json").read_text())["path"])
                   / "age_regression_Xte.npy").reshape(60, -1)
@@ -172,9 +180,10 @@ def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
     assert 0.5 * np.mean((Xte @ w + b - yte) ** 2) == pytest.approx(res["test"]["fmse"],
                                                                     rel=1e-6)
     assert res["files"] == {"weights": "weights.npy", "bias": "bias.npy",
-                            "pictures": list(EXPECTED_SIZES)}
-    for name, size in EXPECTED_SIZES.items():
-        assert png_size((run_dir / name).read_bytes()) == size, name
+                            "pictures": list(EXPECTED_SIZES)[:3]}
+    for name, size in EXPECTED_SIZES.items():  # the grid's pictures in the run folder
+        where = run_dir if name in GRID_PICTURES else folder
+        assert png_size((where / name).read_bytes()) == size, name
     boot = res["bootstrap"]
     assert boot["resamples"] == 1000 and boot["seed"] == 3 and boot["n_images"] == 60
     lo, hi = boot["test_fmse_ci"]
@@ -215,7 +224,8 @@ def test_report_writes_a_self_contained_page(evaluated: dict):
     assert not re.search(r"\bhref\s*=", page, re.I)
     srcs = re.findall(r"\bsrc\s*=\s*\"([^\"]*)\"", page, re.I)
     assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    assert png_size(base64.b64decode(srcs[0].split(",", 1)[1])) == (500, 400)
+    sizes = [png_size(base64.b64decode(src.split(",", 1)[1])) for src in srcs]
+    assert sizes == [EXPECTED_SIZES[n] for n in (*GRID_PICTURES, *list(EXPECTED_SIZES)[:3])]
     t = evaluated["eval"]["trial"]
     assert (f"best trial: <strong>batch_size {t['batch_size']}, learning_rate "
             f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g}</strong>") in page
@@ -231,19 +241,68 @@ def test_eval_json_without_bootstrap_or_plots_and_refit(evaluated: dict):
     res = json.loads(out)
     assert res["bootstrap"] is None and res["files"]["pictures"] == []
     assert "bootstrap disabled (--bootstrap 0)" in res["notes"]
+    run_dir = evaluated["run_dir"]
+    second = run_dir / res["folder"]
     code, out, err = run(["eval", "--best", "--refit", "--runs-dir", runs, "--bootstrap",
                           "200", "--no-plots", "--json"])
     assert code == 0, err
     res = json.loads(out)
-    run_dir = evaluated["run_dir"]
-    assert res["files"]["weights"] == "weights_refit.npy"
-    assert (run_dir / "weights_refit.npy").is_file() and (run_dir / "bias_refit.npy").is_file()
+    refit = run_dir / res["folder"]
+    assert refit.name == evaluated["folder"].name + "-refit"
+    assert (refit / "weights.npy").is_file() and (refit / "bias.npy").is_file()
     assert res["ridge"]["val_fmse"] is None and res["ridge"]["trained_on"].startswith("train+")
     assert res["bootstrap"]["paired"]["versus"]["rank"] == 2
-    # a report now embeds only the grid pictures: this eval drew no pictures
-    code, _, err = run(["report", str(run_dir)])
+    # every evaluation kept its own folder; the first one's files are untouched
+    assert sorted(p.name for p in (run_dir / "evals").iterdir()) == sorted(
+        [evaluated["folder"].name, second.name, refit.name])
+    assert json.loads((evaluated["folder"] / "eval.json").read_text()) == evaluated["eval"]
+    assert (evaluated["folder"] / "weights.png").is_file()
+    assert not (second / "weights.png").exists()  # drawn by no one: --no-plots
+    # the report shows all three: the grid's two pictures and the first eval's three
+    code, out, err = run(["report", str(run_dir)])
     assert code == 0, err
-    assert (run_dir / "report.html").read_text().count("data:image/png") == 2
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png") == 2 + 3 and page.count("<h3>trial #") == 3
+    assert out.count("files in ") == 3
+
+
+def test_eval_of_an_evaluated_trial_shows_it_and_force_recomputes(tmp_path: Path,
+                                                                  tiny_data: Path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+    args = ["eval", "--run", str(run_dir), "--bootstrap", "50", "--no-plots"]
+    code, first, err = run(args)
+    assert code == 0 and "wrote eval.json" in err, err
+    (folder,) = (run_dir / "evals").iterdir()
+    stamp = (folder / "eval.json").stat().st_mtime_ns
+    code, again, err = run(args)
+    assert code == 0 and again == first
+    assert f"already evaluated: shown from {folder}/" in err and "--force" in err
+    assert (folder / "eval.json").stat().st_mtime_ns == stamp
+    code, _, err = run([*args, "--force"])
+    assert code == 0 and "wrote eval.json" in err, err
+    assert (folder / "eval.json").stat().st_mtime_ns != stamp
+    assert [p.name for p in (run_dir / "evals").iterdir()] == [folder.name]  # no leftovers
+
+
+def test_an_interrupted_eval_leaves_nothing_a_report_shows(tmp_path: Path, tiny_data: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    from agereg import assessment
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assessment, "gaussian_noise", interrupted, raising=False)
+    monkeypatch.setattr("agereg.evaluate.gaussian_noise", interrupted)
+    code, _, err = run(["eval", "--run", str(run_dir), "--no-plots", "--bootstrap", "0"])
+    assert code == 130, err
+    assert list((run_dir / "evals").iterdir()) == []  # the staging folder was removed
+    assert not list(run_dir.glob("*.npy"))
 
 
 def test_single_trial_run_has_no_paired_comparison(tmp_path: Path, tiny_data: Path):
@@ -253,7 +312,8 @@ def test_single_trial_run_has_no_paired_comparison(tmp_path: Path, tiny_data: Pa
     code, out, err = run(["eval", "--best", "--run", str(run_dir), "--no-plots"])
     assert code == 0, err
     assert "no runner-up" in out
-    res = json.loads((run_dir / "eval.json").read_text())
+    (folder,) = (run_dir / "evals").iterdir()
+    res = json.loads((folder / "eval.json").read_text())
     assert res["bootstrap"]["paired"] is None and res["bootstrap"]["test_fmse_ci"]
 
 
@@ -267,7 +327,8 @@ def test_eval_on_flat_data_says_weights_png_was_skipped(tmp_path: Path, tiny_dat
     code, out, err = run(["eval", "--best", "--run", str(run_dir), "--bootstrap", "100"])
     assert code == 0, err
     assert "weights.png and worst_test.png skipped" in out
-    assert not (run_dir / "weights.png").exists() and (run_dir / "pred_vs_true.png").is_file()
+    (folder,) = (run_dir / "evals").iterdir()
+    assert not (folder / "weights.png").exists() and (folder / "pred_vs_true.png").is_file()
 
 
 # ---------------------------------------------------------------- report
@@ -292,3 +353,28 @@ def test_report_on_a_folder_that_is_not_a_run_exits_2(tmp_path: Path):
     assert code == 2
     assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
     assert "not an agereg run folder" in err and "Traceback" not in err
+
+
+def test_eval_waits_for_no_one_a_search_holds_the_run(tmp_path: Path, tiny_data: Path):
+    from agereg.runs import RunLock
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+    with RunLock(run_dir):  # a search still writing this run
+        code, _, err = run(["eval", "--run", str(run_dir), "--no-plots"])
+    assert code == 2 and "another agereg process" in err and len(err.strip().splitlines()) == 1
+    assert not (run_dir / "evals").exists()
+
+
+@pytest.mark.parametrize("text", ["{}", '{"trial": {"rank": "1"}}', "[]"])
+def test_a_damaged_eval_json_is_one_line(tmp_path: Path, tiny_data: Path, text: str):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+    (run_dir / "evals" / "abc").mkdir(parents=True)
+    (run_dir / "evals" / "abc" / "eval.json").write_text(text)
+    code, _, err = run(["report", str(run_dir)])
+    assert code == 2, err
+    assert err.strip().startswith(f"error: {run_dir}/evals/abc/eval.json: not ")
+    assert len(err.strip().splitlines()) == 1
