@@ -117,13 +117,24 @@ def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None
 @click.option("--seed", required=True, type=click.IntRange(min=0), help="Permutation seed.")
 @click.option("--val-fraction", default=0.2, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--folds", default=None, type=click.IntRange(min=2),
+              help="Write K cross-validation folds instead of a holdout split.")
 @click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(),
               help="Dataset folder; split.json is written there.")
-def split(seed: int, val_fraction: float, data_dir: str) -> None:
-    """Write DATA/split.json: a seeded 80/20 train/validation split of the training files."""
-    path, s = pipeline.write_split(Path(data_dir), seed, val_fraction)
-    err.print(escape(f"wrote {path}: {len(s.train)} training and {len(s.val)} validation rows "
-              f"(seed {seed}, val_fraction {val_fraction})"))
+def split(seed: int, val_fraction: float, folds: int | None, data_dir: str) -> None:
+    """Write DATA/split.json: a seeded 80/20 train/validation split of the training files,
+    or with --folds K, K cross-validation folds."""
+    if folds is not None and click.get_current_context().get_parameter_source(
+            "val_fraction") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--folds and --val-fraction exclude each other")
+    path, s = pipeline.write_split(Path(data_dir), seed, val_fraction, folds)
+    if s.k:
+        sizes = sorted({len(f) for f in s.folds})
+        err.print(escape(f"wrote {path}: {s.k} folds of {' or '.join(map(str, sizes))} rows "
+                         f"(seed {seed})"))
+    else:
+        err.print(escape(f"wrote {path}: {len(s.train)} training and {len(s.val)} validation "
+                         f"rows (seed {seed}, val_fraction {val_fraction})"))
 
 
 # ---------------------------------------------------------------- search

@@ -48,15 +48,16 @@ BACKENDS = ("loky", "threading", "dask")
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")
 STRATEGIES = ("grid", "random", "halving", "refine")
 ON_ERROR = ("record", "stop")
+SELECT = ("best", "one_se")
 DISTRIBUTIONS = ("log_uniform", "uniform")
 
 _TOP_KEYS = (
     "grid", "seed", "name", "n_jobs", "max_trials", "data", "split", "execution", "search",
-    "on_error",
+    "on_error", "select",
 )  # fmt: skip
 _GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
 _DATA_KEYS = ("dir",)
-_SPLIT_KEYS = ("seed", "val_fraction")
+_SPLIT_KEYS = ("seed", "val_fraction", "folds")
 _EXECUTION_KEYS = ("engine", "precision", "backend", "scheduler")
 _SEARCH_KEYS = ("strategy", "n_trials", "seed", "eta", "rounds", "points", "tol")
 # The keys each strategy reads; any other search key is an error that says so.
@@ -140,10 +141,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How the training data is split into train and validation parts."""
+    """How the training data is split: a holdout of ``val_fraction``, or, with ``folds``
+    (K >= 2), K-fold cross-validation (``val_fraction`` is then not used)."""
 
     seed: int = 0
     val_fraction: float = 0.2
+    folds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ class Config:
     count); a grid with more than ``max_trials`` trials is refused. ``on_error`` is what a
     trial that raises does: ``record`` (saved as failed, the search goes on) or ``stop``.
     Either way the search exits non-zero and ``--resume`` trains failed trials again.
+    ``select`` is the rule that picks the best trial: ``best`` (lowest validation loss) or
+    ``one_se`` (the most regularised trial within one standard error of it).
     """
 
     grid: Grid
@@ -180,6 +185,7 @@ class Config:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     on_error: str = "record"
+    select: str = "best"
 
 
 class _Invalid(Exception):
@@ -278,7 +284,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "n_jobs": cfg.n_jobs,
         "max_trials": cfg.max_trials,
         "data": {"dir": cfg.data.dir},
-        "split": {"seed": cfg.split.seed, "val_fraction": cfg.split.val_fraction},
+        "split": ({"seed": cfg.split.seed, "folds": cfg.split.folds} if cfg.split.folds
+                  else {"seed": cfg.split.seed, "val_fraction": cfg.split.val_fraction}),
         "execution": {
             "engine": cfg.execution.engine,
             "precision": cfg.execution.precision,
@@ -287,6 +294,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         },
         "search": _search_to_dict(cfg.search),
         "on_error": cfg.on_error,
+        "select": cfg.select,
         "grid": {
             "batch_size": list(grid.batch_size),
             "learning_rate": _axis_to_yaml(grid.learning_rate),
@@ -423,7 +431,11 @@ def _parse(raw: object) -> Config:
     )
 
     data = DataConfig(**_section(top, "data", _DATA_KEYS, {"dir": _dir}))  # type: ignore[arg-type]
-    split_options = _section(top, "split", _SPLIT_KEYS, {"seed": _seed, "val_fraction": _fraction})
+    split_options = _section(top, "split", _SPLIT_KEYS,
+                             {"seed": _seed, "val_fraction": _fraction, "folds": _folds})
+    if "folds" in split_options and "val_fraction" in split_options:
+        raise _Invalid("split.folds and split.val_fraction exclude each other (with K folds "
+                       "each fold validates on 1/K of the rows); remove one of them")
     split_options.setdefault("seed", seed)  # one seed in the file sets both
     split = SplitConfig(**split_options)  # type: ignore[arg-type]
     execution = ExecutionConfig(
@@ -442,6 +454,7 @@ def _parse(raw: object) -> Config:
     _check_scheduler(execution)
     search = _search(top.get("search"), grid)
     on_error = _choice(top["on_error"], "on_error", ON_ERROR) if "on_error" in top else "record"
+    select = _choice(top["select"], "select", SELECT) if "select" in top else "best"
     budget = search_budget(search, grid)
     if budget > max_trials:
         what = (f"the grid has {budget:,} trials ({_grid_shape(grid)})"
@@ -462,6 +475,7 @@ def _parse(raw: object) -> Config:
         execution=execution,
         search=search,
         on_error=on_error,
+        select=select,
     )
 
 
@@ -695,6 +709,10 @@ def _n_jobs(value: object, key: str) -> int:
 
 def _max_trials(value: object, key: str) -> int:
     return _positive(value, key, "100000")
+
+
+def _folds(value: object, key: str) -> int:
+    return _at_least(value, key, 2, "5")
 
 
 def _fraction(value: object, key: str) -> float:

@@ -45,24 +45,43 @@ EXPLODE = 1000.0
 @dataclass(frozen=True)
 class Arrays:
     """The engine's inputs, already split: ``X_fit`` are the training rows in the split's
-    stored order. All X arrays share one dtype (float64 or float32); y are float64."""
+    stored order. All X arrays share one dtype (float64 or float32); y are float64.
 
-    X_fit: np.ndarray  # (N, D)
+    A cross-validation fold instead names its rows in one shared pool (never a copy per
+    fold): ``X_fit``/``y_fit`` and ``X_val``/``y_val`` are then the same pool of every
+    training row, ``fit_rows`` the fold's training rows in order and ``val_rows`` its
+    validation rows.
+    """
+
+    X_fit: np.ndarray  # (N, D), or the (P, D) pool with fit_rows
     y_fit: np.ndarray  # (N,)
-    X_val: np.ndarray  # (V, D)
+    X_val: np.ndarray  # (V, D), or the pool with val_rows
     y_val: np.ndarray  # (V,)
     X_te: np.ndarray  # (M, D)
     y_te: np.ndarray  # (M,)
+    fit_rows: np.ndarray | None = None  # (N,) rows of the pool that train
+    val_rows: np.ndarray | None = None  # (V,) rows of the pool that validate
+
+    @property
+    def n_fit(self) -> int:
+        return len(self.y_fit) if self.fit_rows is None else len(self.fit_rows)
+
+    def y_train(self) -> np.ndarray:
+        """The training labels, in training order: (N,)."""
+        return self.y_fit if self.fit_rows is None else self.y_fit[self.fit_rows]
 
 
 @dataclass(frozen=True)
 class Fit:
-    """One trained trial: parameters (float64) and its three losses (NaN if diverged)."""
+    """One trained trial: parameters (float64) and its three losses (NaN if diverged);
+    ``val_se`` is the standard error of the validation loss over the validation images,
+    ``std(0.5 r_i^2, ddof=1) / sqrt(V)``."""
 
     w: np.ndarray  # (D,)
     b: float
     losses: tuple[float, float, float]
     diverged: bool
+    val_se: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,7 @@ class GroupResult:
     diverged: np.ndarray  # (E, K) bool
     snapshot: Fit | None = None
     state: State | None = None
+    val_se: np.ndarray | None = None  # (E, K): standard error of the validation loss
 
 
 @dataclass(frozen=True)
@@ -92,13 +112,19 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def _residuals(X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray | float
+               ) -> np.ndarray:
+    r = (X @ W + b).astype(np.float64, copy=False)  # (N, D) @ (D, K) -> (N, K)
+    r -= y if r.ndim == 1 else y[:, None]
+    return r
+
+
 def fmse(X: np.ndarray, y: np.ndarray, W: np.ndarray, b: np.ndarray | float) -> np.ndarray:
     """Half mean squared error of ``X W + b`` against ``y``, per column, in float64.
 
     ``W`` is ``(D,)`` or ``(D, K)``; the result is a scalar array or ``(K,)``.
     """
-    r = (X @ W + b).astype(np.float64, copy=False)  # (N, D) @ (D, K) -> (N, K)
-    r -= y if r.ndim == 1 else y[:, None]
+    r = _residuals(X, y, W, b)
     return 0.5 * np.mean(r * r, axis=0)
 
 
@@ -110,15 +136,24 @@ def explode_limit(y_fit: np.ndarray) -> float:
     return EXPLODE * start if start > 0 else float("inf")
 
 
-def _losses(arrays: Arrays, W: np.ndarray, b: np.ndarray | float) -> np.ndarray:
-    """``(3,)`` or ``(3, K)`` losses on the training, validation and test sets."""
-    return np.stack(
-        [
-            fmse(arrays.X_fit, arrays.y_fit, W, b),
-            fmse(arrays.X_val, arrays.y_val, W, b),
-            fmse(arrays.X_te, arrays.y_te, W, b),
-        ]
-    )
+def _scores(arrays: Arrays, W: np.ndarray, b: np.ndarray | float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``(3,)`` or ``(3, K)`` losses on the training, validation and test sets, and the
+    standard error of the validation loss over its images, ``()`` or ``(K,)``. A fold's
+    residuals are computed once over the shared pool, then its rows are picked out."""
+    if arrays.fit_rows is None:
+        r_fit = _residuals(arrays.X_fit, arrays.y_fit, W, b)
+        r_val = _residuals(arrays.X_val, arrays.y_val, W, b)
+    else:
+        r = _residuals(arrays.X_fit, arrays.y_fit, W, b)  # (P, K) over the pool
+        r_fit, r_val = r[arrays.fit_rows], r[arrays.val_rows]
+    r_te = _residuals(arrays.X_te, arrays.y_te, W, b)
+    losses = np.stack([0.5 * np.mean(r * r, axis=0) for r in (r_fit, r_val, r_te)])
+    per_image = 0.5 * r_val * r_val  # (V,) or (V, K)
+    v = len(per_image)
+    se = (np.std(per_image, axis=0, ddof=1) / np.sqrt(v) if v > 1
+          else np.full(per_image.shape[1:], np.nan))
+    return losses, se
 
 
 def objective(X_S: np.ndarray, y_S: np.ndarray, w: np.ndarray, b: float, l2: float) -> float:
@@ -160,14 +195,16 @@ def train_reference(
     """Train one trial with a plain per-minibatch loop: the statement of the contract."""
     X, y = arrays.X_fit, arrays.y_fit
     dtype = X.dtype.type
-    n, d = X.shape
+    n, d = arrays.n_fit, X.shape[1]
     w = np.zeros(d, dtype=X.dtype)
     b = dtype(0.0)
     lr_, l2_ = dtype(lr), dtype(l2)
-    limit = explode_limit(y)
+    limit = explode_limit(arrays.y_train())
     with np.errstate(all="ignore"):  # overflow is expected when a trial diverges
         for epoch in range(1, epochs + 1):
             order = epoch_order(seed, epoch, n)
+            if arrays.fit_rows is not None:
+                order = arrays.fit_rows[order]  # the fold's rows in the pool
             for start in range(0, n, batch_size):
                 rows = order[start : start + batch_size]
                 X_S = X[rows]  # (B, D)
@@ -178,12 +215,12 @@ def train_reference(
                 g_w, g_b = gradient(X_S, r, w, l2_)
                 w = w - lr_ * g_w
                 b = b - lr_ * g_b
-        losses = _losses(arrays, w, b)
+        losses, se = _scores(arrays, w, b)
     if not (np.isfinite(losses).all() and np.isfinite(w).all() and np.isfinite(b)
             and losses[0] <= limit):
         return _diverged(d)
     tr, va, te = (float(v) for v in losses)
-    return Fit(w.astype(np.float64), float(b), (tr, va, te), False)
+    return Fit(w.astype(np.float64), float(b), (tr, va, te), False, float(se))
 
 
 def _diverged(d: int) -> Fit:
@@ -238,7 +275,7 @@ def train_group(
     """
     X, y = arrays.X_fit, arrays.y_fit
     dtype = X.dtype
-    n, d = X.shape
+    n, d = arrays.n_fit, X.shape[1]
     K = len(lrs)
     epochs = tuple(sorted(epochs))
     first = 0 if start is None else start.epoch
@@ -246,6 +283,7 @@ def train_group(
         raise ValueError(f"epochs {epochs} must all come after the start epoch {first}")
     record_at = {e: i for i, e in enumerate(epochs)}
     losses = np.full((len(epochs), K, 3), np.nan)
+    val_se = np.full((len(epochs), K), np.nan)
     diverged = np.ones((len(epochs), K), dtype=bool)
     kept: Fit | None = None
 
@@ -266,7 +304,7 @@ def train_group(
     # Split each minibatch into near-equal blocks of at most ROW_BLOCK rows (160 -> 2 x 80
     # rather than 128 + 32, whose thin remainder wastes the products).
     block = -(-batch_size // -(-batch_size // ROW_BLOCK))
-    limit = explode_limit(y)
+    limit = explode_limit(arrays.y_train())
     X_S = np.empty((block, d), dtype=dtype)  # buffers reused by every step
     G_part = np.empty((d, PANEL), dtype=dtype)
 
@@ -278,6 +316,8 @@ def train_group(
     with np.errstate(all="ignore"):  # overflow is expected when a column diverges
         for epoch in range(first + 1, epochs[-1] + 1) if len(alive) else ():
             order = epoch_order(seed, epoch, n)
+            if arrays.fit_rows is not None:
+                order = arrays.fit_rows[order]  # the fold's rows in the pool
             for start_row in range(0, n, batch_size):
                 rows = order[start_row : start_row + batch_size]
                 m, P = len(rows), len(W)
@@ -323,12 +363,14 @@ def train_group(
             if epoch in record_at:
                 i = record_at[epoch]
                 k = len(alive)
-                L = np.concatenate([_losses(arrays, W[p], b[p]) for p in range(len(W))],
-                                   axis=1)[:, :k]  # (3, k)
+                scores = [_scores(arrays, W[p], b[p]) for p in range(len(W))]
+                L = np.concatenate([sc[0] for sc in scores], axis=1)[:, :k]  # (3, k)
+                SE = np.concatenate([sc[1] for sc in scores])[:k]  # (k,)
                 Wk = _unpack(W)[:k]  # (k, D)
                 finite = (np.isfinite(L).all(axis=0) & np.isfinite(Wk).all(axis=1)
                           & (L[0] <= limit))
                 losses[i, alive[finite]] = L[:, finite].T
+                val_se[i, alive[finite]] = SE[finite]
                 diverged[i, alive[finite]] = False
                 if snapshot is not None and snapshot[1] == epoch:
                     where = np.flatnonzero(alive == snapshot[0])
@@ -339,9 +381,10 @@ def train_group(
                             float(b.reshape(-1)[j]),
                             (float(L[0, j]), float(L[1, j]), float(L[2, j])),
                             False,
+                            float(SE[j]),
                         )
         if len(alive):
             k = len(alive)
             end_W[:, alive] = _unpack(W)[:k].T
             end_b[alive] = b.reshape(-1)[:k]
-    return GroupResult(epochs, losses, diverged, kept, State(epochs[-1], end_W, end_b))
+    return GroupResult(epochs, losses, diverged, kept, State(epochs[-1], end_W, end_b), val_se)

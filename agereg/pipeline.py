@@ -48,7 +48,7 @@ from agereg.runs import (
     write_run_info,
     write_summaries,
 )
-from agereg.split import SPLIT_NAME, Split, load_split, make_split, save_split
+from agereg.split import SPLIT_NAME, Split, load_split, make_folds, make_split, save_split
 from agereg.strategies import Proposal, Strategy, make_strategy
 
 Log = Callable[[str], None]
@@ -92,35 +92,48 @@ def failure(records: list[TrialRecord], run_dir: Path) -> TrialsFailed | None:
 
 
 def split_for(cfg: Config, dataset: Dataset, log: Log) -> tuple[Split, Config]:
-    """The split a new search uses: ``<data>/split.json`` if present, else a new one from
-    the config (saved there for later runs). Returns the config with the split section
-    set to what was really used, so the resolved config tells the truth."""
+    """The split a new search uses: ``<data>/split.json`` if present and of the kind the
+    config asks for (a holdout, or as many folds), else a new one from the config (saved
+    there when there was none). Returns the config with the split section set to what was
+    really used, so the resolved config tells the truth."""
     info = dataset.info
     path = Path(cfg.data.dir) / SPLIT_NAME
     ytr_sha = info.sha256["ytr"]
-    if path.exists():
-        split = load_split(path, info.n_train, ytr_sha)
-        if (split.seed, split.val_fraction) != (cfg.split.seed, cfg.split.val_fraction):
-            log(f"using {path} (seed {split.seed}, val_fraction {split.val_fraction}); "
-                "it takes precedence over the config's split section")
+    want = cfg.split.folds or 0
+    wanted = f"{want} folds" if want else "a holdout split"
+    existing = load_split(path, info.n_train, ytr_sha) if path.exists() else None
+    if existing is not None and existing.k == want:
+        split = existing
+        if split.seed != cfg.split.seed or (not want and
+                                           split.val_fraction != cfg.split.val_fraction):
+            log(f"using {path} ({split.describe()}); it takes precedence over the config's "
+                "split section")
     else:
-        split = make_split(info.n_train, cfg.split.seed, cfg.split.val_fraction, ytr_sha)
-        try:
-            save_split(split, path)
-            log(f"no {path} yet: created it from split.seed {split.seed} "
-                f"(val_fraction {split.val_fraction})")
-        except RunError:
-            log(f"no {path} and the data folder is not writable: the split "
-                f"(seed {split.seed}) is kept in the run folder only")
-    resolved = dataclasses.replace(
-        cfg, split=dataclasses.replace(cfg.split, seed=split.seed, val_fraction=split.val_fraction)
-    )
-    return split, resolved
+        split = (make_folds(info.n_train, cfg.split.seed, want, ytr_sha) if want else
+                 make_split(info.n_train, cfg.split.seed, cfg.split.val_fraction, ytr_sha))
+        if existing is not None:
+            log(f"{path} holds {existing.describe()} but the config asks for {wanted}: "
+                f"made {split.describe()} for this run (kept in the run folder; "
+                "`agereg split` writes one to the data folder)")
+        else:
+            try:
+                save_split(split, path)
+                kind = f"{split.k} folds" if split.k else f"val_fraction {split.val_fraction}"
+                log(f"no {path} yet: created it from split.seed {split.seed} ({kind})")
+            except RunError:
+                log(f"no {path} and the data folder is not writable: the split "
+                    f"({split.describe()}) is kept in the run folder only")
+    section = (dataclasses.replace(cfg.split, seed=split.seed, folds=split.k) if split.k else
+               dataclasses.replace(cfg.split, seed=split.seed, val_fraction=split.val_fraction,
+                                   folds=None))
+    return split, dataclasses.replace(cfg, split=section)
 
 
-def write_split(data_dir: Path, seed: int, val_fraction: float) -> tuple[Path, Split]:
+def write_split(data_dir: Path, seed: int, val_fraction: float,
+                folds: int | None = None) -> tuple[Path, Split]:
     dataset = load_dataset(data_dir)
-    split = make_split(dataset.info.n_train, seed, val_fraction, dataset.info.sha256["ytr"])
+    n, sha = dataset.info.n_train, dataset.info.sha256["ytr"]
+    split = make_folds(n, seed, folds, sha) if folds else make_split(n, seed, val_fraction, sha)
     path = data_dir / SPLIT_NAME
     save_split(split, path)
     return path, split

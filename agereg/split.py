@@ -1,4 +1,11 @@
-"""The reproducible train/validation split and its ``split.json`` file."""
+"""The reproducible train/validation split (a holdout or K folds) and its ``split.json``.
+
+Both kinds start from ``perm = np.random.default_rng(seed).permutation(n)``:
+
+* holdout: ``val = perm[:round(n * val_fraction)]``, ``train`` the rest;
+* K folds: ``folds = np.array_split(perm, K)``; fold ``i`` validates on ``folds[i]`` and
+  trains on the other folds concatenated in fold order.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +24,41 @@ SPLIT_NAME = "split.json"
 
 @dataclass(frozen=True)
 class Split:
-    """Row indices into the training files. ``val`` is the first ``n_val`` entries of a
-    seeded permutation of ``range(n)``, ``train`` the rest, both in permutation order."""
+    """Row indices into the training files.
+
+    Holdout: ``val`` is the first ``n_val`` entries of a seeded permutation of
+    ``range(n)``, ``train`` the rest, both in permutation order. K folds: ``folds`` holds
+    them; ``train`` is every row (the folds in order: what a refit trains on) and ``val``
+    is empty.
+    """
 
     seed: int
-    val_fraction: float
+    val_fraction: float | None  # None with folds
     n: int
     ytr_sha256: str
     train: np.ndarray
     val: np.ndarray
+    folds: tuple[np.ndarray, ...] = ()
+
+    @property
+    def k(self) -> int:
+        """The number of folds (0 for a holdout)."""
+        return len(self.folds)
+
+    def fold(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(training rows, validation rows) of fold ``i``."""
+        train = np.concatenate([f for j, f in enumerate(self.folds) if j != i])
+        return train, self.folds[i]
+
+    def describe(self) -> str:
+        if self.k:
+            return f"{self.k} folds (seed {self.seed})"
+        return f"seed {self.seed}, val_fraction {self.val_fraction}"
 
     def to_dict(self) -> dict:
+        if self.k:
+            return {"seed": self.seed, "n": self.n, "ytr_sha256": self.ytr_sha256,
+                    "folds": [f.tolist() for f in self.folds]}
         return {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
@@ -52,6 +83,17 @@ def make_split(n: int, seed: int, val_fraction: float, ytr_sha256: str) -> Split
     return Split(seed, float(val_fraction), n, ytr_sha256, train=perm[n_val:], val=perm[:n_val])
 
 
+def make_folds(n: int, seed: int, k: int, ytr_sha256: str) -> Split:
+    """K folds of ``range(n)``: ``np.array_split(np.random.default_rng(seed).permutation(n),
+    k)``."""
+    if not 2 <= k <= n // 2:
+        raise SplitError(f"{k} folds of {n} rows: give 2 <= folds <= {n // 2}, so that "
+                         "every fold validates on at least 2 rows")
+    perm = np.random.default_rng(seed).permutation(n)
+    return Split(seed, None, n, ytr_sha256, train=perm, val=perm[:0],
+                 folds=tuple(np.array_split(perm, k)))
+
+
 def save_split(split: Split, path: str | os.PathLike) -> None:
     atomic_write_text(Path(path), json.dumps(split.to_dict()) + "\n")
 
@@ -72,6 +114,8 @@ def _indices(value: object, key: str, n: int, path: Path) -> np.ndarray:
 def parse_split(raw: object, path: Path) -> Split:
     """Validate a decoded ``split.json`` document (without reference to any dataset)."""
     fix = "recreate it with `agereg split --seed N`"
+    if isinstance(raw, dict) and "folds" in raw:
+        return _parse_folds(raw, path)
     keys = ("seed", "val_fraction", "n", "ytr_sha256", "train", "val")
     if not isinstance(raw, dict) or any(k not in raw for k in keys):
         raise SplitError(f"{path}: not an agereg split (needs keys {', '.join(keys)}); {fix}")
@@ -92,6 +136,29 @@ def parse_split(raw: object, path: Path) -> Split:
     if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(frac, int | float):
         raise SplitError(f"{path}: 'seed' must be an integer and 'val_fraction' a number; {fix}")
     return Split(seed, float(frac), n, raw["ytr_sha256"], train=train, val=val)
+
+
+def _parse_folds(raw: dict, path: Path) -> Split:
+    fix = "recreate it with `agereg split --folds K`"
+    keys = ("seed", "n", "ytr_sha256", "folds")
+    if any(k not in raw for k in keys):
+        raise SplitError(f"{path}: not an agereg fold split (needs keys {', '.join(keys)}); "
+                         f"{fix}")
+    n, seed = raw["n"], raw["seed"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 4:
+        raise SplitError(f"{path}: 'n' must be an integer >= 4, got {n!r}; {fix}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(raw["ytr_sha256"],
+                                                                              str):
+        raise SplitError(f"{path}: 'seed' must be an integer and 'ytr_sha256' a string; {fix}")
+    if not isinstance(raw["folds"], list) or not 2 <= len(raw["folds"]) <= n // 2:
+        raise SplitError(f"{path}: 'folds' must be a list of 2 to {n // 2} folds; {fix}")
+    folds = tuple(_indices(f, f"folds[{i}]", n, path) for i, f in enumerate(raw["folds"]))
+    together = np.concatenate(folds)
+    if any(f.size < 2 for f in folds) or together.size != n or np.unique(together).size != n:
+        raise SplitError(f"{path}: the folds must together hold each of the {n} rows exactly "
+                         f"once, at least 2 per fold; {fix}")
+    return Split(seed, None, n, raw["ytr_sha256"], train=together, val=together[:0],
+                 folds=folds)
 
 
 def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
