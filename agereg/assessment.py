@@ -20,7 +20,7 @@ from agereg.evaluate import mean_baseline, predict, regression_metrics
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group
-from agereg.records import TrialRecord
+from agereg.records import TrialRecord, select
 from agereg.records import rank as rank_records
 from agereg.runs import (
     EVAL_NAME,
@@ -114,14 +114,16 @@ class EvalOutcome:
 def evaluate_run(
     run: str | Path | None,
     runs_dir: Path,
-    rank: int = 1,
+    rank: int | None = None,
     refit: bool = False,
     n_boot: int = 1000,
     plots: bool = True,
     log: Log = quiet,
     force: bool = False,
 ) -> EvalOutcome:
-    """Retrain the ``rank``-th best finished trial of a run and measure it on the test set.
+    """Retrain the ``rank``-th best finished trial of a run (default: the one the run's
+    ``select`` rule picks) and measure it on the test set. A cross-validated run has no
+    single training split: its trial is refit on every training row.
 
     Without ``refit`` the retrained validation loss must equal the search's figure (it is
     computed by the same operations); ``reproduced`` in the result says whether it does.
@@ -141,10 +143,13 @@ def evaluate_run(
         if not ranked:
             raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, "
                            "failed or not run yet); resume the search or widen the grid")
+        if rank is None:
+            rank = select(ranked, ctx.cfg.select).rank or 1
         if not 1 <= rank <= len(ranked):
             raise RunError(f"--rank {rank} is out of range: the run has {len(ranked)} "
                            "finished trials")
         rec = ranked[rank - 1]
+        refit = refit or ctx.split.k > 0  # K folds: refit on all training rows
         folder = eval_folder(ctx.run_dir, rec.trial_id, refit)
         if (folder / EVAL_NAME).is_file() and not force:
             found = read_json(folder / EVAL_NAME, "recompute it with `agereg eval --force`")
@@ -165,13 +170,25 @@ def _evaluate(
 
     rec = ranked[rank - 1]
     arrays = in_memory(ctx.dataset, ctx.split, ctx.cfg.execution.precision)
-    train_rows = refit_arrays(arrays) if refit else arrays
-    log(f"training trial #{rank} again ({'on train+validation' if refit else 'as in the search'})")
+    k = ctx.split.k
+    # K folds: in_memory already holds every training row (and nothing is held out)
+    train_rows = arrays if k else refit_arrays(arrays) if refit else arrays
+    where = (f"all {len(train_rows.y_fit)} training rows" if k else
+             "train+validation" if refit else "as in the search")
+    trained_on = (f"all {len(train_rows.y_fit)} training rows ({k}-fold run)" if k
+                  else f"train+validation ({len(train_rows.y_fit)} rows)" if refit
+                  else f"training split ({len(arrays.y_fit)} rows)")
+    log(f"training trial #{rank} again ({where})")
     fit = (_refit(ctx.cfg, train_rows, rec) if refit
            else retrain(ctx, arrays, rec))
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
     notes: list[str] = []
+    if k:
+        notes.append(f"cross-validated run ({k} folds): the trial was refit on all "
+                     f"{len(train_rows.y_fit)} training rows, so there is no validation "
+                     "figure to reproduce; its validation loss is the mean over the folds")
+    chosen = select(ranked, ctx.cfg.select)
     noise = gaussian_noise(train_rows.y_fit, predict(train_rows.X_fit, fit.w, fit.b),
                            arrays.y_te, pred_te)
     result: dict[str, Any] = {
@@ -179,8 +196,8 @@ def _evaluate(
         "dataset": ctx.dataset.info.description,
         "trial": _trial_dict(rec, rank),
         "refit": refit,
-        "trained_on": (f"train+validation ({len(train_rows.y_fit)} rows)" if refit
-                       else f"training split ({len(arrays.y_fit)} rows)"),
+        "selected_by": ctx.cfg.select if chosen.rank == rank else None,
+        "trained_on": trained_on,
         "engine": ctx.cfg.execution.engine,
         "precision": ctx.cfg.execution.precision,
         "train_fmse": fit.losses[0],
@@ -191,7 +208,7 @@ def _evaluate(
         "baseline_test": mean_baseline(train_rows.y_fit, arrays.y_te),
         "bootstrap": _bootstrap(ctx, arrays, train_rows, ranked, rank, refit, pred_te, n_boot,
                                 notes, log),
-        "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, log),
+        "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, trained_on, log),
         "noise": {"sigma2": noise.sigma2, "sigma": float(np.sqrt(noise.sigma2)),
                   "test_avg_loglik": noise.test_avg_loglik},
         "files": _save_parameters(folder, fit),
@@ -283,7 +300,8 @@ def _bootstrap(
 
 
 def _ridge_reference(
-    train_rows: Arrays, l2: float, fit: Fit, test: dict[str, float], refit: bool, log: Log
+    train_rows: Arrays, l2: float, fit: Fit, test: dict[str, float], refit: bool,
+    trained_on: str, log: Log,
 ) -> dict:
     """The exact optimum of the trial's objective on the same training rows, and the SGD
     fit's gap to it (positive: SGD is worse)."""
@@ -301,8 +319,7 @@ def _ridge_reference(
         "l2": l2,
         "solution": ("minimum-norm least squares (l2 = 0)" if l2 == 0
                      else "closed-form ridge, bias unregularised"),
-        "trained_on": (f"train+validation rows ({len(train_rows.y_fit)})" if refit
-                       else f"training split ({len(train_rows.y_fit)} rows)"),
+        "trained_on": trained_on,
         "train_fmse": opt.fit.losses[0],
         "val_fmse": val,
         "test_fmse": ridge_test["fmse"],

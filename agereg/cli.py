@@ -42,6 +42,7 @@ from agereg.report import (
     eval_lines,
     eval_table,
     ranking_rows,
+    selection_text,
     trial_text,
 )
 
@@ -184,6 +185,8 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
             outcome = pipeline.start_search(cfg, runs, log=_log, progress=progress,
                                             on_start=_started, extend=extend)
     _print_ranking(outcome.ranked, top)
+    if said := selection_text(outcome.summary.selection):
+        out.print(escape(said))
     for notice in outcome.summary.notices:
         out.print(f"[yellow]note[/]: {escape(notice)}")
     reused = f", {outcome.reused} reused" if outcome.reused else ""
@@ -247,7 +250,8 @@ def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
 
 
 @cli.command(name="eval")
-@click.option("--best", "best", is_flag=True, help="Evaluate the best finished trial (default).")
+@click.option("--best", "best", is_flag=True,
+              help="Evaluate the best trial, as the run's select rule picks it (default).")
 @click.option("--rank", "rank", default=None, type=click.IntRange(min=1),
               help="Evaluate the trial of this rank instead.")
 @click.option("--run", "run", default=None, type=click.Path(file_okay=False),
@@ -269,7 +273,7 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
     evaluation keeps its own folder, RUN/evals/<trial_id>[-refit]/."""
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    outcome = evaluate_run(run, Path(runs_dir), rank=rank or 1, refit=refit, n_boot=n_boot,
+    outcome = evaluate_run(run, Path(runs_dir), rank=rank, refit=refit, n_boot=n_boot,
                            plots=not no_plots, log=_log, force=force)
     res = outcome.result
     if as_json:
@@ -291,7 +295,7 @@ def _print_eval(res: dict) -> None:
     t = res["trial"]
     out.print(f"[bold]trial #{t['rank']}[/]: " + escape(
         f"{trial_text(t)} ({res['engine']}, {res['precision']}); data: {res['dataset']}"))
-    if res["refit"]:
+    if res["refit"] and not str(res["trained_on"]).startswith("all "):
         out.print(escape(f"refit on {res['trained_on']}: the validation rows were used for "
                          "training"))
     columns, rows = eval_table(res)
@@ -321,6 +325,8 @@ def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts
     out.print(escape(f"{len(rep.ranked)} trials{planned}: {counts_text(c)}"))
+    if said := selection_text(rep.selection):
+        out.print(escape(said))
     for notice in rep.notices:
         out.print(f"[yellow]note[/]: {escape(notice)}")
     if not rep.evals:

@@ -11,6 +11,7 @@ every worker on a machine; nothing large travels with a task.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import socket
@@ -47,23 +48,38 @@ class GroupOutcome:
 
 @dataclass(frozen=True)
 class ArraysRef:
-    """Where the prepared arrays of one precision live: a folder of six .npy files."""
+    """Where the prepared arrays of one precision live: a folder of six .npy files; with
+    ``folds`` (K-fold cross-validation), one pool of every training row plus each fold's
+    row indices."""
 
     folder: str
     precision: str
+    folds: int = 0
 
 
 def prepare_arrays(dataset: Dataset, split: Split, precision: str, folder: Path) -> ArraysRef:
-    """Write the split's rows, contiguous and in the engine's dtype, for workers to map."""
+    """Write the split's rows, contiguous and in the engine's dtype, for workers to map.
+    For K folds: the training files' rows once (the pool) and every fold's indices."""
     folder.mkdir(parents=True, exist_ok=True)
+    if split.k:
+        np.save(folder / "X_fit.npy", np.ascontiguousarray(dataset.Xtr, dtype=precision))
+        np.save(folder / "y_fit.npy", np.asarray(dataset.ytr, dtype=np.float64))
+        for i in range(split.k):
+            train, val = split.fold(i)
+            np.save(folder / f"fold{i}_train.npy", train)
+            np.save(folder / f"fold{i}_val.npy", val)
+        np.save(folder / "X_te.npy", np.ascontiguousarray(dataset.Xte, dtype=precision))
+        np.save(folder / "y_te.npy", np.asarray(dataset.yte, dtype=np.float64))
+        return ArraysRef(str(folder), precision, split.k)
     arrays = in_memory(dataset, split, precision)
     for name in ARRAY_NAMES:  # y_te last: load_arrays keys its cache on that file
         np.save(folder / f"{name}.npy", getattr(arrays, name))
     return ArraysRef(str(folder), precision)
 
 
-def load_arrays(ref: ArraysRef) -> Arrays:
-    """Memory-map the prepared arrays (cached per process: one map per worker).
+def load_arrays(ref: ArraysRef, fold: int | None = None) -> Arrays:
+    """Memory-map the prepared arrays (cached per process: one map per worker); for a
+    fold, the shared pool with that fold's row indices.
 
     The files' identity is part of the cache key: a long-lived dask worker must not keep
     serving maps of a ``.work`` folder that a resume has deleted and written again.
@@ -77,18 +93,40 @@ def load_arrays(ref: ArraysRef) -> Arrays:
             "the run folder must be visible to every worker at the same path: put "
             "--runs-dir on a shared filesystem mounted at the same path on every host"
         ) from None
-    return _map_arrays(ref, st.st_dev, st.st_ino, st.st_mtime_ns)
+    arrays = _map_arrays(ref, st.st_dev, st.st_ino, st.st_mtime_ns)
+    if fold is None:
+        return arrays
+    if not 0 <= fold < ref.folds:
+        raise RunError(f"fold {fold} is not one of the run's {ref.folds} folds")
+    rows = _fold_rows(ref, fold, st.st_dev, st.st_ino, st.st_mtime_ns)
+    return dataclasses.replace(arrays, fit_rows=rows[0], val_rows=rows[1])
 
 
 @functools.lru_cache(maxsize=2)
 def _map_arrays(ref: ArraysRef, *identity: int) -> Arrays:
     folder = Path(ref.folder)
+    if ref.folds:  # one pool serves as training and validation rows, picked by index
+        X, y = (np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("X_fit", "y_fit"))
+        X_te, y_te = (np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("X_te", "y_te"))
+        return Arrays(X, y, X, y, X_te, y_te)
     return Arrays(*(np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAY_NAMES))
 
 
+@functools.lru_cache(maxsize=16)
+def _fold_rows(ref: ArraysRef, fold: int, *identity: int) -> tuple[np.ndarray, np.ndarray]:
+    folder = Path(ref.folder)
+    return (np.load(folder / f"fold{fold}_train.npy"), np.load(folder / f"fold{fold}_val.npy"))
+
+
 def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
-    """The engine's inputs for a split: X rows in ``precision``, y in float64."""
+    """The engine's inputs for a split: X rows in ``precision``, y in float64. For K folds:
+    every training row (the folds in order) trains, and stands in as validation rows."""
     dtype = np.dtype(precision)
+    if split.k:
+        X = np.ascontiguousarray(dataset.Xtr[split.train], dtype=dtype)
+        y = np.asarray(dataset.ytr[split.train], dtype=np.float64)
+        return Arrays(X, y, X, y, np.ascontiguousarray(dataset.Xte, dtype=dtype),
+                      np.asarray(dataset.yte, dtype=np.float64))
     return Arrays(
         np.ascontiguousarray(dataset.Xtr[split.train], dtype=dtype),
         np.asarray(dataset.ytr[split.train], dtype=np.float64),
@@ -99,12 +137,15 @@ def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
     )
 
 
-def _record(trial_key: TrialKey, losses: Sequence[float] | None, seconds: float) -> TrialRecord:
+def _record(trial_key: TrialKey, losses: Sequence[float] | None, seconds: float,
+            val_se: float, fold: int | None) -> TrialRecord:
     bs, lr, ep, l2 = trial_key
     if losses is None:
-        return TrialRecord(bs, lr, ep, l2, None, None, None, Status.DIVERGED, seconds)
+        return TrialRecord(bs, lr, ep, l2, None, None, None, Status.DIVERGED, seconds,
+                           fold=fold)
     tr, va, te = (float(v) for v in losses)
-    return TrialRecord(bs, lr, ep, l2, tr, va, te, Status.OK, seconds)
+    se = float(val_se) if np.isfinite(val_se) else None
+    return TrialRecord(bs, lr, ep, l2, tr, va, te, Status.OK, seconds, val_se=se, fold=fold)
 
 
 def run_group_on(
@@ -125,7 +166,8 @@ def run_group_on(
         seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
         msg = f"{type(exc).__name__}: {exc}"
         return GroupOutcome(group, [
-            TrialRecord(*t.key(), None, None, None, Status.FAILED, seconds, msg)
+            TrialRecord(*t.key(), None, None, None, Status.FAILED, seconds, msg,
+                        fold=group.fold)
             for t in group.trials()
         ])  # fmt: skip
     elapsed = time.perf_counter() - t0
@@ -137,7 +179,9 @@ def run_group_on(
             # A column's share of the group's time, in proportion to the epochs it needs.
             seconds = elapsed / len(group.columns) * (ep - first) / top
             losses = None if res.diverged[i, k] else res.losses[i, k]
-            records.append(_record((group.batch_size, lr, ep, l2), losses, seconds))
+            se = np.nan if res.val_se is None else res.val_se[i, k]
+            records.append(_record((group.batch_size, lr, ep, l2), losses, seconds, se,
+                                   group.fold))
     return GroupOutcome(group, records, res.state if keep_state else None)
 
 
@@ -146,9 +190,8 @@ def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
     for t in group.trials():
         t0 = time.perf_counter()
         fit = train_reference(arrays, seed, t.batch_size, t.learning_rate, t.l2, t.epochs)
-        records.append(
-            _record(t.key(), None if fit.diverged else fit.losses, time.perf_counter() - t0)
-        )
+        records.append(_record(t.key(), None if fit.diverged else fit.losses,
+                               time.perf_counter() - t0, fit.val_se, group.fold))
     return records
 
 
@@ -161,7 +204,8 @@ def run_group(
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
-        return run_group_on(load_arrays(ref), group, seed, engine, start, keep_state)
+        return run_group_on(load_arrays(ref, group.fold), group, seed, engine, start,
+                            keep_state)
 
 
 _WATCHING_PARENT = False
@@ -216,7 +260,7 @@ def launch(
     jobs = effective_jobs(n_jobs, len(groups))
     _install_quiet_abort_hook()
     # Workers need not share our working directory (dask workers do not).
-    ref = ArraysRef(os.path.abspath(ref.folder), ref.precision)
+    ref = ArraysRef(os.path.abspath(ref.folder), ref.precision, ref.folds)
     with threadpool_limits(limits=1, user_api="blas"), _backend(backend, jobs, scheduler), \
             warnings.catch_warnings():
         # loky (with psutil installed) restarts a worker whose memory grew by 300 MB, and

@@ -28,14 +28,16 @@ from agereg.config import (
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
 from agereg.engine import State
-from agereg.errors import ConfigError, RunError, TrialsFailed
+from agereg.errors import RunError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, launch, prepare_arrays
-from agereg.plan import Group, group_columns
-from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord
+from agereg.plan import Group, for_folds, group_columns
+from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord, combine_folds
 from agereg.runs import (
     CONFIG_NAME,
+    FOLD_LOG_NAME,
     RunLock,
+    append_fold_records,
     append_plan,
     append_records,
     create_run_dir,
@@ -44,6 +46,7 @@ from agereg.runs import (
     read_plan,
     resolve_run,
     set_latest,
+    stored_config,
     write_json,
     write_run_info,
     write_summaries,
@@ -77,7 +80,8 @@ class SearchOutcome:
 
 
 def failure(records: list[TrialRecord], run_dir: Path) -> TrialsFailed | None:
-    failed = [r for r in records if r.status is Status.FAILED]
+    # one per trial (a K-fold trial's folds fail together or one by one)
+    failed = list({r.key(): r for r in records if r.status is Status.FAILED}.values())
     if not failed:
         return None
     first = failed[0]
@@ -124,7 +128,8 @@ def split_for(cfg: Config, dataset: Dataset, log: Log) -> tuple[Split, Config]:
                 log(f"no {path} and the data folder is not writable: the split "
                     f"({split.describe()}) is kept in the run folder only")
     section = (dataclasses.replace(cfg.split, seed=split.seed, folds=split.k) if split.k else
-               dataclasses.replace(cfg.split, seed=split.seed, val_fraction=split.val_fraction,
+               dataclasses.replace(cfg.split, seed=split.seed,
+                                   val_fraction=split.val_fraction or cfg.split.val_fraction,
                                    folds=None))
     return split, dataclasses.replace(cfg, split=section)
 
@@ -229,15 +234,6 @@ def resume_search(
         return _run(cfg, dataset, split, run_dir, done, log, progress, base)
 
 
-def stored_config(run_dir: Path) -> Config:
-    path = run_dir / CONFIG_NAME
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise RunError(f"{run_dir}: its {CONFIG_NAME} is not valid ({exc}); "
-                       "this run cannot be resumed, start a new one") from None
-
-
 def _check_same(stored: Config, given: Config, run_dir: Path) -> None:
     a, b = result_defining(stored), result_defining(given)
     diff = [k for k in a if a[k] != b[k]]
@@ -288,8 +284,8 @@ class Extension:
 
     def check_split(self, split: Split) -> None:
         info = read_json(self.split_path, "the run folder to extend is damaged")
-        if info.get("train") != [int(i) for i in split.train] or \
-                info.get("val") != [int(i) for i in split.val]:
+        mine = split.to_dict()
+        if any(info.get(key) != mine.get(key) for key in ("train", "val", "folds")):
             raise RunError(f"--extend {self.run_dir}: that run used another train/validation "
                            f"split; extend it with the same split (copy {self.split_path} "
                            "to the data folder)")
@@ -326,7 +322,9 @@ class _Sweep:
                 log.append(outcome.records); results.update(outcome.records)
 
     Every proposal's groups are stored (plan.jsonl) before they train; a resumed run
-    trains the stored groups of a stage, not a fresh grouping.
+    trains the stored groups of a stage, not a fresh grouping. With K folds every group
+    runs once per fold; each fold's records go to folds.jsonl, and a trial enters the
+    results (and trials.jsonl) when its last fold is in.
     """
 
     def __init__(self, cfg: Config, dataset: Dataset, split: Split, run_dir: Path,
@@ -337,12 +335,19 @@ class _Sweep:
         # a failed trial is not done: a resumed search trains it again
         self.results: dict[TrialKey, TrialRecord] = {
             r.key(): r for r in done if r.status is not Status.FAILED}
+        self.folds: dict[tuple[TrialKey, int], TrialRecord] = {}
+        if split.k:
+            self.folds = {(r.key(), r.fold): r
+                          for r in read_log(run_dir, repair=True, name=FOLD_LOG_NAME)
+                          if r.fold is not None and r.status is not Status.FAILED}
         self.plan = read_plan(run_dir)
-        # column -> (epoch, w (D,), b): halving's parameters at the last rung
-        self.states: dict[Config3, tuple[int, np.ndarray, np.generic]] = {}
+        # (fold, column) -> (epoch, w (D,), b): halving's parameters at the last rung
+        self.states: dict[tuple[int | None, Config3], tuple[int, np.ndarray, np.generic]] = {}
         self.ref: ArraysRef | None = None
         self.computed = self.reused = 0
         self.n_planned = search_budget(cfg.search, cfg.grid)
+        # a kill between a trial's last fold and its trial record: complete it now
+        self._complete({key for key, _ in self.folds})
 
     def run(self, strategy: Strategy) -> None:
         seen: set[tuple[str, int]] = set()
@@ -362,29 +367,44 @@ class _Sweep:
         if self.progress:
             self.progress(len(self.results), max(self.n_planned, len(self.results)))
 
+    def _complete(self, keys: set[TrialKey]) -> int:
+        """Combine the trials whose every fold is in; returns how many."""
+        k = self.split.k
+        ready = [key for key in sorted(keys) if key not in self.results
+                 and all((key, f) in self.folds for f in range(k))]
+        self._append([combine_folds([self.folds[(key, f)] for f in range(k)]) for key in ready])
+        return len(ready)
+
     def _prune(self, proposal: Proposal) -> None:
         pruned = [self.results[k].with_status(Status.PRUNED) for k in proposal.prune
                   if self.results[k].status is Status.OK]
         if pruned:
             self._append(pruned)
 
+    def _pending(self, group: Group) -> list[TrialKey]:
+        return [k for k in group.trial_keys() if k not in self.results
+                and (group.fold is None or (k, group.fold) not in self.folds)]
+
     def _train(self, proposal: Proposal, continues: bool) -> None:
+        k = self.split.k
+        wanted = {(key, f) for key in proposal.trial_keys() for f in (range(k) if k else [None])}
         groups = self.plan.get(proposal.stage)
-        if groups is None or sorted(k for g in groups for k in g.trial_keys()) != \
-                sorted(proposal.trial_keys()):
-            groups = group_columns(proposal.columns, proposal.epochs, proposal.start_epoch)
+        if groups is None or {(key, g.fold) for g in groups for key in g.trial_keys()} != wanted:
+            groups = for_folds(group_columns(proposal.columns, proposal.epochs,
+                                             proposal.start_epoch), k)
             append_plan(self.run_dir, proposal.stage, groups)
             self.plan[proposal.stage] = groups
-        reuse = [self.cache[k] for k in proposal.trial_keys()
-                 if k not in self.results and k in self.cache]
+        reuse = [self.cache[key] for key in proposal.trial_keys()
+                 if key not in self.results and key in self.cache]
         if reuse:
             self._append(reuse)
             self.reused += len(reuse)
-        todo = [g for g in groups if any(k not in self.results for k in g.trial_keys())]
+        todo = [g for g in groups if self._pending(g)]
         if not todo:
             return
-        self.log(f"{proposal.stage}: training {sum(len(g.trial_keys()) for g in todo)} trials in "
-                 f"{len(todo)} groups")
+        n_trials = len({key for g in todo for key in self._pending(g)})
+        folds = f" x {k} folds" if k else ""
+        self.log(f"{proposal.stage}: training {n_trials} trials{folds} in {len(todo)} groups")
         if self.ref is None:
             self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,
                                       self.run_dir / ".work")
@@ -395,9 +415,20 @@ class _Sweep:
         # interrupts the loop, rather than whenever the generator is collected.
         with contextlib.closing(stream):  # type: ignore[type-var]
             for outcome in stream:
-                new = [r for r in outcome.records if r.key() not in self.results]
-                self._append(new)
-                self.computed += len(new)
+                new = [r for r in outcome.records if r.key() not in self.results and
+                       (r.fold is None or (r.key(), r.fold) not in self.folds)]
+                if k:
+                    append_fold_records(self.run_dir, new)  # durable before it counts
+                    self.folds.update({(r.key(), r.fold): r for r in new  # type: ignore[misc]
+                                       if r.status is not Status.FAILED})
+                    self.computed += self._complete({r.key() for r in new})
+                    failed_now = [r for r in new if r.status is Status.FAILED]
+                    if failed_now:  # a failed fold fails its trial now: record it
+                        self._append([combine_folds([r]) for r in failed_now
+                                      if r.key() not in self.results])
+                else:
+                    self._append(new)
+                    self.computed += len(new)
                 if self.cfg.on_error == "stop" and (stop := failure(new, self.run_dir)):
                     raise stop  # on_error: stop
                 if outcome.state is not None:
@@ -408,7 +439,7 @@ class _Sweep:
         numbers) unless every column has them."""
         if group.start_epoch == 0:
             return None
-        cols = [(group.batch_size, lr, l2) for lr, l2 in group.columns]
+        cols = [(group.fold, (group.batch_size, lr, l2)) for lr, l2 in group.columns]
         saved = [self.states.get(c) for c in cols]
         have = [s for s in saved if s is not None and s[0] == group.start_epoch]
         if len(have) < len(saved):
@@ -419,7 +450,8 @@ class _Sweep:
 
     def _keep(self, group: Group, state: State) -> None:
         for k, (lr, l2) in enumerate(group.columns):
-            self.states[(group.batch_size, lr, l2)] = (state.epoch, state.W[:, k], state.b[k])
+            self.states[(group.fold, (group.batch_size, lr, l2))] = (
+                state.epoch, state.W[:, k], state.b[k])
 
 
 def _run(
@@ -455,7 +487,8 @@ def _run(
             logged = read_log(run_dir)
             # a finished adaptive search planned exactly what it trained
             planned = len(logged) if status == "finished" else sweep.n_planned
-            summary = write_summaries(run_dir, logged, planned, edge_notices(logged))
+            summary = write_summaries(run_dir, logged, planned, edge_notices(logged),
+                                      cfg.select)
             shown = status
             if status == "finished" and summary.counts[Status.FAILED.value]:
                 shown = "failed"  # on_error: record; --resume trains them again

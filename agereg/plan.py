@@ -13,6 +13,7 @@ groups that ran are stored in the run folder all the same (``plan.jsonl``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -82,13 +83,15 @@ def grid_columns(grid: Grid) -> list[Config3]:
 class Group:
     """Columns of one batch size trained in one pass: ``columns`` are (learning_rate, l2)
     pairs, ``epochs`` the sorted epoch counts to record, ``start_epoch`` where training
-    resumes from saved parameters (0: from zero)."""
+    resumes from saved parameters (0: from zero), ``fold`` the cross-validation fold it
+    trains on (None: the holdout split)."""
 
     index: int
     batch_size: int
     columns: tuple[tuple[float, float], ...]
     epochs: tuple[int, ...]
     start_epoch: int = 0
+    fold: int | None = None
 
     def trials(self) -> list[Trial]:
         return [
@@ -127,6 +130,15 @@ def group_columns(
             groups.append(Group(len(groups), bs, tuple(cols[lo:hi]), tuple(sorted(epochs)),
                                 start_epoch))
     return groups
+
+
+def for_folds(groups: Sequence[Group], k: int) -> list[Group]:
+    """The groups of every fold (fold by fold), or ``groups`` unchanged for a holdout
+    (``k = 0``). Each fold's groups are separate units of work."""
+    if not k:
+        return list(groups)
+    return [dataclasses.replace(g, index=f * len(groups) + i, fold=f)
+            for f in range(k) for i, g in enumerate(groups)]
 
 
 def plan_groups(grid: Grid, target_groups: int = TARGET_GROUPS) -> list[Group]:

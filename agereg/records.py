@@ -7,11 +7,15 @@ launcher to get a type.
 from __future__ import annotations
 
 import hashlib
+import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 TrialKey = tuple[int, float, int, float]  # (batch_size, learning_rate, epochs, l2)
 Config3 = tuple[int, float, float]  # (batch_size, learning_rate, l2): one trained column
+FoldLosses = tuple[float | None, float | None, float | None]  # (train, val, test) of a fold
 
 
 class Status(str, Enum):
@@ -53,6 +57,12 @@ class TrialRecord:
     seconds: float
     error: str | None = None
     origin: str | None = None  # the run folder a reused trial was trained in (--extend)
+    # The standard error of val_loss: over the validation images (holdout), or
+    # val_sd / sqrt(K) (K folds). None when unknown (diverged, a 0.1 run).
+    val_se: float | None = None
+    fold: int | None = None  # a fold's own record (folds.jsonl): which fold
+    val_sd: float | None = None  # K folds: standard deviation (ddof=1) of the folds' val
+    folds: tuple[FoldLosses, ...] | None = None  # K folds: each fold's losses, in order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
@@ -69,6 +79,33 @@ class TrialRecord:
 
     def with_status(self, status: Status) -> TrialRecord:
         return replace(self, status=status)
+
+
+def combine_folds(folds: Sequence[TrialRecord]) -> TrialRecord:
+    """One trial from the records of its K folds (in fold order): the losses are the mean
+    over folds (``math.fsum(values) / K``), ``val_sd`` their standard deviation (ddof=1),
+    ``val_se = val_sd / sqrt(K)``, ``seconds`` the sum. A failed fold fails the trial
+    (with its error); otherwise a diverged fold diverges it."""
+    first = folds[0]
+    k = len(folds)
+    per_fold = tuple((f.train_loss, f.val_loss, f.test_loss) for f in folds)
+    seconds = math.fsum(f.seconds for f in folds)
+    base = replace(first, fold=None, seconds=seconds, folds=per_fold, val_se=None, val_sd=None,
+                   error=None)
+    bad = [f for f in folds if f.status is Status.FAILED] or \
+          [f for f in folds if f.status is Status.DIVERGED]
+    if bad:
+        return replace(base, train_loss=None, val_loss=None, test_loss=None,
+                       status=bad[0].status, error=bad[0].error)
+
+    def mean(values: Sequence[float | None]) -> float:
+        return math.fsum(v for v in values if v is not None) / k
+
+    val = [f.val_loss for f in folds if f.val_loss is not None]
+    sd = statistics.stdev(val) if k > 1 else math.nan
+    return replace(base, train_loss=mean([f.train_loss for f in folds]), val_loss=mean(val),
+                   test_loss=mean([f.test_loss for f in folds]), status=Status.OK,
+                   val_sd=sd, val_se=sd / math.sqrt(k))
 
 
 def rank(records: list[TrialRecord] | tuple[TrialRecord, ...]) -> list[TrialRecord]:
@@ -89,17 +126,73 @@ def status_counts(records: list[TrialRecord]) -> dict[str, int]:
     return {s.value: sum(r.status is s for r in records) for s in Status}
 
 
+# "Most regularised" for the one-standard-error rule, as a sort key (smallest first):
+# fewer epochs (earlier stopping), then larger l2, then a smaller learning rate, then a
+# larger batch size (fewer steps per epoch), then the lower validation loss.
+REGULARISATION_ORDER = ("fewer epochs, then larger l2, then smaller learning_rate, then "
+                        "larger batch_size, then lower validation loss")
+
+
+def regularisation_key(r: TrialRecord) -> tuple[float, ...]:
+    return (r.epochs, -r.l2, r.learning_rate, -r.batch_size, r.val_loss or math.inf)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The trial a selection rule picks from a ranking (``rank`` is its 1-based place in
+    it). For ``one_se``: the lowest validation loss, its standard error ``se`` and the
+    ``threshold`` = lowest + se below which ``n_within`` trials qualified."""
+
+    rule: str
+    trial: TrialRecord | None
+    rank: int | None
+    lowest: TrialRecord | None
+    se: float | None = None
+    threshold: float | None = None
+    n_within: int = 0
+    note: str | None = None
+
+
+def select(ranked: list[TrialRecord], rule: str = "best") -> Selection:
+    """Pick a trial from a ranking: ``best`` (rank 1) or ``one_se``, the most regularised
+    trial (:data:`REGULARISATION_ORDER`) whose validation loss is within one standard
+    error of the lowest (Hastie, Tibshirani & Friedman, *Elements of Statistical
+    Learning*, 7.10)."""
+    finished = [r for r in ranked if r.status.has_losses() and r.val_loss is not None]
+    if not finished:
+        return Selection(rule, None, None, None)
+    lowest = finished[0]
+    se = lowest.val_se
+    if rule == "best":
+        return Selection(rule, lowest, 1, lowest, se, None, 1)
+    if se is None or not math.isfinite(se):
+        return Selection(rule, lowest, 1, lowest, None, None, 1,
+                         "one_se: the best trial has no standard error (a single validation "
+                         "image?), so the lowest validation loss is selected")
+    assert lowest.val_loss is not None
+    threshold = lowest.val_loss + se
+    within = [r for r in finished if r.val_loss is not None and r.val_loss <= threshold]
+    chosen = min(within, key=regularisation_key)
+    return Selection(rule, chosen, ranked.index(chosen) + 1, lowest, se, threshold, len(within))
+
+
 @dataclass(frozen=True)
 class RunSummary:
-    """What best.json says: the best trial, how far the search got, and notices."""
+    """What best.json says: the selected trial, how far the search got, and notices."""
 
     ranked: list[TrialRecord]
     n_planned: int
     notices: tuple[str, ...] = field(default=())
+    rule: str = "best"
+
+    @property
+    def selection(self) -> Selection:
+        return select(self.ranked, self.rule)
 
     @property
     def best(self) -> TrialRecord | None:
-        return best_record(self.ranked)
+        """The selected trial (rank 1 under ``select: best``)."""
+        return self.selection.trial
 
     @property
     def counts(self) -> dict[str, int]:

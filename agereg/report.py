@@ -24,7 +24,7 @@ from agereg import __version__
 from agereg.advice import edge_notices
 from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes, atomic_write_text
-from agereg.records import TrialRecord, rank, status_counts
+from agereg.records import Selection, TrialRecord, rank, select, status_counts
 from agereg.runs import (
     CONFIG_NAME,
     EVAL_NAME,
@@ -33,6 +33,7 @@ from agereg.runs import (
     read_json,
     read_log,
     resolve_run,
+    stored_config,
 )
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ def eval_lines(res: dict) -> list[str]:
         gap_val = ridge.get("gap_val_fmse")
         val = "" if gap_val is None else f"validation {fmt(gap_val, True)}, "
         lines.append(
-            f"exact optimum ({kind}, float64, on the {ridge['trained_on']}): SGD gap "
+            f"exact optimum ({kind}, float64, on {_rows(ridge['trained_on'])}): SGD gap "
             f"{val}test {fmt(ridge['gap_test_fmse'], True)} fMSE; training objective "
             f"gap {fmt(ridge['objective_gap'], True)}")
     noise = res.get("noise")
@@ -239,6 +240,11 @@ def eval_lines(res: dict) -> list[str]:
             f"{fmt(noise['test_avg_loglik'])} per image")
     lines += res.get("notes", [])
     return lines
+
+
+def _rows(trained_on: str) -> str:
+    """"the training split (4000 rows)", "all 5000 training rows (5-fold run)"."""
+    return trained_on if trained_on.startswith("all ") else f"the {trained_on}"
 
 
 def eval_files(res: dict) -> list[str]:
@@ -274,6 +280,7 @@ class Report:
     drawn: list[str]  # grid pictures drawn now because they were missing
     pictures: list[str]  # grid pictures embedded in the HTML
     notices: tuple[str, ...]  # edge-of-range notices on the best trial
+    selection: Selection  # the trial the run's select rule picks
 
 
 def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -> Report:
@@ -284,17 +291,18 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
     evals = read_evaluations(run_dir)
+    selection = select(ranked, stored_config(run_dir).select)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True)
     pictures = [n for n in GRID_PICTURES if (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
     notices = edge_notices(ranked)
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
-                       notices, pictures, top)
+                       notices, pictures, top, selection)
     html_path = run_dir / REPORT_NAME
     atomic_write_text(html_path, page)
     return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
-                  evals, html_path, drawn, pictures, notices)
+                  evals, html_path, drawn, pictures, notices, selection)
 
 
 def read_evaluations(run_dir: Path) -> list[Evaluation]:
@@ -393,6 +401,18 @@ def _img(path: Path) -> str:
             f"<figcaption>{_e(path.name)}: {_e(caption)}</figcaption></figure>\n")
 
 
+def selection_text(sel: Selection) -> str | None:
+    """One sentence on the trial a ``one_se`` rule selected (None under ``best``)."""
+    if sel.rule != "one_se" or sel.trial is None or sel.lowest is None:
+        return None
+    if sel.note:
+        return sel.note
+    t = sel.trial
+    return (f"selected by one_se: #{sel.rank} ({trial_text(asdict(t))}), validation "
+            f"{fmt(t.val_loss)}: the most regularised of the {sel.n_within} trials within one "
+            f"standard error ({fmt(sel.se)}) of the lowest, {fmt(sel.lowest.val_loss)}")
+
+
 def counts_text(counts: dict[str, int]) -> str:
     """"250 finished, 6 diverged, 0 failed" (pruned only when there are any)."""
     pruned = f"{counts['pruned']} pruned, " if counts.get("pruned") else ""
@@ -422,6 +442,7 @@ def render_html(
     notices: Sequence[str],
     pictures: Sequence[str],
     top: int,
+    selection: Selection | None = None,
 ) -> str:
     """The whole report as one self-contained HTML page (pictures as data URIs)."""
     name = run_dir.name
@@ -441,10 +462,13 @@ def render_html(
     ]
     ok = [r for r in ranked if r.status.has_losses()]
     if ok:
-        b = ok[0]
+        b = selection.trial if selection is not None and selection.trial is not None else ok[0]
         parts.append(f"<p>best trial: <strong>{_e(trial_text(asdict(b)))}</strong>: "
                      f"validation fMSE {_e(fmt(b.val_loss))}, train fMSE "
                      f"{_e(fmt(b.train_loss))}</p>\n")
+        said = None if selection is None else selection_text(selection)
+        if said:
+            parts.append(f"<p>{_e(said)}</p>\n")
         parts += [f"<p class=\"notice\">{_e(n)}</p>\n" for n in notices]
     else:
         parts.append("<p>no finished trial yet.</p>\n")
@@ -467,7 +491,8 @@ def render_html(
         parts.append(f"<h3>trial #{_e(res['trial']['rank'])}: {_e(trial_text(res['trial']))}"
                      f"{' (refit)' if res.get('refit') else ''}</h3>\n"
                      f"<p class=\"note\">{_e(res.get('engine'))}, {_e(res.get('precision'))}; "
-                     f"trained on the {_e(res.get('trained_on'))}; files in {_e(where)}/</p>\n")
+                     f"trained on {_e(_rows(str(res.get('trained_on'))))}; files in "
+                     f"{_e(where)}/</p>\n")
         parts.append(_table(columns, rows, left=1))
         parts.append("<ul>\n" + "".join(f"<li>{_e(s)}</li>\n" for s in eval_lines(res))
                      + "</ul>\n")

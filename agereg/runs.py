@@ -8,6 +8,7 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
     run.json       status (running / interrupted / finished), counts, versions
     plan.jsonl     the groups each stage of the strategy trained, appended before training
     trials.jsonl   append-only log: one JSON line per finished trial, fsynced per group
+    folds.jsonl    K-fold runs: the append-only log of each fold of each trial
     results.csv    every trial, ranked by validation loss (rebuilt from the log)
     best.json      the best finished trial (rebuilt from the log)
     evals/<trial_id>[-refit]/   one folder per evaluation (eval.json, weights, pictures)
@@ -31,12 +32,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agereg import __version__
-from agereg.errors import RunError
+from agereg.config import Config, load_config
+from agereg.errors import ConfigError, RunError
 from agereg.fileio import append_durable, atomic_write_text
 from agereg.plan import Group
-from agereg.records import RunSummary, Status, TrialRecord, rank, status_counts
+from agereg.records import RunSummary, Selection, Status, TrialRecord, rank, status_counts
 
 LOG_NAME = "trials.jsonl"
+FOLD_LOG_NAME = "folds.jsonl"
 PLAN_NAME = "plan.jsonl"
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
@@ -45,7 +48,7 @@ EVALS_DIR = "evals"
 EVAL_NAME = "eval.json"
 CSV_COLUMNS = (
     "rank", "batch_size", "learning_rate", "epochs", "l2",
-    "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id",
+    "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id", "val_se", "val_sd",
 )  # fmt: skip
 
 
@@ -153,6 +156,16 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
     return path
 
 
+def stored_config(run_dir: Path) -> Config:
+    """The run's resolved config, validated like any config."""
+    path = run_dir / CONFIG_NAME
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise RunError(f"{run_dir}: its {CONFIG_NAME} is not valid ({exc}); "
+                       "this run cannot be resumed, start a new one") from None
+
+
 # ---------------------------------------------------------------- trial log
 
 
@@ -161,12 +174,16 @@ def _num(v: float | None) -> float | None:
 
 
 def record_to_dict(rec: TrialRecord) -> dict:
-    """A trial as the log stores it (``origin`` only for a reused trial)."""
+    """A trial as the log stores it (``origin``, ``fold``, ``val_sd`` and ``folds`` only
+    when set)."""
     d = {"trial_id": rec.trial_id, **asdict(rec), "status": rec.status.value}
-    for k in ("train_loss", "val_loss", "test_loss"):
+    for k in ("train_loss", "val_loss", "test_loss", "val_se", "val_sd"):
         d[k] = _num(d[k])
-    if d["origin"] is None:
-        del d["origin"]
+    if rec.folds is not None:
+        d["folds"] = [[_num(v) for v in f] for f in rec.folds]
+    for k in ("origin", "fold", "val_sd", "folds"):
+        if d[k] is None:
+            del d[k]
     return d
 
 
@@ -191,12 +208,29 @@ def _parse_record(line: str) -> TrialRecord:
         raise ValueError("bad types")
 
     def num(v: object) -> float | None:
-        return None if v is None else float(v)  # type: ignore[arg-type]
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError("not a finite number")
+        return float(v)
 
+    folds = None
+    if rec.folds is not None:
+        if not isinstance(rec.folds, list) or not all(
+                isinstance(f, list) and len(f) == 3 for f in rec.folds):
+            raise ValueError("folds must be a list of [train, val, test]")
+        folds = tuple((num(a), num(b), num(c)) for a, b, c in rec.folds)
+    if rec.fold is not None and (not isinstance(rec.fold, int) or isinstance(rec.fold, bool)
+                                 or rec.fold < 0):
+        raise ValueError("fold must be an integer >= 0")
+    for text in (rec.error, rec.origin):
+        if text is not None and not isinstance(text, str):
+            raise ValueError("error and origin must be strings")
     out = TrialRecord(
         rec.batch_size, float(rec.learning_rate), rec.epochs, float(rec.l2),
         num(rec.train_loss), num(rec.val_loss), num(rec.test_loss),
         Status(rec.status), float(rec.seconds), rec.error, rec.origin,
+        num(rec.val_se), rec.fold, num(rec.val_sd), folds,
     )  # fmt: skip
     if stored_id is not None and stored_id != out.trial_id:
         raise ValueError("trial_id does not match the hyperparameters")
@@ -227,22 +261,30 @@ def _read_lines(path: Path, repair: bool) -> list[bytes]:
     return lines
 
 
-def read_log(run_dir: Path, repair: bool = False) -> list[TrialRecord]:
-    """Read the trial log. Every record is written as whole lines ending in a newline, so
-    bytes after the last newline are a torn write (the process died mid-write): they are
-    ignored and, with ``repair``, cut off so that appends start on a fresh line. Any other
-    bad line is an error."""
-    path = run_dir / LOG_NAME
+def read_log(run_dir: Path, repair: bool = False, name: str = LOG_NAME) -> list[TrialRecord]:
+    """Read the trial log (or, with ``name=FOLD_LOG_NAME``, the fold log). Every record is
+    written as whole lines ending in a newline, so bytes after the last newline are a torn
+    write (the process died mid-write): they are ignored and, with ``repair``, cut off so
+    that appends start on a fresh line. Any other bad line is an error. A later line for
+    the same trial (and fold) supersedes an earlier one."""
+    path = run_dir / name
     lines = _read_lines(path, repair)
     records: dict[tuple, TrialRecord] = {}
     for i, raw in enumerate(lines, 1):
         try:
             rec = _parse_record(raw.decode("utf-8"))
-        except (ValueError, TypeError, UnicodeDecodeError):
+        except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
             raise RunError(f"{path}:{i}: corrupt trial record; the log was edited or "
                            "damaged, start a new run") from None
-        records[rec.key()] = rec
+        records[(rec.key(), rec.fold)] = rec
     return list(records.values())
+
+
+def append_fold_records(run_dir: Path, records: Iterable[TrialRecord]) -> None:
+    """Append finished folds to the fold log; durable when this returns."""
+    text = "".join(record_to_json(r) + "\n" for r in records)
+    if text:
+        append_durable(run_dir / FOLD_LOG_NAME, text)
 
 
 # ---------------------------------------------------------------- ranking and summaries
@@ -260,21 +302,23 @@ def results_csv(ranked: list[TrialRecord]) -> str:
         w.writerow([
             i, r.batch_size, repr(r.learning_rate), r.epochs, repr(r.l2),
             _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss), r.status.value,
-            f"{r.seconds:.4f}", r.trial_id,
+            f"{r.seconds:.4f}", r.trial_id, _fmt(r.val_se), _fmt(r.val_sd),
         ])  # fmt: skip
     return buf.getvalue()
 
 
 def write_summaries(
     run_dir: Path, records: Iterable[TrialRecord], n_planned: int,
-    notices: tuple[str, ...] = (),
+    notices: tuple[str, ...] = (), rule: str = "best",
 ) -> RunSummary:
-    """(Re)write results.csv and best.json from records; returns the summary."""
-    summary = RunSummary(rank(list(records)), n_planned, notices)
+    """(Re)write results.csv and best.json from records; returns the summary. best.json's
+    ``best`` is the trial the selection rule picks."""
+    summary = RunSummary(rank(list(records)), n_planned, notices, rule)
     atomic_write_text(run_dir / "results.csv", results_csv(summary.ranked))
-    best = summary.best
+    sel = summary.selection
     write_json(run_dir / "best.json", {
-        "best": None if best is None else {**record_to_dict(best), "rank": 1},
+        "best": None if sel.trial is None else {**record_to_dict(sel.trial), "rank": sel.rank},
+        "selection": selection_dict(sel),
         "trials_done": len(summary.ranked),
         "trials_planned": n_planned,
         "counts": status_counts(summary.ranked),
@@ -283,12 +327,29 @@ def write_summaries(
     return summary
 
 
+def selection_dict(sel: Selection) -> dict:
+    """How the best trial was chosen, as best.json states it."""
+    from agereg.records import REGULARISATION_ORDER
+
+    d: dict = {"rule": sel.rule, "rank": sel.rank}
+    if sel.rule == "one_se":
+        d.update({
+            "lowest_val_loss": None if sel.lowest is None else sel.lowest.val_loss,
+            "standard_error": _num(sel.se), "threshold": _num(sel.threshold),
+            "n_within": sel.n_within, "order": REGULARISATION_ORDER, "note": sel.note,
+        })  # fmt: skip
+    return d
+
+
 # ---------------------------------------------------------------- the stored plan
 
 
 def _group_to_dict(g: Group) -> dict:
-    return {"index": g.index, "batch_size": g.batch_size, "columns": [list(c) for c in g.columns],
-            "epochs": list(g.epochs), "start_epoch": g.start_epoch}
+    d = {"index": g.index, "batch_size": g.batch_size, "columns": [list(c) for c in g.columns],
+         "epochs": list(g.epochs), "start_epoch": g.start_epoch}
+    if g.fold is not None:
+        d["fold"] = g.fold
+    return d
 
 
 def append_plan(run_dir: Path, stage: str, groups: list[Group]) -> None:
@@ -309,7 +370,8 @@ def read_plan(run_dir: Path, repair: bool = False) -> dict[str, list[Group]]:
             groups = [
                 Group(int(g["index"]), _int(g["batch_size"]),
                       tuple((float(a), float(b)) for a, b in g["columns"]),
-                      tuple(_int(e) for e in g["epochs"]), _int(g["start_epoch"]))
+                      tuple(_int(e) for e in g["epochs"]), _int(g["start_epoch"]),
+                      None if g.get("fold") is None else _int(g["fold"]))
                 for g in d["groups"]
             ]
             plan[str(d["stage"])] = groups

@@ -190,7 +190,7 @@ def test_float32_and_float64_and_both_engines_agree_on_the_diverged_set():
                     assert bool(res.diverged[i, k]) == ref, (dtype, bs, lr, ep)
                     found[(dtype, bs, lr, ep)] = ref
     a64 = make_arrays(n=64, d=6, seed=2)
-    for (dtype, bs, lr, ep), div in found.items():
+    for (_dtype, bs, lr, ep), div in found.items():
         assert div == found[(np.float64, bs, lr, ep)], (bs, lr, ep)
         assert div == _plain_explosion_check(a64, 4, bs, lr, 0.0, ep), (bs, lr, ep)
     assert 0 < sum(found.values()) < len(found)  # both kinds present

@@ -53,7 +53,7 @@ def test_failed_trials_exit_3_and_resume_trains_them(tmp_path: Path, data_copy: 
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      broken_batch_8: None):
     runs = tmp_path / "runs"
-    code, out, err = run(["search", str(write(tmp_path, data_copy)), "--runs-dir", str(runs),
+    code, _, err = run(["search", str(write(tmp_path, data_copy)), "--runs-dir", str(runs),
                           "--quiet"])
     assert code == 3, err
     line = err.strip().splitlines()[-1]

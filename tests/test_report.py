@@ -36,7 +36,7 @@ EXPECTED_SIZES = {  # pixels at plots.DPI = 100
 EVAL_KEYS = {
     "run", "dataset", "trial", "refit", "trained_on", "engine", "precision", "train_fmse",
     "val_fmse", "search_val_fmse", "reproduced", "test", "baseline_test", "bootstrap",
-    "ridge", "noise", "files", "notes", "folder",
+    "ridge", "noise", "files", "notes", "folder", "selected_by",
 }
 
 CONFIG = """\
