@@ -415,8 +415,11 @@ class _Sweep:
         # interrupts the loop, rather than whenever the generator is collected.
         with contextlib.closing(stream):  # type: ignore[type-var]
             for outcome in stream:
-                new = [r for r in outcome.records if r.key() not in self.results and
-                       (r.fold is None or (r.key(), r.fold) not in self.folds)]
+                # a fold's record is kept even when another fold failed its trial, so a
+                # resume trains only the failed fold
+                new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]
+                if not k:
+                    new = [r for r in new if r.key() not in self.results]
                 if k:
                     append_fold_records(self.run_dir, new)  # durable before it counts
                     self.folds.update({(r.key(), r.fold): r for r in new  # type: ignore[misc]
