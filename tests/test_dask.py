@@ -112,6 +112,17 @@ def test_dask_results_equal_loky(where, dask_cluster, tiny_config: Path, tmp_pat
     assert not (remote / ".work").exists()
 
 
+def test_dask_cross_validation_equals_loky(dask_cluster, tiny_config: Path, tmp_path: Path):
+    lc, _ = dask_cluster
+    cv = tmp_path / "cv.yaml"
+    cv.write_text(tiny_config.read_text().replace("val_fraction: 0.25", "folds: 3"))
+    local = search(cv, tmp_path / "loky", "--n-jobs", "2")
+    remote = search(cv, tmp_path / "dask", "--backend", "dask", "--scheduler",
+                    lc.scheduler_address)
+    assert without_seconds(read_results(remote)) == without_seconds(read_results(local))
+    assert (remote / "folds.jsonl").read_text().count("\n") == 24 * 3
+
+
 # ---------------------------------------------------------------- lost workers
 
 
