@@ -160,9 +160,12 @@ def split(seed: int, val_fraction: float, folds: int | None, data_dir: str) -> N
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
               help="Rows of the ranked table to print.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--curves/--no-curves", default=None,
+              help="Record learning curves (curves.csv; default: config execution.curves, on).")
 def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | None,
            precision: str | None, backend: str | None, scheduler: str | None,
-           resume: str | None, extend: str | None, top: int, quiet: bool) -> int:
+           resume: str | None, extend: str | None, top: int, quiet: bool,
+           curves: bool | None) -> int:
     """Run CONFIG's search strategy (the grid by default) and rank the trials by
     validation loss."""
     if config is None and resume is None:
@@ -172,7 +175,7 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
 
     def overrides(cfg: Config) -> Config:
         return apply_overrides(cfg, n_jobs=n_jobs, engine=engine, precision=precision,
-                               backend=backend, scheduler=scheduler)
+                               backend=backend, scheduler=scheduler, curves=curves)
 
     runs = Path(runs_dir)
     with _progress(quiet) as progress:

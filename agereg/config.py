@@ -58,7 +58,7 @@ _TOP_KEYS = (
 _GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
 _DATA_KEYS = ("dir",)
 _SPLIT_KEYS = ("seed", "val_fraction", "folds")
-_EXECUTION_KEYS = ("engine", "precision", "backend", "scheduler")
+_EXECUTION_KEYS = ("engine", "precision", "backend", "scheduler", "curves")
 _SEARCH_KEYS = ("strategy", "n_trials", "seed", "eta", "rounds", "points", "tol")
 # The keys each strategy reads; any other search key is an error that says so.
 _STRATEGY_KEYS = {
@@ -161,6 +161,7 @@ class ExecutionConfig:
     precision: str = "float64"
     backend: str = "loky"
     scheduler: str | None = None
+    curves: bool = True  # learning curves (curves.csv); never changes a number
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "precision": cfg.execution.precision,
             "backend": cfg.execution.backend,
             "scheduler": cfg.execution.scheduler,
+            "curves": cfg.execution.curves,
         },
         "search": _search_to_dict(cfg.search),
         "on_error": cfg.on_error,
@@ -338,6 +340,7 @@ def apply_overrides(
     precision: str | None = None,
     backend: str | None = None,
     scheduler: str | None = None,
+    curves: bool | None = None,
 ) -> Config:
     """Return ``cfg`` with command-line options applied; ``None`` means not given.
 
@@ -364,6 +367,8 @@ def apply_overrides(
         if scheduler is not None:
             given["scheduler"] = _scheduler(scheduler, "--scheduler")
         execution = replace(cfg.execution, **given)  # type: ignore[arg-type]
+        if curves is not None:
+            execution = replace(execution, curves=curves)
         if backend is not None and scheduler is None and execution.backend != "dask":
             # The user picked a non-dask backend on purpose; the file's scheduler is moot.
             execution = replace(execution, scheduler=None)
@@ -448,6 +453,7 @@ def _parse(raw: object) -> Config:
                 "precision": lambda v, k: _choice(v, k, PRECISIONS),
                 "backend": lambda v, k: _choice(v, k, BACKENDS),
                 "scheduler": _scheduler,
+                "curves": _flag,
             },
         )
     )
@@ -709,6 +715,12 @@ def _n_jobs(value: object, key: str) -> int:
 
 def _max_trials(value: object, key: str) -> int:
     return _positive(value, key, "100000")
+
+
+def _flag(value: object, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"{_at(key, value)} must be true or false")
 
 
 def _folds(value: object, key: str) -> int:

@@ -3,12 +3,15 @@
 Training contract (the README states it in full):
 
 * model ``y_hat = X w + b``; ``w`` and ``b`` start at zero;
-* on minibatch S: ``g_w = X_S^T r / |S| + l2 * w``, ``g_b = mean(r)`` with
-  ``r = y_hat_S - y_S``; the bias is not regularised; ``w -= lr * g_w``, ``b -= lr * g_b``;
+* on minibatch S, with ``r = y_hat_S - y_S`` and the loss's derivative ``d(r)`` (squared
+  loss: ``d = r``; absolute loss: ``d = sign(r)``, numpy's, so ``sign(0) = 0``):
+  ``g_w = X_S^T d / |S| + l2 * w``, ``g_b = mean(d)``; the bias is not regularised;
+  ``w -= lr * g_w``, ``b -= lr * g_b``;
 * epoch ``e`` (1-based) visits the training rows in the order
   ``np.random.default_rng([seed, e]).permutation(n_train)``, in consecutive minibatches of
   ``batch_size`` (the last may be smaller); the order does not depend on lr or l2;
-* losses are ``fMSE = 0.5 * mean((y_hat - y) ** 2)``, unregularised;
+* losses are ``fMSE = 0.5 * mean((y_hat - y) ** 2)`` and ``MAE = mean(|y_hat - y|)``,
+  unregularised, whatever loss trained the model;
 * a trial is *diverged* when a residual, parameter or loss becomes non-finite, or when it
   explodes: a minibatch's fMSE (before its step), or the training fMSE at the end, exceeds
   :data:`EXPLODE` times the training fMSE at the start (``w = 0, b = 0``). Both engines
@@ -71,30 +74,65 @@ class Arrays:
         return self.y_fit if self.fit_rows is None else self.y_fit[self.fit_rows]
 
 
+LOSSES = ("squared", "absolute")
+NAN3 = (float("nan"),) * 3
+
+
+def derivative(loss: str, r: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The loss's derivative with respect to the residual: the seam between losses.
+    squared (``0.5 r^2``): ``r`` itself (no copy); absolute (``|r|``): ``sign(r)``,
+    with numpy's ``sign(0) = 0``."""
+    if loss == "squared":
+        return r
+    if loss == "absolute":
+        return np.sign(r, out=out)
+    raise ValueError(f"unknown loss {loss!r}; use one of {LOSSES}")
+
+
 @dataclass(frozen=True)
 class Fit:
-    """One trained trial: parameters (float64) and its three losses (NaN if diverged);
-    ``val_se`` is the standard error of the validation loss over the validation images,
-    ``std(0.5 r_i^2, ddof=1) / sqrt(V)``."""
+    """One trained trial: parameters (float64), its three fMSE ``losses`` and three
+    ``mae`` (train, val, test; NaN if diverged); ``val_se`` holds the standard errors of
+    the validation fMSE and MAE over the validation images,
+    ``std(0.5 r_i^2, ddof=1) / sqrt(V)`` and ``std(|r_i|, ddof=1) / sqrt(V)``."""
 
     w: np.ndarray  # (D,)
     b: float
     losses: tuple[float, float, float]
     diverged: bool
-    val_se: float = float("nan")
+    val_se: tuple[float, float] = (float("nan"), float("nan"))
+    mae: tuple[float, float, float] = NAN3
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Learning curves of K columns, one row per epoch trained (``epochs``): the running
+    mean of the epoch's minibatch fMSE (each taken before its step), and the validation
+    fMSE and MAE after the epoch. NaN once a column has diverged."""
+
+    epochs: np.ndarray  # (T,) int
+    train: np.ndarray  # (T, K)
+    val_fmse: np.ndarray  # (T, K)
+    val_mae: np.ndarray  # (T, K)
 
 
 @dataclass(frozen=True)
 class GroupResult:
-    """Losses of a group: ``losses[i, k, j]`` is loss ``LOSS_NAMES[j]`` of column ``k``
-    after ``epochs[i]`` epochs (NaN where diverged); ``diverged[i, k]`` likewise."""
+    """Losses of a group: ``losses[i, k, j]`` is fMSE ``LOSS_NAMES[j]`` of column ``k``
+    after ``epochs[i]`` epochs (NaN where diverged), ``mae`` likewise, ``val_se[i, k]``
+    the standard errors of the validation (fMSE, MAE); ``diverged[i, k]``;
+    ``best_epoch[i, k]`` the epoch up to ``epochs[i]`` with the lowest validation fMSE
+    (0 when curves were not recorded)."""
 
     epochs: tuple[int, ...]
     losses: np.ndarray  # (E, K, 3) float64
     diverged: np.ndarray  # (E, K) bool
     snapshot: Fit | None = None
     state: State | None = None
-    val_se: np.ndarray | None = None  # (E, K): standard error of the validation loss
+    val_se: np.ndarray | None = None  # (E, K, 2)
+    mae: np.ndarray | None = None  # (E, K, 3)
+    best_epoch: np.ndarray | None = None  # (E, K) int
+    curves: Curves | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +143,8 @@ class State:
     epoch: int
     W: np.ndarray  # (D, K)
     b: np.ndarray  # (K,)
+    best_val: np.ndarray | None = None  # (K,) lowest validation fMSE so far (curves)
+    best_epoch: np.ndarray | None = None  # (K,) its epoch
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -136,11 +176,26 @@ def explode_limit(y_fit: np.ndarray) -> float:
     return EXPLODE * start if start > 0 else float("inf")
 
 
-def _scores(arrays: Arrays, W: np.ndarray, b: np.ndarray | float
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """``(3,)`` or ``(3, K)`` losses on the training, validation and test sets, and the
-    standard error of the validation loss over its images, ``()`` or ``(K,)``. A fold's
-    residuals are computed once over the shared pool, then its rows are picked out."""
+@dataclass(frozen=True)
+class Scores:
+    """fMSE and MAE on the training, validation and test sets, ``(3,)`` or ``(3, K)``,
+    and the standard errors of the validation fMSE and MAE over its images, ``(2,)`` or
+    ``(2, K)``."""
+
+    fmse: np.ndarray
+    mae: np.ndarray
+    se: np.ndarray
+
+
+def _se(values: np.ndarray) -> np.ndarray:
+    v = len(values)
+    return (np.std(values, axis=0, ddof=1) / np.sqrt(v) if v > 1
+            else np.full(values.shape[1:], np.nan))
+
+
+def _scores(arrays: Arrays, W: np.ndarray, b: np.ndarray | float) -> Scores:
+    """Every figure of a model on the three sets. A fold's residuals are computed once
+    over the shared pool, then its training and validation rows are picked out."""
     if arrays.fit_rows is None:
         r_fit = _residuals(arrays.X_fit, arrays.y_fit, W, b)
         r_val = _residuals(arrays.X_val, arrays.y_val, W, b)
@@ -148,12 +203,21 @@ def _scores(arrays: Arrays, W: np.ndarray, b: np.ndarray | float
         r = _residuals(arrays.X_fit, arrays.y_fit, W, b)  # (P, K) over the pool
         r_fit, r_val = r[arrays.fit_rows], r[arrays.val_rows]
     r_te = _residuals(arrays.X_te, arrays.y_te, W, b)
-    losses = np.stack([0.5 * np.mean(r * r, axis=0) for r in (r_fit, r_val, r_te)])
-    per_image = 0.5 * r_val * r_val  # (V,) or (V, K)
-    v = len(per_image)
-    se = (np.std(per_image, axis=0, ddof=1) / np.sqrt(v) if v > 1
-          else np.full(per_image.shape[1:], np.nan))
-    return losses, se
+    sets = (r_fit, r_val, r_te)
+    fmse_ = np.stack([0.5 * np.mean(r * r, axis=0) for r in sets])
+    mae = np.stack([np.mean(np.abs(r), axis=0) for r in sets])
+    se = np.stack([_se(0.5 * r_val * r_val), _se(np.abs(r_val))])
+    return Scores(fmse_, mae, se)
+
+
+def _val_scores(arrays: Arrays, W: np.ndarray, b: np.ndarray | float
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Validation fMSE and MAE only (learning curves between recorded epochs)."""
+    if arrays.val_rows is None:
+        r = _residuals(arrays.X_val, arrays.y_val, W, b)
+    else:
+        r = _residuals(arrays.X_val[arrays.val_rows], arrays.y_val[arrays.val_rows], W, b)
+    return 0.5 * np.mean(r * r, axis=0), np.mean(np.abs(r), axis=0)
 
 
 def objective(X_S: np.ndarray, y_S: np.ndarray, w: np.ndarray, b: float, l2: float) -> float:
@@ -165,8 +229,9 @@ def objective(X_S: np.ndarray, y_S: np.ndarray, w: np.ndarray, b: float, l2: flo
 def gradient(
     X_S: np.ndarray, r: np.ndarray, w: np.ndarray, l2: float
 ) -> tuple[np.ndarray, float]:
-    """Gradient of :func:`objective` given residuals ``r = X_S w + b - y_S``:
-    ``g_w = X_S^T r / |S| + l2 w`` (D,) and ``g_b = mean(r)``; the bias is not regularised."""
+    """Gradient of :func:`objective` given residuals ``r = X_S w + b - y_S`` (or, for
+    another loss, its derivative ``d(r)``): ``g_w = X_S^T r / |S| + l2 w`` (D,) and
+    ``g_b = mean(r)``; the bias is not regularised."""
     return X_S.T @ r / X_S.dtype.type(len(r)) + l2 * w, r.mean()
 
 
@@ -190,7 +255,8 @@ def ridge_closed_form(X: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarr
 
 
 def train_reference(
-    arrays: Arrays, seed: int, batch_size: int, lr: float, l2: float, epochs: int
+    arrays: Arrays, seed: int, batch_size: int, lr: float, l2: float, epochs: int,
+    loss: str = "squared",
 ) -> Fit:
     """Train one trial with a plain per-minibatch loop: the statement of the contract."""
     X, y = arrays.X_fit, arrays.y_fit
@@ -212,20 +278,21 @@ def train_reference(
                 # not (a <= b): a NaN compares false, so it counts as exploded too
                 if not float(np.dot(r, r)) <= 2 * len(r) * limit:  # 0.5 mean(r^2) <= limit
                     return _diverged(d)
-                g_w, g_b = gradient(X_S, r, w, l2_)
+                g_w, g_b = gradient(X_S, derivative(loss, r), w, l2_)
                 w = w - lr_ * g_w
                 b = b - lr_ * g_b
-        losses, se = _scores(arrays, w, b)
-    if not (np.isfinite(losses).all() and np.isfinite(w).all() and np.isfinite(b)
-            and losses[0] <= limit):
+        sc = _scores(arrays, w, b)
+    if not (np.isfinite(sc.fmse).all() and np.isfinite(w).all() and np.isfinite(b)
+            and sc.fmse[0] <= limit):
         return _diverged(d)
-    tr, va, te = (float(v) for v in losses)
-    return Fit(w.astype(np.float64), float(b), (tr, va, te), False, float(se))
+    tr, va, te = (float(v) for v in sc.fmse)
+    return Fit(w.astype(np.float64), float(b), (tr, va, te), False,
+               (float(sc.se[0]), float(sc.se[1])), (float(sc.mae[0]), float(sc.mae[1]),
+                                                    float(sc.mae[2])))
 
 
 def _diverged(d: int) -> Fit:
-    nan = float("nan")
-    return Fit(np.full(d, np.nan), nan, (nan, nan, nan), True)
+    return Fit(np.full(d, np.nan), float("nan"), NAN3, True)
 
 
 def _unpack(M: np.ndarray) -> np.ndarray:
@@ -260,18 +327,24 @@ def train_group(
     epochs: Sequence[int],
     snapshot: tuple[int, int] | None = None,
     start: State | None = None,
+    loss: str = "squared",
+    curves: bool = False,
 ) -> GroupResult:
-    """Train K = len(lrs) columns of one batch size together and record every epoch count.
+    """Train K = len(lrs) columns of one batch size and loss together and record every
+    epoch count.
 
     Columns are laid out in panels of :data:`PANEL`; every matrix product has exactly that
     width, so a column's numbers do not depend on its neighbours, its position, or how many
-    columns train with it (tested). A column that goes non-finite is dropped at once and
-    the survivors are packed into fewer panels.
+    columns train with it (tested). A column that diverges is dropped at once and the
+    survivors are packed into fewer panels.
 
     ``start`` continues from a saved :class:`State` (epoch ``start.epoch``, columns in the
     order of ``lrs``; non-finite columns count as diverged); the result's ``state`` holds
     the parameters after the last epoch. ``snapshot=(k, epoch)`` also returns the
-    parameters of column ``k`` after ``epoch`` epochs.
+    parameters of column ``k`` after ``epoch`` epochs. ``curves`` records the validation
+    fMSE and MAE after every epoch (one more product with the validation rows per epoch)
+    and the running mean of each epoch's minibatch fMSE (free), and each recorded trial's
+    best epoch.
     """
     X, y = arrays.X_fit, arrays.y_fit
     dtype = X.dtype
@@ -281,11 +354,20 @@ def train_group(
     first = 0 if start is None else start.epoch
     if not epochs or epochs[0] <= first:
         raise ValueError(f"epochs {epochs} must all come after the start epoch {first}")
+    derivative(loss, np.zeros(1))  # an unknown loss fails here, before any work
     record_at = {e: i for i, e in enumerate(epochs)}
-    losses = np.full((len(epochs), K, 3), np.nan)
-    val_se = np.full((len(epochs), K), np.nan)
-    diverged = np.ones((len(epochs), K), dtype=bool)
+    E, T = len(epochs), epochs[-1] - first
+    losses = np.full((E, K, 3), np.nan)
+    mae = np.full((E, K, 3), np.nan)
+    val_se = np.full((E, K, 2), np.nan)
+    best_epoch = np.zeros((E, K), dtype=np.int64)
+    diverged = np.ones((E, K), dtype=bool)
     kept: Fit | None = None
+    curve = (np.full((T, K), np.nan), np.full((T, K), np.nan), np.full((T, K), np.nan))
+    best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
+        np.array(start.best_val, dtype=np.float64)
+    best_at = np.zeros(K, dtype=np.int64) if start is None or start.best_epoch is None else \
+        np.array(start.best_epoch, dtype=np.int64)
 
     lr_all = np.asarray(lrs, dtype=dtype)  # (K,)
     decay_all = (1 - lr_all * np.asarray(l2s, dtype=dtype)).astype(dtype)  # w *= 1 - lr * l2
@@ -307,17 +389,21 @@ def train_group(
     limit = explode_limit(arrays.y_train())
     X_S = np.empty((block, d), dtype=dtype)  # buffers reused by every step
     G_part = np.empty((d, PANEL), dtype=dtype)
+    squared = loss == "squared"
 
-    def buffers(P: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.empty((P, batch_size, PANEL), dtype=dtype), np.empty((P, d, PANEL), dtype)
+    def buffers(P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        R = np.empty((P, batch_size, PANEL), dtype=dtype)
+        return R, np.empty((P, d, PANEL), dtype), R if squared else np.empty_like(R)
 
-    R, G = buffers(len(W))
+    R, G, Dr = buffers(len(W))  # residuals, gradients, the loss's derivative of R
 
     with np.errstate(all="ignore"):  # overflow is expected when a column diverges
         for epoch in range(first + 1, epochs[-1] + 1) if len(alive) else ():
             order = epoch_order(seed, epoch, n)
             if arrays.fit_rows is not None:
                 order = arrays.fit_rows[order]  # the fold's rows in the pool
+            running = np.zeros(len(W) * PANEL)  # sum of this epoch's minibatch fMSE, per slot
+            steps = 0
             for start_row in range(0, n, batch_size):
                 rows = order[start_row : start_row + batch_size]
                 m, P = len(rows), len(W)
@@ -335,56 +421,80 @@ def train_group(
                         np.matmul(xs, W[p], out=rs)  # (s, D) @ (D, PANEL) -> (s, PANEL)
                         rs += b[p]
                         rs -= ys
+                        ds = derivative(loss, rs, Dr[p, lo : lo + len(sub)])
                         if lo == 0:
-                            np.matmul(xs.T, rs, out=G[p])  # (D, s) @ (s, PANEL) -> (D, PANEL)
+                            np.matmul(xs.T, ds, out=G[p])  # (D, s) @ (s, PANEL) -> (D, PANEL)
                         else:
-                            np.matmul(xs.T, rs, out=G_part)
+                            np.matmul(xs.T, ds, out=G_part)
                             G[p] += G_part
-                r = R[:, :m]  # (P, m, PANEL)
+                r, dr = R[:, :m], Dr[:, :m]  # (P, m, PANEL)
                 # every column's minibatch fMSE against the limit, as sum(r^2) <= 2 m
                 # limit; NaN compares false, so non-finite residuals fail it too
                 sq = np.einsum("pmk,pmk->pk", r, r)  # (P, m, PANEL) -> (P, PANEL)
                 ok = (sq <= 2 * m * limit).reshape(-1)[: len(alive)]  # (k,)
+                running += sq.reshape(-1) / (2 * m)
+                steps += 1
                 if not ok.all():
                     alive = alive[ok]
                     if len(alive) == 0:
                         break
                     W, G, r = (_pack(_unpack(M)[: len(ok)][ok]) for M in (W, G, r))
+                    dr = r if squared else _pack(_unpack(dr)[: len(ok)][ok])
                     b, lr, decay = (_pack_vec(v.reshape(-1)[: len(ok)][ok], fill)
                                     for v, fill in ((b, 0), (lr, 0), (decay, 1)))
-                    R, _ = buffers(len(W))
+                    running = _pack_vec(running[: len(ok)][ok], 0).reshape(-1)
+                    R, _, Dr = buffers(len(W))
                 for p in range(len(W)):
-                    b[p] -= lr[p] * r[p].mean(axis=0)  # (m, PANEL) -> (PANEL,)
+                    b[p] -= lr[p] * dr[p].mean(axis=0)  # (m, PANEL) -> (PANEL,)
                 G *= (lr / dtype.type(m))[:, None, :]
                 W *= decay[:, None, :]
                 W -= G
             if len(alive) == 0:
                 break
-            if epoch in record_at:
-                i = record_at[epoch]
-                k = len(alive)
+            k = len(alive)
+            t = epoch - first - 1
+            i = record_at.get(epoch)
+            if i is not None:  # every figure of every column, at a recorded epoch count
                 scores = [_scores(arrays, W[p], b[p]) for p in range(len(W))]
-                L = np.concatenate([sc[0] for sc in scores], axis=1)[:, :k]  # (3, k)
-                SE = np.concatenate([sc[1] for sc in scores])[:k]  # (k,)
-                Wk = _unpack(W)[:k]  # (k, D)
-                finite = (np.isfinite(L).all(axis=0) & np.isfinite(Wk).all(axis=1)
-                          & (L[0] <= limit))
-                losses[i, alive[finite]] = L[:, finite].T
-                val_se[i, alive[finite]] = SE[finite]
-                diverged[i, alive[finite]] = False
-                if snapshot is not None and snapshot[1] == epoch:
-                    where = np.flatnonzero(alive == snapshot[0])
-                    if where.size and finite[where[0]]:
-                        j = where[0]
-                        kept = Fit(
-                            Wk[j].astype(np.float64),
-                            float(b.reshape(-1)[j]),
-                            (float(L[0, j]), float(L[1, j]), float(L[2, j])),
-                            False,
-                            float(SE[j]),
-                        )
+                L = np.concatenate([sc.fmse for sc in scores], axis=1)[:, :k]  # (3, k)
+                A = np.concatenate([sc.mae for sc in scores], axis=1)[:, :k]  # (3, k)
+                SE = np.concatenate([sc.se for sc in scores], axis=1)[:, :k]  # (2, k)
+                val_f, val_a = L[1], A[1]
+            elif curves:
+                vs = [_val_scores(arrays, W[p], b[p]) for p in range(len(W))]
+                val_f = np.concatenate([v[0] for v in vs])[:k]
+                val_a = np.concatenate([v[1] for v in vs])[:k]
+            if curves:
+                curve[0][t, alive] = running[:k] / steps
+                curve[1][t, alive] = val_f
+                curve[2][t, alive] = val_a
+                better = val_f < best_val[alive]  # NaN never improves
+                best_val[alive[better]] = val_f[better]
+                best_at[alive[better]] = epoch
+            if i is None:
+                continue
+            Wk = _unpack(W)[:k]  # (k, D)
+            finite = (np.isfinite(L).all(axis=0) & np.isfinite(Wk).all(axis=1)
+                      & (L[0] <= limit))
+            losses[i, alive[finite]] = L[:, finite].T
+            mae[i, alive[finite]] = A[:, finite].T
+            val_se[i, alive[finite]] = SE[:, finite].T
+            best_epoch[i, alive[finite]] = best_at[alive[finite]]
+            diverged[i, alive[finite]] = False
+            if snapshot is not None and snapshot[1] == epoch:
+                where = np.flatnonzero(alive == snapshot[0])
+                if where.size and finite[where[0]]:
+                    j = where[0]
+                    kept = Fit(Wk[j].astype(np.float64), float(b.reshape(-1)[j]),
+                               (float(L[0, j]), float(L[1, j]), float(L[2, j])), False,
+                               (float(SE[0, j]), float(SE[1, j])),
+                               (float(A[0, j]), float(A[1, j]), float(A[2, j])))
         if len(alive):
             k = len(alive)
             end_W[:, alive] = _unpack(W)[:k].T
             end_b[alive] = b.reshape(-1)[:k]
-    return GroupResult(epochs, losses, diverged, kept, State(epochs[-1], end_W, end_b), val_se)
+    state = State(epochs[-1], end_W, end_b, best_val if curves else None,
+                  best_at if curves else None)
+    recorded = Curves(np.arange(first + 1, epochs[-1] + 1), *curve) if curves else None
+    return GroupResult(epochs, losses, diverged, kept, state, val_se, mae,
+                       best_epoch, recorded)

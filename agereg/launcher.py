@@ -27,7 +27,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from agereg.data import Dataset
-from agereg.engine import Arrays, State, train_group, train_reference
+from agereg.engine import Arrays, Curves, Fit, State, train_group, train_reference
 from agereg.errors import RunError
 from agereg.plan import Group
 from agereg.records import Status, TrialKey, TrialRecord
@@ -44,6 +44,7 @@ class GroupOutcome:
     group: Group
     records: list[TrialRecord]
     state: State | None = None
+    curves: Curves | None = None
 
 
 @dataclass(frozen=True)
@@ -137,20 +138,27 @@ def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
     )
 
 
-def _record(trial_key: TrialKey, losses: Sequence[float] | None, seconds: float,
-            val_se: float, fold: int | None) -> TrialRecord:
+def _record(trial_key: TrialKey, fit: Fit | None, seconds: float, fold: int | None,
+            best_epoch: int = 0) -> TrialRecord:
+    """A trial's record from its figures (``fit`` None: diverged)."""
     bs, lr, ep, l2 = trial_key
-    if losses is None:
+    if fit is None:
         return TrialRecord(bs, lr, ep, l2, None, None, None, Status.DIVERGED, seconds,
                            fold=fold)
-    tr, va, te = (float(v) for v in losses)
-    se = float(val_se) if np.isfinite(val_se) else None
-    return TrialRecord(bs, lr, ep, l2, tr, va, te, Status.OK, seconds, val_se=se, fold=fold)
+    tr, va, te = (float(v) for v in fit.losses)
+
+    def num(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    return TrialRecord(bs, lr, ep, l2, tr, va, te, Status.OK, seconds, val_se=num(fit.val_se[0]),
+                       fold=fold, train_mae=num(fit.mae[0]), val_mae=num(fit.mae[1]),
+                       test_mae=num(fit.mae[2]), val_mae_se=num(fit.val_se[1]),
+                       best_epoch=best_epoch or None)
 
 
 def run_group_on(
     arrays: Arrays, group: Group, seed: int, engine: str, start: State | None = None,
-    keep_state: bool = False,
+    keep_state: bool = False, curves: bool = False,
 ) -> GroupOutcome:
     """Train every trial of ``group`` (from ``start`` if given, else from zero: the numbers
     are the same); a crash becomes ``failed`` records, not an exception."""
@@ -160,7 +168,7 @@ def run_group_on(
             return GroupOutcome(group, _reference(arrays, group, seed))
         res = train_group(
             arrays, seed, group.batch_size, [c[0] for c in group.columns],
-            [c[1] for c in group.columns], group.epochs, start=start,
+            [c[1] for c in group.columns], group.epochs, start=start, curves=curves,
         )
     except Exception as exc:  # a failed group is data: record it, keep the search going
         seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
@@ -174,15 +182,17 @@ def run_group_on(
     records = []
     first = 0 if start is None else start.epoch
     top = group.epochs[-1] - first
+    assert res.mae is not None and res.val_se is not None and res.best_epoch is not None
     for k, (lr, l2) in enumerate(group.columns):
         for i, ep in enumerate(res.epochs):
             # A column's share of the group's time, in proportion to the epochs it needs.
             seconds = elapsed / len(group.columns) * (ep - first) / top
-            losses = None if res.diverged[i, k] else res.losses[i, k]
-            se = np.nan if res.val_se is None else res.val_se[i, k]
-            records.append(_record((group.batch_size, lr, ep, l2), losses, seconds, se,
-                                   group.fold))
-    return GroupOutcome(group, records, res.state if keep_state else None)
+            fit = None if res.diverged[i, k] else Fit(
+                np.empty(0), 0.0, tuple(res.losses[i, k]), False,
+                tuple(res.val_se[i, k]), tuple(res.mae[i, k]))
+            records.append(_record((group.batch_size, lr, ep, l2), fit, seconds, group.fold,
+                                   int(res.best_epoch[i, k])))
+    return GroupOutcome(group, records, res.state if keep_state else None, res.curves)
 
 
 def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
@@ -190,14 +200,14 @@ def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
     for t in group.trials():
         t0 = time.perf_counter()
         fit = train_reference(arrays, seed, t.batch_size, t.learning_rate, t.l2, t.epochs)
-        records.append(_record(t.key(), None if fit.diverged else fit.losses,
-                               time.perf_counter() - t0, fit.val_se, group.fold))
+        records.append(_record(t.key(), None if fit.diverged else fit,
+                               time.perf_counter() - t0, group.fold))
     return records
 
 
 def run_group(
     ref: ArraysRef, group: Group, seed: int, engine: str, parent_pid: int | None = None,
-    start: State | None = None, keep_state: bool = False,
+    start: State | None = None, keep_state: bool = False, curves: bool = False,
 ) -> GroupOutcome:
     """The joblib task. One BLAS thread, always: the same kernels, so the same numbers,
     whatever ``n_jobs`` is, and workers x threads never exceeds the cores."""
@@ -205,7 +215,7 @@ def run_group(
         _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
         return run_group_on(load_arrays(ref, group.fold), group, seed, engine, start,
-                            keep_state)
+                            keep_state, curves)
 
 
 _WATCHING_PARENT = False
@@ -250,6 +260,7 @@ def launch(
     scheduler: str | None = None,
     starts: Sequence[State | None] | None = None,
     keep_state: bool = False,
+    curves: bool = False,
 ) -> Iterator[GroupOutcome]:
     """Yield each group's outcome as soon as it finishes (in completion order).
     ``starts[i]`` is the state group ``i`` continues from (None: from zero)."""
@@ -269,7 +280,8 @@ def launch(
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
         starts = starts or [None] * len(groups)
-        results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid(), st, keep_state)
+        results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid(), st, keep_state,
+                                              curves)
                            for g, st in zip(groups, starts, strict=True))
         try:
             # not `yield from`: the interrupt must be noted before joblib starts aborting

@@ -37,10 +37,12 @@ from agereg.runs import (
     CONFIG_NAME,
     FOLD_LOG_NAME,
     RunLock,
+    append_curves,
     append_fold_records,
     append_plan,
     append_records,
     create_run_dir,
+    read_curves,
     read_json,
     read_log,
     read_plan,
@@ -340,9 +342,13 @@ class _Sweep:
             self.folds = {(r.key(), r.fold): r
                           for r in read_log(run_dir, repair=True, name=FOLD_LOG_NAME)
                           if r.fold is not None and r.status is not Status.FAILED}
+        # validation fMSE by epoch of each (column, fold): the best epoch of a K-fold trial
+        self.curves = read_curves(run_dir) if split.k else {}
         self.plan = read_plan(run_dir)
-        # (fold, column) -> (epoch, w (D,), b): halving's parameters at the last rung
-        self.states: dict[tuple[int | None, Config3], tuple[int, np.ndarray, np.generic]] = {}
+        # (fold, column) -> (epoch, w (D,), b, best val fMSE, its epoch): halving's
+        # parameters at the last rung
+        self.states: dict[tuple[int | None, Config3],
+                          tuple[int, np.ndarray, np.generic, float, int]] = {}
         self.ref: ArraysRef | None = None
         self.computed = self.reused = 0
         self.n_planned = search_budget(cfg.search, cfg.grid)
@@ -372,8 +378,25 @@ class _Sweep:
         k = self.split.k
         ready = [key for key in sorted(keys) if key not in self.results
                  and all((key, f) in self.folds for f in range(k))]
-        self._append([combine_folds([self.folds[(key, f)] for f in range(k)]) for key in ready])
+        self._append([dataclasses.replace(
+            combine_folds([self.folds[(key, f)] for f in range(k)]),
+            best_epoch=self._best_epoch(key)) for key in ready])
         return len(ready)
+
+    def _best_epoch(self, key: TrialKey) -> int | None:
+        """A K-fold trial's best epoch: the lowest mean over folds of the validation fMSE
+        among epochs 1 ... its epochs (None without curves)."""
+        bs, lr, ep, l2 = key
+        best: tuple[float, int] | None = None
+        per_fold = [self.curves.get((bs, lr, l2, f), {}) for f in range(self.split.k)]
+        for e in range(1, ep + 1):
+            vals = [c.get(e, (None, None, None))[1] for c in per_fold]
+            if any(v is None for v in vals):
+                return None  # curves off, or a fold diverged on the way
+            mean = sum(vals) / len(vals)  # type: ignore[arg-type]
+            if best is None or mean < best[0]:
+                best = (mean, e)
+        return None if best is None else best[1]
 
     def _prune(self, proposal: Proposal) -> None:
         pruned = [self.results[k].with_status(Status.PRUNED) for k in proposal.prune
@@ -410,11 +433,19 @@ class _Sweep:
                                       self.run_dir / ".work")
         ex = self.cfg.execution
         stream = launch(self.ref, todo, self.cfg.seed, ex.engine, self.cfg.n_jobs, ex.backend,
-                        ex.scheduler, [self._start(g) for g in todo], keep_state=continues)
+                        ex.scheduler, [self._start(g) for g in todo], keep_state=continues,
+                        curves=ex.curves)
         # closing() stops the workers at once if anything (Ctrl-C, SIGTERM, a full disk)
         # interrupts the loop, rather than whenever the generator is collected.
         with contextlib.closing(stream):  # type: ignore[type-var]
             for outcome in stream:
+                if outcome.curves is not None:  # before the records that they explain
+                    g = outcome.group
+                    append_curves(self.run_dir, g.batch_size, g.columns, g.fold, outcome.curves)
+                    for j, (lr, l2) in enumerate(g.columns):
+                        points = self.curves.setdefault((g.batch_size, lr, l2, g.fold), {})
+                        for t, e in enumerate(outcome.curves.epochs):
+                            points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
                 # a fold's record is kept even when another fold failed its trial, so a
                 # resume trains only the failed fold
                 new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]
@@ -449,12 +480,16 @@ class _Sweep:
             return None
         W = np.stack([s[1] for s in have], axis=1)  # (D, k)
         b = np.array([s[2] for s in have], dtype=W.dtype)  # (k,)
-        return State(group.start_epoch, W, b)
+        best_val = np.array([s[3] for s in have])
+        best_epoch = np.array([s[4] for s in have], dtype=np.int64)
+        return State(group.start_epoch, W, b, best_val, best_epoch)
 
     def _keep(self, group: Group, state: State) -> None:
         for k, (lr, l2) in enumerate(group.columns):
+            best = (np.inf, 0) if state.best_val is None or state.best_epoch is None else (
+                float(state.best_val[k]), int(state.best_epoch[k]))
             self.states[(group.fold, (group.batch_size, lr, l2))] = (
-                state.epoch, state.W[:, k], state.b[k])
+                state.epoch, state.W[:, k], state.b[k], *best)
 
 
 def _run(

@@ -63,6 +63,12 @@ class TrialRecord:
     fold: int | None = None  # a fold's own record (folds.jsonl): which fold
     val_sd: float | None = None  # K folds: standard deviation (ddof=1) of the folds' val
     folds: tuple[FoldLosses, ...] | None = None  # K folds: each fold's losses, in order
+    # mean absolute errors (years) on the three sets, and the standard error of val_mae
+    train_mae: float | None = None
+    val_mae: float | None = None
+    test_mae: float | None = None
+    val_mae_se: float | None = None
+    best_epoch: int | None = None  # the epoch <= epochs with the lowest validation fMSE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
@@ -91,21 +97,27 @@ def combine_folds(folds: Sequence[TrialRecord]) -> TrialRecord:
     per_fold = tuple((f.train_loss, f.val_loss, f.test_loss) for f in folds)
     seconds = math.fsum(f.seconds for f in folds)
     base = replace(first, fold=None, seconds=seconds, folds=per_fold, val_se=None, val_sd=None,
-                   error=None)
+                   error=None, val_mae_se=None, best_epoch=None)
     bad = [f for f in folds if f.status is Status.FAILED] or \
           [f for f in folds if f.status is Status.DIVERGED]
     if bad:
-        return replace(base, train_loss=None, val_loss=None, test_loss=None,
-                       status=bad[0].status, error=bad[0].error)
+        return replace(base, train_loss=None, val_loss=None, test_loss=None, train_mae=None,
+                       val_mae=None, test_mae=None, status=bad[0].status, error=bad[0].error)
 
-    def mean(values: Sequence[float | None]) -> float:
-        return math.fsum(v for v in values if v is not None) / k
+    def mean(name: str) -> float | None:
+        values = [getattr(f, name) for f in folds]
+        return None if None in values else math.fsum(values) / k
 
-    val = [f.val_loss for f in folds if f.val_loss is not None]
-    sd = statistics.stdev(val) if k > 1 else math.nan
-    return replace(base, train_loss=mean([f.train_loss for f in folds]), val_loss=mean(val),
-                   test_loss=mean([f.test_loss for f in folds]), status=Status.OK,
-                   val_sd=sd, val_se=sd / math.sqrt(k))
+    def sd(name: str) -> float:
+        values = [getattr(f, name) for f in folds]
+        return math.nan if None in values or k < 2 else statistics.stdev(values)
+
+    val_sd, mae_sd = sd("val_loss"), sd("val_mae")
+    return replace(base, train_loss=mean("train_loss"), val_loss=mean("val_loss"),
+                   test_loss=mean("test_loss"), train_mae=mean("train_mae"),
+                   val_mae=mean("val_mae"), test_mae=mean("test_mae"), status=Status.OK,
+                   val_sd=val_sd, val_se=val_sd / math.sqrt(k),
+                   val_mae_se=None if math.isnan(mae_sd) else mae_sd / math.sqrt(k))
 
 
 def rank(records: list[TrialRecord] | tuple[TrialRecord, ...]) -> list[TrialRecord]:

@@ -9,6 +9,7 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
     plan.jsonl     the groups each stage of the strategy trained, appended before training
     trials.jsonl   append-only log: one JSON line per finished trial, fsynced per group
     folds.jsonl    K-fold runs: the append-only log of each fold of each trial
+    curves.csv     learning curves: one row per (column, fold, epoch), appended per group
     results.csv    every trial, ranked by validation loss (rebuilt from the log)
     best.json      the best finished trial (rebuilt from the log)
     evals/<trial_id>[-refit]/   one folder per evaluation (eval.json, weights, pictures)
@@ -27,12 +28,13 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from agereg import __version__
 from agereg.config import Config, load_config
+from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import append_durable, atomic_write_text
 from agereg.plan import Group
@@ -40,6 +42,9 @@ from agereg.records import RunSummary, Selection, Status, TrialRecord, rank, sta
 
 LOG_NAME = "trials.jsonl"
 FOLD_LOG_NAME = "folds.jsonl"
+CURVES_NAME = "curves.csv"
+CURVE_COLUMNS = ("batch_size", "learning_rate", "l2", "fold", "epoch", "train_running",
+                 "val_fmse", "val_mae")
 PLAN_NAME = "plan.jsonl"
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
@@ -49,6 +54,8 @@ EVAL_NAME = "eval.json"
 CSV_COLUMNS = (
     "rank", "batch_size", "learning_rate", "epochs", "l2",
     "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id", "val_se", "val_sd",
+    "train_mae", "val_mae", "test_mae", "train_rmse", "val_rmse", "test_rmse", "val_mae_se",
+    "best_epoch",
 )  # fmt: skip
 
 
@@ -177,11 +184,13 @@ def record_to_dict(rec: TrialRecord) -> dict:
     """A trial as the log stores it (``origin``, ``fold``, ``val_sd`` and ``folds`` only
     when set)."""
     d = {"trial_id": rec.trial_id, **asdict(rec), "status": rec.status.value}
-    for k in ("train_loss", "val_loss", "test_loss", "val_se", "val_sd"):
+    for k in ("train_loss", "val_loss", "test_loss", "val_se", "val_sd", "train_mae",
+              "val_mae", "test_mae", "val_mae_se"):
         d[k] = _num(d[k])
     if rec.folds is not None:
         d["folds"] = [[_num(v) for v in f] for f in rec.folds]
-    for k in ("origin", "fold", "val_sd", "folds"):
+    for k in ("origin", "fold", "val_sd", "folds", "train_mae", "val_mae", "test_mae",
+              "val_mae_se", "best_epoch"):
         if d[k] is None:
             del d[k]
     return d
@@ -220,9 +229,10 @@ def _parse_record(line: str) -> TrialRecord:
                 isinstance(f, list) and len(f) == 3 for f in rec.folds):
             raise ValueError("folds must be a list of [train, val, test]")
         folds = tuple((num(a), num(b), num(c)) for a, b, c in rec.folds)
-    if rec.fold is not None and (not isinstance(rec.fold, int) or isinstance(rec.fold, bool)
-                                 or rec.fold < 0):
-        raise ValueError("fold must be an integer >= 0")
+    for count in (rec.fold, rec.best_epoch):
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                                  or count < 0):
+            raise ValueError("fold and best_epoch must be integers >= 0")
     for text in (rec.error, rec.origin):
         if text is not None and not isinstance(text, str):
             raise ValueError("error and origin must be strings")
@@ -230,7 +240,8 @@ def _parse_record(line: str) -> TrialRecord:
         rec.batch_size, float(rec.learning_rate), rec.epochs, float(rec.l2),
         num(rec.train_loss), num(rec.val_loss), num(rec.test_loss),
         Status(rec.status), float(rec.seconds), rec.error, rec.origin,
-        num(rec.val_se), rec.fold, num(rec.val_sd), folds,
+        num(rec.val_se), rec.fold, num(rec.val_sd), folds, num(rec.train_mae),
+        num(rec.val_mae), num(rec.test_mae), num(rec.val_mae_se), rec.best_epoch,
     )  # fmt: skip
     if stored_id is not None and stored_id != out.trial_id:
         raise ValueError("trial_id does not match the hyperparameters")
@@ -294,6 +305,11 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
 
+def _rmse(fmse: float | None) -> str:
+    """RMSE in years from the fMSE: sqrt(2 fMSE)."""
+    return "" if fmse is None else repr(math.sqrt(2 * fmse))
+
+
 def results_csv(ranked: list[TrialRecord]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -303,6 +319,9 @@ def results_csv(ranked: list[TrialRecord]) -> str:
             i, r.batch_size, repr(r.learning_rate), r.epochs, repr(r.l2),
             _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss), r.status.value,
             f"{r.seconds:.4f}", r.trial_id, _fmt(r.val_se), _fmt(r.val_sd),
+            _fmt(r.train_mae), _fmt(r.val_mae), _fmt(r.test_mae), _rmse(r.train_loss),
+            _rmse(r.val_loss), _rmse(r.test_loss), _fmt(r.val_mae_se),
+            "" if r.best_epoch is None else r.best_epoch,
         ])  # fmt: skip
     return buf.getvalue()
 
@@ -447,3 +466,64 @@ class EvalStaging:
             raise RunError(f"{self.target}: cannot move the evaluation into place "
                            f"({exc.strerror or exc})") from None
         shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- learning curves
+
+CurveKey = tuple[int, float, float, int | None]  # (batch_size, learning_rate, l2, fold)
+CurvePoint = tuple[float | None, float | None, float | None]  # train_running, val_fmse, val_mae
+
+
+def append_curves(run_dir: Path, batch_size: int, columns: Sequence[tuple[float, float]],
+                  fold: int | None, curves: Curves) -> None:
+    """Append a group's learning curves (rows of diverged epochs are left out); durable
+    when this returns. The header is written with the first rows."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    path = run_dir / CURVES_NAME
+    if not path.exists():
+        w.writerow(CURVE_COLUMNS)
+    for k, (lr, l2) in enumerate(columns):
+        for t, epoch in enumerate(curves.epochs):
+            vf = curves.val_fmse[t, k]
+            if not math.isfinite(vf):
+                continue
+            w.writerow([batch_size, repr(float(lr)), repr(float(l2)),
+                        "" if fold is None else fold, int(epoch),
+                        _fmt(float(curves.train[t, k])), _fmt(float(vf)),
+                        _fmt(float(curves.val_mae[t, k]))])
+    append_durable(path, buf.getvalue())
+
+
+def read_curves(run_dir: Path) -> dict[CurveKey, dict[int, CurvePoint]]:
+    """The learning curves of a run by column and fold (none if it has no curves.csv);
+    a later row for the same column, fold and epoch supersedes an earlier one."""
+    path = run_dir / CURVES_NAME
+    lines = _read_lines(path, repair=False)
+    out: dict[CurveKey, dict[int, CurvePoint]] = {}
+    if not lines:
+        return out
+    if lines[0].decode("utf-8", "replace") != ",".join(CURVE_COLUMNS):
+        raise RunError(f"{path}: not an agereg curves file (its header differs); delete it, "
+                       "the trials are unaffected")
+    for i, raw in enumerate(lines[1:], 2):
+        try:
+            bs, lr, l2, fold, epoch, tr, vf, va = raw.decode("utf-8").split(",")
+            key = (_int(int(bs)), _finite(lr), _finite(l2), None if fold == "" else int(fold))
+            out.setdefault(key, {})[_int(int(epoch))] = (
+                _opt(tr), _opt(vf), _opt(va))
+        except (ValueError, UnicodeDecodeError):
+            raise RunError(f"{path}:{i}: corrupt curve row; delete the file (the trials are "
+                           "unaffected) or start a new run") from None
+    return out
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError("not finite")
+    return v
+
+
+def _opt(text: str) -> float | None:
+    return None if text == "" else _finite(text)

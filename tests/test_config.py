@@ -459,12 +459,13 @@ def test_dict_round_trip(cfg: Config) -> None:
         "precision": cfg.execution.precision,
         "backend": cfg.execution.backend,
         "scheduler": cfg.execution.scheduler,
+        "curves": cfg.execution.curves,
     }
     assert_plain(raw)
 
 
 def assert_plain(value: object) -> None:
-    """Only YAML-safe plain types: dict with str keys, list, str, int, float, None."""
+    """Only YAML-safe plain types: dict with str keys, list, str, int, float, bool, None."""
     if isinstance(value, dict):
         for key, item in value.items():
             assert type(key) is str
@@ -473,7 +474,7 @@ def assert_plain(value: object) -> None:
         for item in value:
             assert_plain(item)
     else:
-        assert value is None or type(value) in (str, int, float), repr(value)
+        assert value is None or type(value) in (str, int, float, bool), repr(value)
 
 
 @pytest.mark.parametrize("cfg", [AWKWARD, Config(grid=Grid((1,), (0.5,), (1,), (0.0,)))])
