@@ -19,10 +19,10 @@ def _suggest(axis: str, value: float, largest: bool) -> str:
     return f"{axis}: [{', '.join(str(x) for x in values)}]"
 
 
-def edge_notices(records: Sequence[TrialRecord]) -> tuple[str, ...]:
+def edge_notices(records: Sequence[TrialRecord], by: str = "fmse") -> tuple[str, ...]:
     """One sentence per axis on which the best trial's value is the smallest or largest
     value tried (of an axis with at least two values), with the next range to try."""
-    best = best_record(rank(list(records)))
+    best = best_record(rank(list(records), by))
     if best is None:
         return ()
     out = []

@@ -139,12 +139,13 @@ def evaluate_run(
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
         ctx = open_run(run_dir, runs_dir)
-        ranked = [r for r in rank_records(ctx.records) if r.status.has_losses()]
+        by = ctx.cfg.select_by
+        ranked = [r for r in rank_records(ctx.records, by) if r.status.has_losses()]
         if not ranked:
             raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, "
                            "failed or not run yet); resume the search or widen the grid")
         if rank is None:
-            rank = select(ranked, ctx.cfg.select).rank or 1
+            rank = select(ranked, ctx.cfg.select, by).rank or 1
         if not 1 <= rank <= len(ranked):
             raise RunError(f"--rank {rank} is out of range: the run has {len(ranked)} "
                            "finished trials")
@@ -188,7 +189,7 @@ def _evaluate(
         notes.append(f"cross-validated run ({k} folds): the trial was refit on all "
                      f"{len(train_rows.y_fit)} training rows, so there is no validation "
                      "figure to reproduce; its validation loss is the mean over the folds")
-    chosen = select(ranked, ctx.cfg.select)
+    chosen = select(ranked, ctx.cfg.select, ctx.cfg.select_by)
     noise = gaussian_noise(train_rows.y_fit, predict(train_rows.X_fit, fit.w, fit.b),
                            arrays.y_te, pred_te)
     result: dict[str, Any] = {
@@ -221,7 +222,7 @@ def _evaluate(
         written, skipped = report.draw_eval_pictures(
             folder, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
             pred_te, title)
-        report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records))
+        report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records, ctx.cfg.select_by))
         result["files"]["pictures"] = written
         notes += skipped
     else:

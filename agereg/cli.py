@@ -187,7 +187,7 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
             cfg = overrides(load_config(config))  # type: ignore[arg-type]
             outcome = pipeline.start_search(cfg, runs, log=_log, progress=progress,
                                             on_start=_started, extend=extend)
-    _print_ranking(outcome.ranked, top)
+    _print_ranking(outcome.ranked, top, outcome.summary.by)
     if said := selection_text(outcome.summary.selection):
         out.print(escape(said))
     for notice in outcome.summary.notices:
@@ -239,10 +239,12 @@ def _started(run_dir: Path) -> None:
     err.print(escape(f"run folder: {run_dir}/"), soft_wrap=True)
 
 
-def _print_ranking(ranked: list[TrialRecord], top: int) -> None:
-    table = Table(title="best trials by validation fMSE", title_justify="left")
-    # report.RANKING_COLUMNS, with "lr" so that the table fits 80 columns
-    for col in ("rank", "batch", "lr", "epochs", "l2", "train", "val", "test", "status"):
+def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> None:
+    title = ("best trials by validation " + ("MAE" if by == "mae" else "fMSE") +
+             " (train, val, test: fMSE; MAE: validation, years)")
+    table = Table(title=title, title_justify="left")
+    # report.RANKING_COLUMNS, shorter so that the table fits 80 columns
+    for col in ("#", "batch", "lr", "epochs", "l2", "train", "val", "test", "MAE", "status"):
         table.add_column(col, justify="left" if col == "status" else "right")
     for row in ranking_rows(ranked, top):
         table.add_row(*row)
@@ -324,7 +326,7 @@ def report(run_dir: str | None, runs_dir: str, top: int) -> None:
     """Print the ranking (and test metrics, if evaluated) of RUN_DIR (default: the latest
     run) and write RUN_DIR/report.html, a self-contained page to share."""
     rep = build_report(run_dir, Path(runs_dir), top)
-    _print_ranking(rep.ranked, top)
+    _print_ranking(rep.ranked, top, rep.selection.by)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts
     out.print(escape(f"{len(rep.ranked)} trials{planned}: {counts_text(c)}"))

@@ -49,11 +49,12 @@ SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")
 STRATEGIES = ("grid", "random", "halving", "refine")
 ON_ERROR = ("record", "stop")
 SELECT = ("best", "one_se")
+SELECT_BY = ("fmse", "mae")
 DISTRIBUTIONS = ("log_uniform", "uniform")
 
 _TOP_KEYS = (
     "grid", "seed", "name", "n_jobs", "max_trials", "data", "split", "execution", "search",
-    "on_error", "select",
+    "on_error", "select", "select_by",
 )  # fmt: skip
 _GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
 _DATA_KEYS = ("dir",)
@@ -173,7 +174,8 @@ class Config:
     trial that raises does: ``record`` (saved as failed, the search goes on) or ``stop``.
     Either way the search exits non-zero and ``--resume`` trains failed trials again.
     ``select`` is the rule that picks the best trial: ``best`` (lowest validation loss) or
-    ``one_se`` (the most regularised trial within one standard error of it).
+    ``one_se`` (the most regularised trial within one standard error of it);
+    ``select_by`` the validation figure that ranks and selects: ``fmse`` or ``mae``.
     """
 
     grid: Grid
@@ -187,6 +189,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     on_error: str = "record"
     select: str = "best"
+    select_by: str = "fmse"
 
 
 class _Invalid(Exception):
@@ -297,6 +300,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "search": _search_to_dict(cfg.search),
         "on_error": cfg.on_error,
         "select": cfg.select,
+        "select_by": cfg.select_by,
         "grid": {
             "batch_size": list(grid.batch_size),
             "learning_rate": _axis_to_yaml(grid.learning_rate),
@@ -461,6 +465,8 @@ def _parse(raw: object) -> Config:
     search = _search(top.get("search"), grid)
     on_error = _choice(top["on_error"], "on_error", ON_ERROR) if "on_error" in top else "record"
     select = _choice(top["select"], "select", SELECT) if "select" in top else "best"
+    select_by = _choice(top["select_by"], "select_by", SELECT_BY) if "select_by" in top \
+        else "fmse"
     budget = search_budget(search, grid)
     if budget > max_trials:
         what = (f"the grid has {budget:,} trials ({_grid_shape(grid)})"
@@ -482,6 +488,7 @@ def _parse(raw: object) -> Config:
         search=search,
         on_error=on_error,
         select=select,
+        select_by=select_by,
     )
 
 

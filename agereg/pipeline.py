@@ -155,6 +155,7 @@ def result_defining(cfg: Config) -> dict:
     return {
         "grid": d["grid"],
         "search": d["search"],
+        "select_by": d["select_by"],
         "seed": d["seed"],
         "split": d["split"],
         "execution.engine": d["execution"]["engine"],
@@ -525,8 +526,9 @@ def _run(
             logged = read_log(run_dir)
             # a finished adaptive search planned exactly what it trained
             planned = len(logged) if status == "finished" else sweep.n_planned
-            summary = write_summaries(run_dir, logged, planned, edge_notices(logged),
-                                      cfg.select)
+            summary = write_summaries(run_dir, logged, planned,
+                                      edge_notices(logged, cfg.select_by), cfg.select,
+                                      cfg.select_by)
             shown = status
             if status == "finished" and summary.counts[Status.FAILED.value]:
                 shown = "failed"  # on_error: record; --resume trains them again

@@ -120,12 +120,29 @@ def combine_folds(folds: Sequence[TrialRecord]) -> TrialRecord:
                    val_mae_se=None if math.isnan(mae_sd) else mae_sd / math.sqrt(k))
 
 
-def rank(records: list[TrialRecord] | tuple[TrialRecord, ...]) -> list[TrialRecord]:
-    """Trials with losses by validation loss (ties by hyperparameters), then diverged and
-    failed ones by hyperparameters. A NaN never wins."""
-    have = [r for r in records if r.status.has_losses() and r.val_loss is not None]
-    rest = [r for r in records if not (r.status.has_losses() and r.val_loss is not None)]
-    have.sort(key=lambda r: (r.val_loss, r.key()))
+METRICS = ("fmse", "mae")
+
+
+def score(r: TrialRecord, by: str = "fmse") -> float | None:
+    """The validation figure that ranks trials: fMSE (``val_loss``) or ``val_mae``."""
+    return r.val_mae if by == "mae" else r.val_loss
+
+
+def score_se(r: TrialRecord, by: str = "fmse") -> float | None:
+    """The standard error of :func:`score`."""
+    return r.val_mae_se if by == "mae" else r.val_se
+
+
+def rank(records: list[TrialRecord] | tuple[TrialRecord, ...], by: str = "fmse"
+         ) -> list[TrialRecord]:
+    """Trials with losses by their validation fMSE or MAE (``by``; ties by
+    hyperparameters), then diverged and failed ones by hyperparameters. A NaN never wins."""
+    def ranked(r: TrialRecord) -> bool:
+        return r.status.has_losses() and score(r, by) is not None
+
+    have = [r for r in records if ranked(r)]
+    rest = [r for r in records if not ranked(r)]
+    have.sort(key=lambda r: (score(r, by), r.key()))
     rest.sort(key=lambda r: (r.status.value, r.key()))
     return have + rest
 
@@ -145,8 +162,8 @@ REGULARISATION_ORDER = ("fewer epochs, then larger l2, then smaller learning_rat
                         "larger batch_size, then lower validation loss")
 
 
-def regularisation_key(r: TrialRecord) -> tuple[float, ...]:
-    return (r.epochs, -r.l2, r.learning_rate, -r.batch_size, r.val_loss or math.inf)
+def regularisation_key(r: TrialRecord, by: str = "fmse") -> tuple[float, ...]:
+    return (r.epochs, -r.l2, r.learning_rate, -r.batch_size, score(r, by) or math.inf)
 
 
 @dataclass(frozen=True)
@@ -163,29 +180,32 @@ class Selection:
     threshold: float | None = None
     n_within: int = 0
     note: str | None = None
+    by: str = "fmse"
 
 
-def select(ranked: list[TrialRecord], rule: str = "best") -> Selection:
+def select(ranked: list[TrialRecord], rule: str = "best", by: str = "fmse") -> Selection:
     """Pick a trial from a ranking: ``best`` (rank 1) or ``one_se``, the most regularised
     trial (:data:`REGULARISATION_ORDER`) whose validation loss is within one standard
     error of the lowest (Hastie, Tibshirani & Friedman, *Elements of Statistical
     Learning*, 7.10)."""
-    finished = [r for r in ranked if r.status.has_losses() and r.val_loss is not None]
+    finished = [r for r in ranked if r.status.has_losses() and score(r, by) is not None]
     if not finished:
-        return Selection(rule, None, None, None)
+        return Selection(rule, None, None, None, by=by)
     lowest = finished[0]
-    se = lowest.val_se
+    se = score_se(lowest, by)
     if rule == "best":
-        return Selection(rule, lowest, 1, lowest, se, None, 1)
+        return Selection(rule, lowest, 1, lowest, se, None, 1, by=by)
     if se is None or not math.isfinite(se):
         return Selection(rule, lowest, 1, lowest, None, None, 1,
                          "one_se: the best trial has no standard error (a single validation "
-                         "image?), so the lowest validation loss is selected")
-    assert lowest.val_loss is not None
-    threshold = lowest.val_loss + se
-    within = [r for r in finished if r.val_loss is not None and r.val_loss <= threshold]
-    chosen = min(within, key=regularisation_key)
-    return Selection(rule, chosen, ranked.index(chosen) + 1, lowest, se, threshold, len(within))
+                         "image?), so the lowest validation loss is selected", by)
+    low = score(lowest, by)
+    assert low is not None
+    threshold = low + se
+    within = [r for r in finished if (v := score(r, by)) is not None and v <= threshold]
+    chosen = min(within, key=lambda r: regularisation_key(r, by))
+    return Selection(rule, chosen, ranked.index(chosen) + 1, lowest, se, threshold, len(within),
+                     by=by)
 
 
 @dataclass(frozen=True)
@@ -196,10 +216,11 @@ class RunSummary:
     n_planned: int
     notices: tuple[str, ...] = field(default=())
     rule: str = "best"
+    by: str = "fmse"
 
     @property
     def selection(self) -> Selection:
-        return select(self.ranked, self.rule)
+        return select(self.ranked, self.rule, self.by)
 
     @property
     def best(self) -> TrialRecord | None:

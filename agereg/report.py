@@ -286,17 +286,18 @@ class Report:
 def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -> Report:
     """Read a run folder, draw the grid pictures if missing and write report.html."""
     run_dir = resolve_run(run, runs_dir)
-    ranked = rank(read_log(run_dir))
+    cfg = stored_config(run_dir)
+    ranked = rank(read_log(run_dir), cfg.select_by)
     counts = status_counts(ranked)
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
     evals = read_evaluations(run_dir)
-    selection = select(ranked, stored_config(run_dir).select)
+    selection = select(ranked, cfg.select, cfg.select_by)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True)
     pictures = [n for n in GRID_PICTURES if (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
-    notices = edge_notices(ranked)
+    notices = edge_notices(ranked, cfg.select_by)
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
                        notices, pictures, top, selection)
     html_path = run_dir / REPORT_NAME
@@ -422,12 +423,13 @@ def counts_text(counts: dict[str, int]) -> str:
 
 def ranking_rows(ranked: Sequence[TrialRecord], top: int) -> list[list[str]]:
     return [[str(i), str(r.batch_size), f"{r.learning_rate:.4g}", str(r.epochs), f"{r.l2:.4g}",
-             fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss), r.status.value]
+             fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss), fmt(r.val_mae),
+             r.status.value]
             for i, r in enumerate(ranked[:top], 1)]
 
 
-RANKING_COLUMNS = ("rank", "batch", "learning rate", "epochs", "l2", "train", "val", "test",
-                   "status")
+RANKING_COLUMNS = ("rank", "batch", "learning rate", "epochs", "l2", "train fMSE", "val fMSE",
+                   "test fMSE", "val MAE", "status")
 
 
 def render_html(

@@ -38,7 +38,15 @@ from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import append_durable, atomic_write_text
 from agereg.plan import Group
-from agereg.records import RunSummary, Selection, Status, TrialRecord, rank, status_counts
+from agereg.records import (
+    RunSummary,
+    Selection,
+    Status,
+    TrialRecord,
+    rank,
+    score,
+    status_counts,
+)
 
 LOG_NAME = "trials.jsonl"
 FOLD_LOG_NAME = "folds.jsonl"
@@ -328,11 +336,11 @@ def results_csv(ranked: list[TrialRecord]) -> str:
 
 def write_summaries(
     run_dir: Path, records: Iterable[TrialRecord], n_planned: int,
-    notices: tuple[str, ...] = (), rule: str = "best",
+    notices: tuple[str, ...] = (), rule: str = "best", by: str = "fmse",
 ) -> RunSummary:
-    """(Re)write results.csv and best.json from records; returns the summary. best.json's
-    ``best`` is the trial the selection rule picks."""
-    summary = RunSummary(rank(list(records)), n_planned, notices, rule)
+    """(Re)write results.csv and best.json from records, ranked by validation fMSE or MAE
+    (``by``); returns the summary. best.json's ``best`` is the trial the rule picks."""
+    summary = RunSummary(rank(list(records), by), n_planned, notices, rule, by)
     atomic_write_text(run_dir / "results.csv", results_csv(summary.ranked))
     sel = summary.selection
     write_json(run_dir / "best.json", {
@@ -350,10 +358,10 @@ def selection_dict(sel: Selection) -> dict:
     """How the best trial was chosen, as best.json states it."""
     from agereg.records import REGULARISATION_ORDER
 
-    d: dict = {"rule": sel.rule, "rank": sel.rank}
+    d: dict = {"rule": sel.rule, "by": sel.by, "rank": sel.rank}
     if sel.rule == "one_se":
         d.update({
-            "lowest_val_loss": None if sel.lowest is None else sel.lowest.val_loss,
+            "lowest": None if sel.lowest is None else _num(score(sel.lowest, sel.by)),
             "standard_error": _num(sel.se), "threshold": _num(sel.threshold),
             "n_within": sel.n_within, "order": REGULARISATION_ORDER, "note": sel.note,
         })  # fmt: skip

@@ -452,7 +452,7 @@ def test_dict_round_trip(cfg: Config) -> None:
     raw = config_to_dict(cfg)
     assert parse_config(raw, "x") == cfg
     keys = ["name", "seed", "n_jobs", "max_trials", "data", "split", "execution", "search",
-            "on_error", "select", "grid"]
+            "on_error", "select", "select_by", "grid"]
     assert list(raw) == keys
     assert raw["execution"] == {
         "engine": cfg.execution.engine,
@@ -490,7 +490,7 @@ def test_dump_is_readable_and_exact() -> None:
     text = dump_config(cfg)
     assert "learning_rate: [3.0e-08, 3.0e-06, 3.0e-05, 0.003]" in text
     keys = ["name", "seed", "n_jobs", "max_trials", "data", "split", "execution", "search",
-            "on_error", "select", "grid"]
+            "on_error", "select", "select_by", "grid"]
     assert list(yaml.safe_load(text)) == keys
     floats = yaml.safe_load(dump_config(AWKWARD))["grid"]["learning_rate"]
     assert [x.hex() for x in floats] == [x.hex() for x in AWKWARD.grid.learning_rate]

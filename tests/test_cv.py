@@ -198,7 +198,7 @@ def test_one_se_run_selects_for_best_json_eval_and_report(tmp_path: Path, data_c
     assert sel["rule"] == "one_se" and best["best"]["rank"] == sel["rank"]
     ranked = rank(read_log(cv))
     lowest = ranked[0]
-    assert sel["lowest_val_loss"] == lowest.val_loss
+    assert sel["lowest"] == lowest.val_loss
     assert sel["standard_error"] == lowest.val_se
     within = [r for r in ranked if r.val_loss is not None
               and r.val_loss <= lowest.val_loss + lowest.val_se]  # type: ignore[operator]

@@ -19,7 +19,7 @@ def make_strategy(cfg: Config) -> Strategy:
         assert s.n_trials is not None  # the config requires it
         return RandomSearch(grid, s.n_trials, seed)
     if s.strategy == "halving":
-        return Halving(grid, s.eta, s.n_trials, seed)
+        return Halving(grid, s.eta, s.n_trials, seed, cfg.select_by)
     if s.strategy == "refine":
-        return Refine(grid, s.rounds, s.points, s.tol, s.n_trials, seed)
+        return Refine(grid, s.rounds, s.points, s.tol, s.n_trials, seed, cfg.select_by)
     return GridSearch(grid)

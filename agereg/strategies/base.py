@@ -17,7 +17,7 @@ import numpy as np
 
 from agereg.config import Axis, Distribution, Grid
 from agereg.plan import grid_columns
-from agereg.records import Config3, TrialKey, TrialRecord
+from agereg.records import Config3, TrialKey, TrialRecord, score
 
 Results = Mapping[TrialKey, TrialRecord]
 
@@ -49,11 +49,13 @@ def missing(keys: Sequence[TrialKey], results: Results) -> bool:
     return any(k not in results for k in keys)
 
 
-def best_of(keys: Sequence[TrialKey], results: Results) -> TrialRecord | None:
-    """The trial with the lowest validation loss among ``keys`` (ties by key)."""
+def best_of(keys: Sequence[TrialKey], results: Results, by: str = "fmse"
+            ) -> TrialRecord | None:
+    """The trial with the lowest validation fMSE or MAE (``by``) among ``keys`` (ties by
+    key)."""
     have = [results[k] for k in keys if k in results and results[k].status.has_losses()
-            and results[k].val_loss is not None]
-    return min(have, key=lambda r: (r.val_loss, r.key())) if have else None
+            and score(results[k], by) is not None]
+    return min(have, key=lambda r: (score(r, by), r.key())) if have else None
 
 
 def nice(value: float) -> float:

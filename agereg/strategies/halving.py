@@ -10,7 +10,7 @@ decisions are a function of the recorded losses alone and replay exactly on resu
 from __future__ import annotations
 
 from agereg.config import Grid
-from agereg.records import Config3, Status, TrialKey
+from agereg.records import Config3, Status, TrialKey, score
 from agereg.strategies.base import Proposal, Results, initial_columns, missing
 
 
@@ -18,16 +18,18 @@ class Halving:
     name = "halving"
     continues = True
 
-    def __init__(self, grid: Grid, eta: int, n_trials: int | None, seed: int) -> None:
+    def __init__(self, grid: Grid, eta: int, n_trials: int | None, seed: int,
+                 by: str = "fmse") -> None:
         self.columns = initial_columns(grid, n_trials, seed)
         self.rungs = grid.epochs
         self.eta = eta
+        self.by = by
 
     def survivors(self, alive: list[Config3], epoch: int, results: Results) -> list[Config3]:
         """The best ``len(alive) // eta`` (at least one) finished configurations at
         ``epoch``, back in their original order."""
         done = [c for c in alive if results[(c[0], c[1], epoch, c[2])].status.has_losses()]
-        done.sort(key=lambda c: (results[(c[0], c[1], epoch, c[2])].val_loss, c))
+        done.sort(key=lambda c: (score(results[(c[0], c[1], epoch, c[2])], self.by), c))
         keep = set(done[: max(1, len(alive) // self.eta)])
         return [c for c in alive if c in keep]
 

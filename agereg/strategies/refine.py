@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from agereg.config import Distribution, Grid
-from agereg.records import TrialKey
+from agereg.records import TrialKey, score
 from agereg.strategies.base import (
     Proposal,
     Results,
@@ -58,7 +58,8 @@ class Refine:
     continues = False
 
     def __init__(self, grid: Grid, rounds: int, points: int, tol: float,
-                 n_trials: int | None, seed: int) -> None:
+                 n_trials: int | None, seed: int, by: str = "fmse") -> None:
+        self.by = by
         self.first = initial_columns(grid, n_trials, seed)
         self.epochs = grid.epochs
         self.rounds, self.points, self.tol = rounds, points, tol
@@ -76,13 +77,14 @@ class Refine:
             if missing(keys, results):
                 return Proposal(f"round {r + 1} of {self.rounds}", tuple(columns), epochs)
             tried += keys
-            best = best_of(tried, results)
-            if best is None or best.val_loss is None:
+            best = best_of(tried, results, self.by)
+            value = None if best is None else score(best, self.by)
+            if best is None or value is None:
                 return None  # nothing finished: no centre for a finer grid
             if previous_best is not None and (
-                    previous_best - best.val_loss <= self.tol * abs(previous_best)):
+                    previous_best - value <= self.tol * abs(previous_best)):
                 return None  # converged
-            previous_best = best.val_loss
+            previous_best = value
             lrs = sorted({k[1] for k in tried})
             l2s = sorted({k[3] for k in tried})
             h_lr, h_l2 = h_lr / 2, h_l2 / 2
