@@ -246,6 +246,7 @@ class Curve:
     label: str
     epochs: tuple[int, ...]
     val: tuple[float, ...]  # NaN where that epoch count diverged or failed
+    marks: tuple[int, ...] = ()  # the searched epoch counts, marked on a full curve
 
 
 def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
@@ -253,14 +254,21 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
     with _figure(SIZES["val_vs_epochs"]) as (fig, axes):
         ax = axes[0, 0]
         positive = True
+        lo, hi = np.inf, 0.0
         for c in curves:
             v = np.asarray(c.val, dtype=np.float64)
             positive &= bool(np.all(v[np.isfinite(v)] > 0))
-            ax.plot(c.epochs, v, marker="o", label=c.label)
+            if np.isfinite(v).any():
+                lo, hi = min(lo, float(np.nanmin(v))), max(hi, float(np.nanmax(v)))
+            if c.marks:  # a full learning curve: a line, with the searched epochs marked
+                at = [i for i, e in enumerate(c.epochs) if e in set(c.marks)]
+                ax.plot(c.epochs, v, label=c.label, marker="o", markevery=at, markersize=4)
+            else:
+                ax.plot(c.epochs, v, marker="o", label=c.label)
         if not curves:
             ax.text(0.5, 0.5, "no finished trial", ha="center", va="center",
                     transform=ax.transAxes)
-        elif positive:
+        elif positive and hi > 10 * lo:  # a log axis only where the range needs one
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epochs")

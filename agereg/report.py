@@ -29,7 +29,10 @@ from agereg.runs import (
     CONFIG_NAME,
     EVAL_NAME,
     RUN_NAME,
+    CurveKey,
+    CurvePoint,
     evaluations,
+    read_curves,
     read_json,
     read_log,
     resolve_run,
@@ -49,7 +52,8 @@ CAPTIONS = {
     "pred_vs_true.png": "Predicted against true age on the test set; the line is y = x.",
     "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size (best "
                        "epoch count per cell; grey x: diverged or failed).",
-    "val_vs_epochs.png": "Validation fMSE against epochs for the best configurations.",
+    "val_vs_epochs.png": "Validation fMSE after every epoch (the learning curves; dots: the "
+                         "searched epoch counts) for the best configurations.",
 }
 NO_EVAL = "run `agereg eval --best` for test-set metrics"
 TOP_CURVES = 5
@@ -81,9 +85,12 @@ def grid_cells(records: Iterable[TrialRecord]) -> GridCells:
     return GridCells(bss, lrs, l2s, values, seen & np.isnan(values))
 
 
-def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES) -> list[Curve]:
+def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
+               curves: dict[CurveKey, dict[int, CurvePoint]] | None = None) -> list[Curve]:
     """Validation loss by epochs of the ``k`` best (batch_size, learning_rate, l2)
-    configurations, ranked by their best validation loss (ties in grid order)."""
+    configurations, ranked by their best validation loss (ties in grid order). With the
+    run's learning curves, every epoch (the mean over folds for K folds); without, the
+    searched epoch counts only."""
     from agereg.plots import Curve
 
     by_config: dict[tuple[int, float, float], list[TrialRecord]] = {}
@@ -96,14 +103,36 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES) -> list[Curv
 
     ranked = sorted((c for c in by_config if best(by_config[c]) < math.inf),
                     key=lambda c: (best(by_config[c]), c))
-    curves = []
+    out = []
     for bs, lr, l2 in ranked[:k]:
         rs = sorted(by_config[(bs, lr, l2)], key=lambda r: r.epochs)
+        label = f"batch {bs}, lr {lr:g}, l2 {l2:g}"
+        full = _mean_curve(curves or {}, bs, lr, l2)
+        if full:
+            epochs = tuple(sorted(full))
+            out.append(Curve(label, epochs, tuple(full[e] for e in epochs),
+                             tuple(r.epochs for r in rs)))
+            continue
         val = tuple(r.val_loss if r.status.has_losses() and r.val_loss is not None
                     else math.nan for r in rs)
-        curves.append(Curve(f"batch {bs}, lr {lr:g}, l2 {l2:g}",
-                            tuple(r.epochs for r in rs), val))
-    return curves
+        out.append(Curve(label, tuple(r.epochs for r in rs), val))
+    return out
+
+
+def _mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], bs: int, lr: float,
+                l2: float) -> dict[int, float]:
+    """Validation fMSE by epoch of a column, the mean over its folds (epochs that every
+    fold recorded)."""
+    per_fold = [pts for key, pts in curves.items() if key[:3] == (bs, lr, l2)]
+    if not per_fold:
+        return {}
+    epochs = set.intersection(*(set(p) for p in per_fold))
+    out = {}
+    for e in epochs:
+        vals = [p[e][1] for p in per_fold]
+        if all(v is not None for v in vals):
+            out[e] = math.fsum(vals) / len(vals)  # type: ignore[arg-type]
+    return out
 
 
 def draw_grid_pictures(
@@ -120,7 +149,7 @@ def draw_grid_pictures(
         atomic_write_bytes(run_dir / "heatmap_val.png", plots.heatmap_val(grid_cells(records)))
     if "val_vs_epochs.png" in todo:
         atomic_write_bytes(run_dir / "val_vs_epochs.png",
-                           plots.val_vs_epochs(top_curves(records)))
+                           plots.val_vs_epochs(top_curves(records, curves=read_curves(run_dir))))
     return todo
 
 
