@@ -16,7 +16,15 @@ from agereg.config import Config
 from agereg.data import Dataset, load_dataset
 from agereg.engine import Arrays, Fit, train_group, train_reference
 from agereg.errors import RunError
-from agereg.evaluate import mean_baseline, predict, regression_metrics
+from agereg.evaluate import (
+    CS_THETAS,
+    cumulative_score,
+    error_by_decade,
+    mean_baseline,
+    median_baseline,
+    predict,
+    regression_metrics,
+)
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group
@@ -207,6 +215,14 @@ def _evaluate(
         "reproduced": None if refit else fit.losses[1] == rec.val_loss,
         "test": test,
         "baseline_test": mean_baseline(train_rows.y_fit, arrays.y_te),
+        "baseline_median_test": median_baseline(train_rows.y_fit, arrays.y_te),
+        "cumulative_score": {
+            "theta": list(CS_THETAS),
+            "share": cumulative_score(arrays.y_te, pred_te),
+            "median_predictor_share": cumulative_score(
+                arrays.y_te, np.full_like(arrays.y_te, float(np.median(train_rows.y_fit)))),
+        },
+        "by_decade": error_by_decade(arrays.y_te, pred_te),
         "bootstrap": _bootstrap(ctx, arrays, train_rows, ranked, rank, refit, pred_te, n_boot,
                                 notes, log),
         "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, trained_on, log),
@@ -221,7 +237,7 @@ def _evaluate(
             " (refit)" if refit else "")
         written, skipped = report.draw_eval_pictures(
             folder, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
-            pred_te, title)
+            pred_te, title, result)
         report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records, ctx.cfg.select_by))
         result["files"]["pictures"] = written
         notes += skipped

@@ -38,6 +38,7 @@ from agereg.report import (
     NO_EVAL,
     build_report,
     counts_text,
+    decade_table,
     eval_files,
     eval_lines,
     eval_table,
@@ -304,12 +305,22 @@ def _print_eval(res: dict) -> None:
         out.print(escape(f"refit on {res['trained_on']}: the validation rows were used for "
                          "training"))
     columns, rows = eval_table(res)
-    table = Table()
+    table = Table(caption="mean, median: the constant predictors (training mean, median); "
+                          "ridge: the exact optimum of the trial's l2", caption_justify="left")
     for col in columns:
-        table.add_column(escape(col), justify="right")
+        table.add_column(escape(col), justify="right", no_wrap=True)
     for row in rows:
         table.add_row(*(escape(c) for c in row))
     out.print(table)
+    columns, rows = decade_table(res)
+    if rows:
+        by_age = Table(title="test error by decade of true age (signed: + predicted too old)",
+                       title_justify="left")
+        for col in columns:
+            by_age.add_column(escape(col), justify="right", no_wrap=True)
+        for row in rows:
+            by_age.add_row(*(escape(c) for c in row))
+        out.print(by_age)
     for line in eval_lines(res):
         out.print(escape(line))
 

@@ -3,7 +3,9 @@
 numpy only: no I/O, no printing. Everything here takes arrays and returns numbers or
 frozen dataclasses, so the known answers in ``tests/test_evaluate.py`` can pin it down.
 
-* :func:`regression_metrics`, :func:`mean_baseline`: fMSE, RMSE, MAE, R^2;
+* :func:`regression_metrics`, :func:`mean_baseline`, :func:`median_baseline`: fMSE,
+  RMSE, MAE, R^2;
+* :func:`cumulative_score`, :func:`error_by_decade`: the figures of age estimation;
 * :func:`bootstrap_test`: a seeded, vectorised percentile bootstrap of the test fMSE and,
   on the same resamples, of the paired difference against a second model;
 * :func:`ridge_optimum`: the exact minimiser of the SGD objective (closed-form ridge);
@@ -12,6 +14,7 @@ frozen dataclasses, so the known answers in ``tests/test_evaluate.py`` can pin i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +47,38 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def mean_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
     """Metrics of predicting the training mean for every test image."""
     return regression_metrics(y_test, np.full_like(y_test, float(np.mean(y_train))))
+
+
+def median_baseline(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
+    """Metrics of predicting the training median for every test image: the constant with
+    the lowest MAE on the training labels, as the mean has the lowest fMSE."""
+    return regression_metrics(y_test, np.full_like(y_test, float(np.median(y_train))))
+
+
+CS_THETAS = tuple(range(21))  # years
+
+
+def cumulative_score(y: np.ndarray, pred: np.ndarray,
+                     thetas: Sequence[int] = CS_THETAS) -> list[float]:
+    """CS(theta): the share of images whose absolute error is at most ``theta`` years
+    (Geng, Zhou & Smith-Miles, TPAMI 2007), for each theta."""
+    err = np.abs(np.asarray(pred, dtype=np.float64) - y)  # (M,)
+    return [float(np.mean(err <= t)) for t in thetas]
+
+
+def error_by_decade(y: np.ndarray, pred: np.ndarray) -> list[dict[str, float | int | str]]:
+    """Per decade of true age (0-9, 10-19, ...; a negative age joins 0-9): the count, the
+    MAE and the mean signed error (prediction minus truth: positive means too old)."""
+    y = np.asarray(y, dtype=np.float64)
+    r = np.asarray(pred, dtype=np.float64) - y
+    decade = np.maximum(np.floor(y / 10), 0).astype(np.int64)  # (M,)
+    out: list[dict[str, float | int | str]] = []
+    for dec in np.unique(decade):
+        sel = decade == dec
+        out.append({"decade": f"{10 * dec}-{10 * dec + 9}", "count": int(sel.sum()),
+                    "mae": float(np.mean(np.abs(r[sel]))),
+                    "mean_signed_error": float(np.mean(r[sel]))})
+    return out
 
 
 # ---------------------------------------------------------------- bootstrap

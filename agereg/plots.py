@@ -34,6 +34,8 @@ SIZES: dict[str, tuple[float, float]] = {
     "worst_test": (10.0, 2.5),  # 1000 x 250
     "pred_vs_true": (5.0, 5.0),  # 500 x 500
     "val_vs_epochs": (7.0, 4.0),  # 700 x 400
+    "cumulative_score": (5.0, 4.0),  # 500 x 400
+    "error_by_age": (7.0, 4.0),  # 700 x 400
 }
 HEATMAP_PANEL = (4.0, 4.0)  # per batch size; plus HEATMAP_EXTRA_WIDTH for the colorbar
 HEATMAP_EXTRA_WIDTH = 1.0
@@ -277,4 +279,53 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
         if curves:
             ax.legend(fontsize=8, loc="best")
         ax.grid(True, alpha=0.3)
+        return _png(fig)
+
+
+def cumulative_score(thetas: Sequence[int], shares: Sequence[float],
+                     baseline: Sequence[float] | None = None, title: str = "") -> bytes:
+    """CS(theta) against theta, with the median predictor's for comparison."""
+    with _figure(SIZES["cumulative_score"]) as (fig, axes):
+        ax = axes[0, 0]
+        ax.plot(thetas, 100 * np.asarray(shares), marker="o", markersize=3, label="this trial")
+        if baseline is not None:
+            ax.plot(thetas, 100 * np.asarray(baseline), linestyle="--", color="grey",
+                    label="median predictor")
+        for t in (5, 10):
+            if t in thetas:
+                v = 100 * shares[list(thetas).index(t)]
+                ax.annotate(f"CS({t}) = {v:.1f}%", (t, v), textcoords="offset points",
+                            xytext=(6, -12), fontsize=8)
+        ax.set_xlabel("theta (years)")
+        ax.set_ylabel("test images with |error| <= theta (%)")
+        ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title(_wrap("cumulative score on the test set" + (f": {title}" if title
+                                                                 else "")), fontsize=9)
+        return _png(fig)
+
+
+def error_by_age(rows: Sequence[dict]) -> bytes:
+    """MAE and mean signed error per decade of true age, with each decade's count."""
+    with _figure(SIZES["error_by_age"]) as (fig, axes):
+        ax = axes[0, 0]
+        names = [str(r["decade"]) for r in rows]
+        x = np.arange(len(rows))
+        mae = [float(r["mae"]) for r in rows]
+        signed = [float(r["mean_signed_error"]) for r in rows]
+        ax.bar(x - 0.2, mae, width=0.4, label="MAE", color="tab:blue")
+        ax.bar(x + 0.2, signed, width=0.4, label="mean signed error (+: too old)",
+               color="tab:orange")
+        ax.axhline(0, color="black", linewidth=0.8)
+        for xi, m, r in zip(x, mae, rows, strict=True):
+            ax.annotate(f"n={r['count']}", (xi - 0.2, m), textcoords="offset points",
+                        xytext=(0, 3), ha="center", fontsize=7)
+        ax.set_xticks(x, names)
+        ax.set_xlabel("true age (years)")
+        ax.set_ylabel("error (years)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        ax.set_title("test error by decade of true age", fontsize=10)
         return _png(fig)

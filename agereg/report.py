@@ -44,12 +44,17 @@ if TYPE_CHECKING:
 
 REPORT_NAME = "report.html"
 GRID_PICTURES = ("heatmap_val.png", "val_vs_epochs.png")
-EVAL_PICTURES = ("weights.png", "worst_test.png", "pred_vs_true.png")
+EVAL_PICTURES = ("weights.png", "worst_test.png", "pred_vs_true.png", "cumulative_score.png",
+                 "error_by_age.png")
 CAPTIONS = {
     "weights.png": "The trained weights as an image (red raises the predicted age, blue "
                    "lowers it; zero is white).",
     "worst_test.png": "The five test images with the largest absolute errors.",
     "pred_vs_true.png": "Predicted against true age on the test set; the line is y = x.",
+    "cumulative_score.png": "CS(theta): the share of test images whose absolute error is at "
+                            "most theta years, against the median predictor's.",
+    "error_by_age.png": "Test MAE and mean signed error (positive: predicted too old) per "
+                        "decade of true age.",
     "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size (best "
                        "epoch count per cell; grey x: diverged or failed).",
     "val_vs_epochs.png": "Validation fMSE after every epoch (the learning curves; dots: the "
@@ -161,9 +166,11 @@ def draw_eval_pictures(
     y_te: np.ndarray,
     pred_te: np.ndarray,
     title: str,
+    res: dict | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Write weights.png, worst_test.png and pred_vs_true.png; returns (names written,
-    notes on pictures skipped). Pictures of images need the data's image shape."""
+    """Write weights.png, worst_test.png, pred_vs_true.png and, given the evaluation
+    ``res``, cumulative_score.png and error_by_age.png; returns (names written, notes on
+    pictures skipped). Pictures of images need the data's image shape."""
     from agereg import plots
 
     written, notes = [], []
@@ -178,6 +185,12 @@ def draw_eval_pictures(
                      "shape in dataset.json)")
     atomic_write_bytes(run_dir / "pred_vs_true.png", plots.pred_vs_true(y_te, pred_te, title))
     written.append("pred_vs_true.png")
+    if res is not None:
+        cs = res["cumulative_score"]
+        atomic_write_bytes(run_dir / "cumulative_score.png", plots.cumulative_score(
+            cs["theta"], cs["share"], cs["median_predictor_share"], title))
+        atomic_write_bytes(run_dir / "error_by_age.png", plots.error_by_age(res["by_decade"]))
+        written += ["cumulative_score.png", "error_by_age.png"]
     return written, notes
 
 
@@ -200,39 +213,71 @@ def trial_text(t: dict) -> str:
 def eval_table(res: dict) -> tuple[list[str], list[list[str]]]:
     """Column names and rows of the test-metrics table of an eval.json."""
     test, base = res["test"], res["baseline_test"]
+    median = res.get("baseline_median_test")
     ridge = res.get("ridge")
     boot = res.get("bootstrap")
     rt = (ridge or {}).get("test", {})
 
     def row(name: str, this: float | None, mean: float | None = None,
-            opt: float | None = None) -> list[str]:
+            opt: float | None = None, med: float | None = None) -> list[str]:
         cells = [name, fmt(this), "" if mean is None else fmt(mean)]
+        if median:
+            cells.append("" if med is None else fmt(med))
         return [*cells, "" if opt is None else fmt(opt)] if ridge else cells
 
-    rows = [
-        row("train fMSE", res["train_fmse"], None, ridge and ridge.get("train_fmse")),
-        row("validation fMSE", res["val_fmse"], None, ridge and ridge.get("val_fmse")),
-        row("test fMSE", test["fmse"], base["fmse"], rt.get("fmse")),
+    def blank(name: str, value: str) -> list[str]:
+        return [name, value] + [""] * (1 + bool(median) + bool(ridge))
+
+    rows = [  # age estimation is judged in years: MAE first
+        row("test MAE (years)", test["mae"], base["mae"], rt.get("mae"),
+            median and median.get("mae")),
+        row("test RMSE (years)", test["rmse"], base["rmse"], rt.get("rmse"),
+            median and median.get("rmse")),
+        row("test fMSE", test["fmse"], base["fmse"], rt.get("fmse"),
+            median and median.get("fmse")),
     ]
     if boot:
         lo, hi = boot["test_fmse_ci"]
-        ci = [f"test fMSE {boot['level']:.0%} CI", f"[{fmt(lo)}, {fmt(hi)}]", ""]
-        rows.append([*ci, ""] if ridge else ci)
+        rows.append(blank(f"fMSE {boot['level']:.0%} CI", f"[{fmt(lo)}, {fmt(hi)}]"))
     rows += [
-        row("test RMSE (years)", test["rmse"], base["rmse"], rt.get("rmse")),
-        row("test MAE (years)", test["mae"], base["mae"], rt.get("mae")),
-        row("test R²", test.get("r2"), base.get("r2"), rt.get("r2")),
+        row("test R²", test.get("r2"), base.get("r2"), rt.get("r2"), median and median.get("r2")),
+        row("train fMSE", res["train_fmse"], None, ridge and ridge.get("train_fmse")),
+        row("val fMSE", res["val_fmse"], None, ridge and ridge.get("val_fmse")),
     ]
-    columns = ["metric", "this trial", "mean predictor"]
+    columns = ["metric", "this trial", "mean"]  # the baselines: constant predictors
+    if median:
+        columns.append("median")
     if ridge:
-        columns.append(f"exact ridge (l2 {ridge['l2']:g})")
+        columns.append(f"ridge l2={ridge['l2']:g}")
     return columns, rows
 
 
+def decade_table(res: dict) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows of the error-by-age table of an eval.json (none in older ones)."""
+    rows = [[str(d["decade"]), str(d["count"]), fmt(d["mae"]), fmt(d["mean_signed_error"], True)]
+            for d in res.get("by_decade") or []]
+    return ["true age", "images", "MAE (years)", "mean signed error"], rows
+
+
 def eval_lines(res: dict) -> list[str]:
-    """Sentences on the bootstrap, the paired comparison, the exact optimum, the noise
-    model and any notes of an eval.json (older files without these keys give fewer)."""
+    """Sentences on the cumulative score, the error by age, the bootstrap, the paired
+    comparison, the exact optimum, the noise model and any notes of an eval.json (older
+    files without these keys give fewer)."""
     lines = []
+    cs = res.get("cumulative_score")
+    if cs and 5 in cs["theta"] and 10 in cs["theta"]:
+        at = cs["theta"].index
+        lines.append(f"cumulative score: {cs['share'][at(5)]:.1%} of the test images within "
+                     f"5 years, {cs['share'][at(10)]:.1%} within 10 (median predictor: "
+                     f"{cs['median_predictor_share'][at(5)]:.1%} and "
+                     f"{cs['median_predictor_share'][at(10)]:.1%})")
+    decades = res.get("by_decade")
+    if decades:
+        worst = max(decades, key=lambda d: d["mae"])
+        lines.append(f"error by age: the largest MAE is in ages {worst['decade']}, "
+                     f"{fmt(worst['mae'])} years over {worst['count']} images (mean signed "
+                     f"error {fmt(worst['mean_signed_error'], True)}: predicted too "
+                     f"{'old' if worst['mean_signed_error'] > 0 else 'young'})")
     boot = res.get("bootstrap")
     winner = res["trial"]["rank"] == 1
     if boot:
@@ -525,6 +570,11 @@ def render_html(
                      f"trained on {_e(_rows(str(res.get('trained_on'))))}; files in "
                      f"{_e(where)}/</p>\n")
         parts.append(_table(columns, rows, left=1))
+        dec_columns, dec_rows = decade_table(res)
+        if dec_rows:
+            parts.append("<p>Test error by decade of true age (signed: prediction minus "
+                         "truth, positive means predicted too old):</p>\n")
+            parts.append(_table(dec_columns, dec_rows, left=1))
         parts.append("<ul>\n" + "".join(f"<li>{_e(s)}</li>\n" for s in eval_lines(res))
                      + "</ul>\n")
         parts += [_img(ev.folder / p) for p in ev.pictures]

@@ -15,6 +15,7 @@ import pytest
 
 from agereg import plots
 from agereg.records import TrialRecord
+from agereg.evaluate import error_by_decade
 from agereg.report import (
     GRID_PICTURES,
     NO_EVAL,
@@ -30,13 +31,16 @@ EXPECTED_SIZES = {  # pixels at plots.DPI = 100
     "weights.png": (500, 400),
     "worst_test.png": (1000, 250),
     "pred_vs_true.png": (500, 500),
+    "cumulative_score.png": (500, 400),
+    "error_by_age.png": (700, 400),
     "heatmap_val.png": (900, 400),  # two batch sizes: 2 x 4 in + 1 in for the colorbar
     "val_vs_epochs.png": (700, 400),
 }
 EVAL_KEYS = {
     "run", "dataset", "trial", "refit", "trained_on", "engine", "precision", "train_fmse",
     "val_fmse", "search_val_fmse", "reproduced", "test", "baseline_test", "bootstrap",
-    "ridge", "noise", "files", "notes", "folder", "selected_by",
+    "ridge", "noise", "files", "notes", "folder", "selected_by", "baseline_median_test",
+    "cumulative_score", "by_decade",
 }
 
 CONFIG = """\
@@ -111,7 +115,10 @@ def test_each_picture_is_a_png_of_the_expected_size():
         "pred_vs_true.png": plots.pred_vs_true(y, pred),
         "heatmap_val.png": plots.heatmap_val(grid_cells(recs)),
         "val_vs_epochs.png": plots.val_vs_epochs(top_curves(recs)),
+        "cumulative_score.png": plots.cumulative_score(range(21), np.linspace(0, 1, 21)),
+        "error_by_age.png": plots.error_by_age(error_by_decade(y, pred)),
     }
+    assert set(pictures) == set(EXPECTED_SIZES)
     for name, data in pictures.items():
         assert png_size(data) == EXPECTED_SIZES[name], name
 
@@ -180,7 +187,7 @@ def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
     assert 0.5 * np.mean((Xte @ w + b - yte) ** 2) == pytest.approx(res["test"]["fmse"],
                                                                     rel=1e-6)
     assert res["files"] == {"weights": "weights.npy", "bias": "bias.npy",
-                            "pictures": list(EXPECTED_SIZES)[:3]}
+                            "pictures": list(EXPECTED_SIZES)[:5]}
     for name, size in EXPECTED_SIZES.items():  # the grid's pictures in the run folder
         where = run_dir if name in GRID_PICTURES else folder
         assert png_size((where / name).read_bytes()) == size, name
@@ -205,11 +212,12 @@ def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
 
 def test_eval_prints_the_new_findings(evaluated: dict):
     out, err = evaluated["out"], evaluated["err"]
-    for fragment in ("test R²", "test fMSE 95% CI", "winner better in", "mean difference",
-                     "exact ridge (l2 ", "SGD gap", "sigma²", "log-likelihood",
+    for fragment in ("test R²", "fMSE 95% CI", "winner better in", "mean difference",
+                     "ridge l2=", "median", "cumulative score: ", "error by age: the largest MAE", "SGD gap", "sigma²", "log-likelihood",
                      "leaves out"):
         assert fragment in out, fragment
     assert "wrote eval.json, weights.npy, bias.npy, weights.png" in err
+    assert "test error by decade of true age" in out
 
 
 def test_report_writes_a_self_contained_page(evaluated: dict):
@@ -218,14 +226,14 @@ def test_report_writes_a_self_contained_page(evaluated: dict):
                           "3"])
     assert code == 0, err
     assert "best trials" in out and "8 diverged, 0 failed" in out
-    assert "test fMSE 95% CI" in out and "SGD gap" in out
+    assert "fMSE 95% CI" in out and "SGD gap" in out
     page = (run_dir / "report.html").read_text()
     assert not re.search(r"<(script|link|iframe)\b", page, re.I)
     assert not re.search(r"\bhref\s*=", page, re.I)
     srcs = re.findall(r"\bsrc\s*=\s*\"([^\"]*)\"", page, re.I)
-    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
     sizes = [png_size(base64.b64decode(src.split(",", 1)[1])) for src in srcs]
-    assert sizes == [EXPECTED_SIZES[n] for n in (*GRID_PICTURES, *list(EXPECTED_SIZES)[:3])]
+    assert sizes == [EXPECTED_SIZES[n] for n in (*GRID_PICTURES, *list(EXPECTED_SIZES)[:5])]
     t = evaluated["eval"]["trial"]
     assert (f"best trial: <strong>batch_size {t['batch_size']}, learning_rate "
             f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g}</strong>") in page
@@ -262,7 +270,7 @@ def test_eval_json_without_bootstrap_or_plots_and_refit(evaluated: dict):
     code, out, err = run(["report", str(run_dir)])
     assert code == 0, err
     page = (run_dir / "report.html").read_text()
-    assert page.count("data:image/png") == 2 + 3 and page.count("<h3>trial #") == 3
+    assert page.count("data:image/png") == 2 + 5 and page.count("<h3>trial #") == 3
     assert out.count("files in ") == 3
 
 
