@@ -44,6 +44,7 @@ from agereg.report import (
     eval_table,
     ranking_rows,
     selection_text,
+    several_losses,
     trial_text,
 )
 
@@ -244,10 +245,11 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
     title = ("best trials by validation " + ("MAE" if by == "mae" else "fMSE") +
              " (train, val, test: fMSE; MAE: validation, years)")
     table = Table(title=title, title_justify="left")
-    # report.RANKING_COLUMNS, shorter so that the table fits 80 columns
-    for col in ("#", "batch", "lr", "epochs", "l2", "train", "val", "test", "MAE", "status"):
-        table.add_column(col, justify="left" if col == "status" else "right")
-    for row in ranking_rows(ranked, top):
+    # report.ranking_columns, shorter so that the table fits 80 columns
+    second = "loss" if several_losses(ranked) else "train"
+    for col in ("#", "batch", "lr", "epochs", "l2", second, "val", "test", "MAE", "status"):
+        table.add_column(col, justify="left" if col in ("status", "loss") else "right")
+    for row in ranking_rows(ranked, top, short=True):
         table.add_row(*row)
     out.print(table)
 

@@ -25,6 +25,7 @@ from agereg.errors import ConfigError
 __all__ = [
     "BACKENDS",
     "ENGINES",
+    "LOSSES",
     "PRECISIONS",
     "SCHEDULER_SCHEMES",
     "STRATEGIES",
@@ -56,7 +57,9 @@ _TOP_KEYS = (
     "grid", "seed", "name", "n_jobs", "max_trials", "data", "split", "execution", "search",
     "on_error", "select", "select_by",
 )  # fmt: skip
-_GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
+_GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2", "loss")
+_REQUIRED_GRID_KEYS = ("batch_size", "learning_rate", "epochs", "l2")
+LOSSES = ("squared", "absolute")
 _DATA_KEYS = ("dir",)
 _SPLIT_KEYS = ("seed", "val_fraction", "folds")
 _EXECUTION_KEYS = ("engine", "precision", "backend", "scheduler", "curves")
@@ -106,6 +109,7 @@ class Grid:
     learning_rate: Axis
     epochs: tuple[int, ...]
     l2: Axis
+    loss: tuple[str, ...] = ("squared",)  # training losses, in LOSSES order
 
     def __len__(self) -> int:
         """Return the number of trials, the product of the four lengths (0 when an axis
@@ -306,6 +310,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "learning_rate": _axis_to_yaml(grid.learning_rate),
             "epochs": list(grid.epochs),
             "l2": _axis_to_yaml(grid.l2),
+            "loss": list(grid.loss),
         },
     }
 
@@ -616,7 +621,7 @@ def _grid(raw: object) -> Grid:
             "see configs/grid.yaml for an example"
         )
     section = _keys(raw, "grid.", _GRID_KEYS)
-    for key in _GRID_KEYS:
+    for key in _REQUIRED_GRID_KEYS:
         if key not in section:
             raise _Invalid(f"grid is missing {key!r}; add grid.{key} as a list of values")
     return Grid(
@@ -624,7 +629,19 @@ def _grid(raw: object) -> Grid:
         learning_rate=_axis(section["learning_rate"], "grid.learning_rate", _learning_rate),
         epochs=_grid_values(section["epochs"], "grid.epochs", _epochs),
         l2=_axis(section["l2"], "grid.l2", _l2),
+        loss=_losses(section.get("loss", ["squared"])),
     )
+
+
+def _losses(raw: object) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise _Invalid("grid.loss is an empty list; give squared, absolute or both")
+    chosen = [_choice(v, f"grid.loss[{i}]" if isinstance(raw, list) else "grid.loss", LOSSES)
+              for i, v in enumerate(items)]
+    if len(set(chosen)) < len(chosen):
+        raise _Invalid("grid.loss lists a loss twice; remove the duplicate")
+    return tuple(sorted(chosen, key=LOSSES.index))
 
 
 def _axis(raw: object, key: str, check: Callable[[object, str], float]) -> Axis:
@@ -894,7 +911,7 @@ def _kind(value: object) -> str:
 
 
 def _n_trials(grid: Grid) -> int:
-    axes = (grid.batch_size, grid.learning_rate, grid.epochs, grid.l2)
+    axes = (grid.batch_size, grid.learning_rate, grid.epochs, grid.l2, grid.loss)
     return math.prod(0 if isinstance(a, Distribution) else len(a) for a in axes)
 
 
@@ -907,7 +924,7 @@ def _grid_shape(grid: Grid) -> str:
         (n(grid.learning_rate), "learning rate"),
         (len(grid.epochs), "epoch count"),
         (n(grid.l2), "l2 value"),
-    ]
+    ] + ([(len(grid.loss), "loss")] if len(grid.loss) > 1 else [])
     return " x ".join(f"{n:,} {noun}{'' if n == 1 else 's'}" for n, noun in parts)
 
 

@@ -141,10 +141,10 @@ def in_memory(dataset: Dataset, split: Split, precision: str) -> Arrays:
 def _record(trial_key: TrialKey, fit: Fit | None, seconds: float, fold: int | None,
             best_epoch: int = 0) -> TrialRecord:
     """A trial's record from its figures (``fit`` None: diverged)."""
-    bs, lr, ep, l2 = trial_key
+    bs, lr, ep, l2, loss = trial_key
     if fit is None:
         return TrialRecord(bs, lr, ep, l2, None, None, None, Status.DIVERGED, seconds,
-                           fold=fold)
+                           fold=fold, loss=loss)
     tr, va, te = (float(v) for v in fit.losses)
 
     def num(v: float) -> float | None:
@@ -153,7 +153,7 @@ def _record(trial_key: TrialKey, fit: Fit | None, seconds: float, fold: int | No
     return TrialRecord(bs, lr, ep, l2, tr, va, te, Status.OK, seconds, val_se=num(fit.val_se[0]),
                        fold=fold, train_mae=num(fit.mae[0]), val_mae=num(fit.mae[1]),
                        test_mae=num(fit.mae[2]), val_mae_se=num(fit.val_se[1]),
-                       best_epoch=best_epoch or None)
+                       best_epoch=best_epoch or None, loss=loss)
 
 
 def run_group_on(
@@ -169,13 +169,14 @@ def run_group_on(
         res = train_group(
             arrays, seed, group.batch_size, [c[0] for c in group.columns],
             [c[1] for c in group.columns], group.epochs, start=start, curves=curves,
+            loss=group.loss,
         )
     except Exception as exc:  # a failed group is data: record it, keep the search going
         seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
         msg = f"{type(exc).__name__}: {exc}"
         return GroupOutcome(group, [
-            TrialRecord(*t.key(), None, None, None, Status.FAILED, seconds, msg,
-                        fold=group.fold)
+            TrialRecord(t.batch_size, t.learning_rate, t.epochs, t.l2, None, None, None,
+                        Status.FAILED, seconds, msg, fold=group.fold, loss=t.loss)
             for t in group.trials()
         ])  # fmt: skip
     elapsed = time.perf_counter() - t0
@@ -190,8 +191,8 @@ def run_group_on(
             fit = None if res.diverged[i, k] else Fit(
                 np.empty(0), 0.0, tuple(res.losses[i, k]), False,
                 tuple(res.val_se[i, k]), tuple(res.mae[i, k]))
-            records.append(_record((group.batch_size, lr, ep, l2), fit, seconds, group.fold,
-                                   int(res.best_epoch[i, k])))
+            records.append(_record((group.batch_size, lr, ep, l2, group.loss), fit, seconds,
+                                   group.fold, int(res.best_epoch[i, k])))
     return GroupOutcome(group, records, res.state if keep_state else None, res.curves)
 
 
@@ -199,7 +200,8 @@ def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
     records = []
     for t in group.trials():
         t0 = time.perf_counter()
-        fit = train_reference(arrays, seed, t.batch_size, t.learning_rate, t.l2, t.epochs)
+        fit = train_reference(arrays, seed, t.batch_size, t.learning_rate, t.l2, t.epochs,
+                              t.loss)
         records.append(_record(t.key(), None if fit.diverged else fit,
                                time.perf_counter() - t0, group.fold))
     return records

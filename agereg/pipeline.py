@@ -273,7 +273,7 @@ class Extension:
                 raise RunError(f"--extend {run_dir}: the config differs from that run's in "
                                f"{key} ({b[key]!r} vs {a[key]!r}); its trials would not be "
                                "the same numbers, so they cannot be reused")
-        for axis in ("batch_size", "learning_rate", "epochs", "l2"):
+        for axis in ("batch_size", "learning_rate", "epochs", "l2", "loss"):
             old, new = getattr(stored.grid, axis), getattr(cfg.grid, axis)
             if not _covers(new, old):
                 raise RunError(f"--extend {run_dir}: grid.{axis} must contain that run's "
@@ -314,7 +314,8 @@ def _covers(new: object, old: object) -> bool:
 def _axis_text(axis: object) -> str:
     if isinstance(axis, Distribution):
         return f"{axis.kind} [{axis.low:g}, {axis.high:g}]"
-    return "[" + ", ".join(f"{v:g}" for v in axis) + "]"  # type: ignore[attr-defined]
+    return "[" + ", ".join(v if isinstance(v, str) else f"{v:g}"
+                           for v in axis) + "]"  # type: ignore[attr-defined]
 
 
 class _Sweep:
@@ -387,9 +388,9 @@ class _Sweep:
     def _best_epoch(self, key: TrialKey) -> int | None:
         """A K-fold trial's best epoch: the lowest mean over folds of the validation fMSE
         among epochs 1 ... its epochs (None without curves)."""
-        bs, lr, ep, l2 = key
+        bs, lr, ep, l2, loss = key
         best: tuple[float, int] | None = None
-        per_fold = [self.curves.get((bs, lr, l2, f), {}) for f in range(self.split.k)]
+        per_fold = [self.curves.get((bs, lr, l2, loss, f), {}) for f in range(self.split.k)]
         for e in range(1, ep + 1):
             vals = [c.get(e, (None, None, None))[1] for c in per_fold]
             if any(v is None for v in vals):
@@ -442,9 +443,10 @@ class _Sweep:
             for outcome in stream:
                 if outcome.curves is not None:  # before the records that they explain
                     g = outcome.group
-                    append_curves(self.run_dir, g.batch_size, g.columns, g.fold, outcome.curves)
+                    append_curves(self.run_dir, g, outcome.curves)
                     for j, (lr, l2) in enumerate(g.columns):
-                        points = self.curves.setdefault((g.batch_size, lr, l2, g.fold), {})
+                        points = self.curves.setdefault((g.batch_size, lr, l2, g.loss, g.fold),
+                                                        {})
                         for t, e in enumerate(outcome.curves.epochs):
                             points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
                 # a fold's record is kept even when another fold failed its trial, so a
@@ -474,7 +476,7 @@ class _Sweep:
         numbers) unless every column has them."""
         if group.start_epoch == 0:
             return None
-        cols = [(group.fold, (group.batch_size, lr, l2)) for lr, l2 in group.columns]
+        cols = [(group.fold, c) for c in group.column_keys()]
         saved = [self.states.get(c) for c in cols]
         have = [s for s in saved if s is not None and s[0] == group.start_epoch]
         if len(have) < len(saved):
@@ -486,10 +488,10 @@ class _Sweep:
         return State(group.start_epoch, W, b, best_val, best_epoch)
 
     def _keep(self, group: Group, state: State) -> None:
-        for k, (lr, l2) in enumerate(group.columns):
+        for k, column in enumerate(group.column_keys()):
             best = (np.inf, 0) if state.best_val is None or state.best_epoch is None else (
                 float(state.best_val[k]), int(state.best_epoch[k]))
-            self.states[(group.fold, (group.batch_size, lr, l2))] = (
+            self.states[(group.fold, column)] = (
                 state.epoch, state.W[:, k], state.b[k], *best)
 
 

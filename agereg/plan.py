@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from agereg.config import Distribution, Grid
 from agereg.engine import PANEL
-from agereg.records import Config3, TrialKey
+from agereg.records import DEFAULT_LOSS, Config3, TrialKey
 
 # Columns per group: whole panels of the engine's product width, at most MAX_COLUMNS
 # (wider groups would leave the workers of a large grid idle), aiming for TARGET_GROUPS
@@ -38,9 +38,10 @@ class Trial:
     learning_rate: float
     epochs: int
     l2: float
+    loss: str = DEFAULT_LOSS
 
     def key(self) -> TrialKey:
-        return (self.batch_size, self.learning_rate, self.epochs, self.l2)
+        return (self.batch_size, self.learning_rate, self.epochs, self.l2, self.loss)
 
 
 class ParameterGrid(Sequence[Trial]):
@@ -73,18 +74,19 @@ class ParameterGrid(Sequence[Trial]):
 
 
 def grid_columns(grid: Grid) -> list[Config3]:
-    """Every (batch_size, learning_rate, l2) of a finite grid, in grid order."""
+    """Every (batch_size, learning_rate, l2, loss) of a finite grid, in grid order."""
     lrs, l2s = grid.learning_rate, grid.l2
     assert not isinstance(lrs, Distribution) and not isinstance(l2s, Distribution)
-    return [(bs, lr, l2) for bs in grid.batch_size for lr in lrs for l2 in l2s]
+    return [(bs, lr, l2, loss) for bs in grid.batch_size for lr in lrs for l2 in l2s
+            for loss in grid.loss]
 
 
 @dataclass(frozen=True)
 class Group:
-    """Columns of one batch size trained in one pass: ``columns`` are (learning_rate, l2)
-    pairs, ``epochs`` the sorted epoch counts to record, ``start_epoch`` where training
-    resumes from saved parameters (0: from zero), ``fold`` the cross-validation fold it
-    trains on (None: the holdout split)."""
+    """Columns of one batch size and loss trained in one pass: ``columns`` are
+    (learning_rate, l2) pairs, ``epochs`` the sorted epoch counts to record,
+    ``start_epoch`` where training resumes from saved parameters (0: from zero), ``fold``
+    the cross-validation fold it trains on (None: the holdout split)."""
 
     index: int
     batch_size: int
@@ -92,11 +94,14 @@ class Group:
     epochs: tuple[int, ...]
     start_epoch: int = 0
     fold: int | None = None
+    loss: str = DEFAULT_LOSS
 
     def trials(self) -> list[Trial]:
-        return [
-            Trial(self.batch_size, lr, ep, l2) for lr, l2 in self.columns for ep in self.epochs
-        ]
+        return [Trial(self.batch_size, lr, ep, l2, self.loss)
+                for lr, l2 in self.columns for ep in self.epochs]
+
+    def column_keys(self) -> list[Config3]:
+        return [(self.batch_size, lr, l2, self.loss) for lr, l2 in self.columns]
 
     def trial_keys(self) -> list[TrialKey]:
         return [t.key() for t in self.trials()]
@@ -116,19 +121,19 @@ def group_columns(
     start_epoch: int = 0,
     target_groups: int = TARGET_GROUPS,
 ) -> list[Group]:
-    """Split columns into groups by batch size (in the order given); together they hold
-    every trial exactly once."""
-    by_bs: dict[int, list[tuple[float, float]]] = {}
-    for bs, lr, l2 in columns:
-        by_bs.setdefault(bs, []).append((lr, l2))
+    """Split columns into groups by batch size and loss (in the order given); together
+    they hold every trial exactly once."""
+    by_bs: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    for bs, lr, l2, loss in columns:
+        by_bs.setdefault((bs, loss), []).append((lr, l2))
     groups: list[Group] = []
-    for bs, cols in by_bs.items():
+    for (bs, loss), cols in by_bs.items():
         n_chunks = math.ceil(len(cols) / column_chunk(len(cols), len(columns), target_groups))
         # near-equal chunks, so no worker gets a sliver
         bounds = [round(i * len(cols) / n_chunks) for i in range(n_chunks + 1)]
         for lo, hi in itertools.pairwise(bounds):
             groups.append(Group(len(groups), bs, tuple(cols[lo:hi]), tuple(sorted(epochs)),
-                                start_epoch))
+                                start_epoch, loss=loss))
     return groups
 
 

@@ -13,8 +13,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-TrialKey = tuple[int, float, int, float]  # (batch_size, learning_rate, epochs, l2)
-Config3 = tuple[int, float, float]  # (batch_size, learning_rate, l2): one trained column
+# (batch_size, learning_rate, epochs, l2, loss): one trial
+TrialKey = tuple[int, float, int, float, str]
+# (batch_size, learning_rate, l2, loss): one trained column, recorded at several epochs
+Config3 = tuple[int, float, float, str]
+DEFAULT_LOSS = "squared"
+
+
+def at_epochs(column: Config3, epochs: int) -> TrialKey:
+    """The trial of ``column`` after ``epochs`` epochs."""
+    bs, lr, l2, loss = column
+    return (bs, lr, epochs, l2, loss)
+
+
+def column_of(key: TrialKey) -> Config3:
+    bs, lr, _, l2, loss = key
+    return (bs, lr, l2, loss)
 FoldLosses = tuple[float | None, float | None, float | None]  # (train, val, test) of a fold
 
 
@@ -36,9 +50,12 @@ class Status(str, Enum):
 
 
 def trial_id(key: TrialKey) -> str:
-    """A stable id of a trial: the same hyperparameters give the same id in every run."""
-    bs, lr, ep, l2 = key
+    """A stable id of a trial: the same hyperparameters give the same id in every run
+    (a squared-loss trial keeps the id it had before the loss became an axis)."""
+    bs, lr, ep, l2, loss = key
     text = f"{int(bs)}|{float(lr)!r}|{int(ep)}|{float(l2)!r}"
+    if loss != DEFAULT_LOSS:
+        text += f"|{loss}"
     return hashlib.sha1(text.encode("ascii")).hexdigest()[:12]
 
 
@@ -69,15 +86,16 @@ class TrialRecord:
     test_mae: float | None = None
     val_mae_se: float | None = None
     best_epoch: int | None = None  # the epoch <= epochs with the lowest validation fMSE
+    loss: str = DEFAULT_LOSS  # the training loss: squared | absolute
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
 
     def key(self) -> TrialKey:
-        return (self.batch_size, self.learning_rate, self.epochs, self.l2)
+        return (self.batch_size, self.learning_rate, self.epochs, self.l2, self.loss)
 
     def column(self) -> Config3:
-        return (self.batch_size, self.learning_rate, self.l2)
+        return (self.batch_size, self.learning_rate, self.l2, self.loss)
 
     @property
     def trial_id(self) -> str:

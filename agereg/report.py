@@ -24,7 +24,7 @@ from agereg import __version__
 from agereg.advice import edge_notices
 from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes, atomic_write_text
-from agereg.records import Selection, TrialRecord, rank, select, status_counts
+from agereg.records import Config3, Selection, TrialRecord, rank, select, status_counts
 from agereg.runs import (
     CONFIG_NAME,
     EVAL_NAME,
@@ -98,9 +98,9 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
     searched epoch counts only."""
     from agereg.plots import Curve
 
-    by_config: dict[tuple[int, float, float], list[TrialRecord]] = {}
+    by_config: dict[Config3, list[TrialRecord]] = {}
     for r in records:
-        by_config.setdefault((r.batch_size, r.learning_rate, r.l2), []).append(r)
+        by_config.setdefault(r.column(), []).append(r)
 
     def best(rs: list[TrialRecord]) -> float:
         ok = [r.val_loss for r in rs if r.status.has_losses() and r.val_loss is not None]
@@ -109,10 +109,12 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
     ranked = sorted((c for c in by_config if best(by_config[c]) < math.inf),
                     key=lambda c: (best(by_config[c]), c))
     out = []
-    for bs, lr, l2 in ranked[:k]:
-        rs = sorted(by_config[(bs, lr, l2)], key=lambda r: r.epochs)
-        label = f"batch {bs}, lr {lr:g}, l2 {l2:g}"
-        full = _mean_curve(curves or {}, bs, lr, l2)
+    several = len({c[3] for c in by_config}) > 1
+    for column in ranked[:k]:
+        bs, lr, l2, loss = column
+        rs = sorted(by_config[column], key=lambda r: r.epochs)
+        label = f"batch {bs}, lr {lr:g}, l2 {l2:g}" + (f", {loss}" if several else "")
+        full = _mean_curve(curves or {}, column)
         if full:
             epochs = tuple(sorted(full))
             out.append(Curve(label, epochs, tuple(full[e] for e in epochs),
@@ -124,11 +126,11 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
     return out
 
 
-def _mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], bs: int, lr: float,
-                l2: float) -> dict[int, float]:
+def _mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], column: Config3
+                ) -> dict[int, float]:
     """Validation fMSE by epoch of a column, the mean over its folds (epochs that every
     fold recorded)."""
-    per_fold = [pts for key, pts in curves.items() if key[:3] == (bs, lr, l2)]
+    per_fold = [pts for key, pts in curves.items() if key[:4] == column]
     if not per_fold:
         return {}
     epochs = set.intersection(*(set(p) for p in per_fold))
@@ -206,8 +208,10 @@ def fmt(v: float | None, signed: bool = False) -> str:
 
 
 def trial_text(t: dict) -> str:
+    loss = t.get("loss", "squared")
     return (f"batch_size {t['batch_size']}, learning_rate {t['learning_rate']:g}, "
-            f"epochs {t['epochs']}, l2 {t['l2']:g}")
+            f"epochs {t['epochs']}, l2 {t['l2']:g}" + ("" if loss == "squared" else
+                                                       f", {loss} loss"))
 
 
 def eval_table(res: dict) -> tuple[list[str], list[list[str]]]:
@@ -302,10 +306,13 @@ def eval_lines(res: dict) -> list[str]:
                 if ridge["l2"] == 0 else f"closed-form ridge, l2 {ridge['l2']:g}")
         gap_val = ridge.get("gap_val_fmse")
         val = "" if gap_val is None else f"validation {fmt(gap_val, True)}, "
+        if ridge.get("note"):
+            lines.append(ridge["note"])
         lines.append(
             f"exact optimum ({kind}, float64, on {_rows(ridge['trained_on'])}): SGD gap "
-            f"{val}test {fmt(ridge['gap_test_fmse'], True)} fMSE; training objective "
-            f"gap {fmt(ridge['objective_gap'], True)}")
+            f"{val}test {fmt(ridge['gap_test_fmse'], True)} fMSE" + (
+                "" if ridge.get("objective_gap") is None else
+                f"; training objective gap {fmt(ridge['objective_gap'], True)}"))
     noise = res.get("noise")
     if noise:
         lines.append(
@@ -495,15 +502,32 @@ def counts_text(counts: dict[str, int]) -> str:
             f"{counts['failed']} failed")
 
 
-def ranking_rows(ranked: Sequence[TrialRecord], top: int) -> list[list[str]]:
+def several_losses(ranked: Sequence[TrialRecord]) -> bool:
+    return len({r.loss for r in ranked}) > 1
+
+
+SHORT_LOSS = {"squared": "sq", "absolute": "abs"}
+
+
+def ranking_rows(ranked: Sequence[TrialRecord], top: int, short: bool = False
+                 ) -> list[list[str]]:
+    """Rows of :func:`ranking_columns`; with several training losses the loss takes the
+    train fMSE's place (the tables must fit 80 columns; ``short``: "sq", "abs")."""
+    losses = several_losses(ranked)
+
+    def loss(r: TrialRecord) -> str:
+        return SHORT_LOSS.get(r.loss, r.loss) if short else r.loss
+
     return [[str(i), str(r.batch_size), f"{r.learning_rate:.4g}", str(r.epochs), f"{r.l2:.4g}",
-             fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss), fmt(r.val_mae),
-             r.status.value]
+             loss(r) if losses else fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss),
+             fmt(r.val_mae), r.status.value]
             for i, r in enumerate(ranked[:top], 1)]
 
 
-RANKING_COLUMNS = ("rank", "batch", "learning rate", "epochs", "l2", "train fMSE", "val fMSE",
-                   "test fMSE", "val MAE", "status")
+def ranking_columns(ranked: Sequence[TrialRecord]) -> tuple[str, ...]:
+    return ("rank", "batch", "learning rate", "epochs", "l2",
+            "loss" if several_losses(ranked) else "train fMSE", "val fMSE", "test fMSE",
+            "val MAE", "status")
 
 
 def render_html(
@@ -553,7 +577,7 @@ def render_html(
         f"<h2>Ranking (top {min(top, done)} of {done} trials"
         f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
         f"<p>{_e(counts_text(counts))}.</p>\n",
-        _table(RANKING_COLUMNS, ranking_rows(ranked, top)),
+        _table(ranking_columns(ranked), ranking_rows(ranked, top)),
     ]
     if pictures:
         parts += [_img(run_dir / p) for p in pictures]

@@ -28,12 +28,12 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 from agereg import __version__
-from agereg.config import Config, load_config
+from agereg.config import LOSSES, Config, load_config
 from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import append_durable, atomic_write_text
@@ -51,8 +51,8 @@ from agereg.records import (
 LOG_NAME = "trials.jsonl"
 FOLD_LOG_NAME = "folds.jsonl"
 CURVES_NAME = "curves.csv"
-CURVE_COLUMNS = ("batch_size", "learning_rate", "l2", "fold", "epoch", "train_running",
-                 "val_fmse", "val_mae")
+CURVE_COLUMNS = ("batch_size", "learning_rate", "l2", "loss", "fold", "epoch",
+                 "train_running", "val_fmse", "val_mae")
 PLAN_NAME = "plan.jsonl"
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
@@ -61,9 +61,9 @@ EVALS_DIR = "evals"
 EVAL_NAME = "eval.json"
 CSV_COLUMNS = (
     "rank", "batch_size", "learning_rate", "epochs", "l2",
-    "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id", "val_se", "val_sd",
-    "train_mae", "val_mae", "test_mae", "train_rmse", "val_rmse", "test_rmse", "val_mae_se",
-    "best_epoch",
+    "train_loss", "val_loss", "test_loss", "status", "seconds", "trial_id", "loss",
+    "train_mae", "val_mae", "test_mae", "train_rmse", "val_rmse", "test_rmse",
+    "val_se", "val_mae_se", "val_sd", "best_epoch",
 )  # fmt: skip
 
 
@@ -201,6 +201,8 @@ def record_to_dict(rec: TrialRecord) -> dict:
               "val_mae_se", "best_epoch"):
         if d[k] is None:
             del d[k]
+    if rec.loss == "squared":
+        del d["loss"]  # the default, and what every log before the loss axis means
     return d
 
 
@@ -244,12 +246,13 @@ def _parse_record(line: str) -> TrialRecord:
     for text in (rec.error, rec.origin):
         if text is not None and not isinstance(text, str):
             raise ValueError("error and origin must be strings")
+    _loss(rec.loss)
     out = TrialRecord(
         rec.batch_size, float(rec.learning_rate), rec.epochs, float(rec.l2),
         num(rec.train_loss), num(rec.val_loss), num(rec.test_loss),
         Status(rec.status), float(rec.seconds), rec.error, rec.origin,
         num(rec.val_se), rec.fold, num(rec.val_sd), folds, num(rec.train_mae),
-        num(rec.val_mae), num(rec.test_mae), num(rec.val_mae_se), rec.best_epoch,
+        num(rec.val_mae), num(rec.test_mae), num(rec.val_mae_se), rec.best_epoch, rec.loss,
     )  # fmt: skip
     if stored_id is not None and stored_id != out.trial_id:
         raise ValueError("trial_id does not match the hyperparameters")
@@ -326,9 +329,10 @@ def results_csv(ranked: list[TrialRecord]) -> str:
         w.writerow([
             i, r.batch_size, repr(r.learning_rate), r.epochs, repr(r.l2),
             _fmt(r.train_loss), _fmt(r.val_loss), _fmt(r.test_loss), r.status.value,
-            f"{r.seconds:.4f}", r.trial_id, _fmt(r.val_se), _fmt(r.val_sd),
+            f"{r.seconds:.4f}", r.trial_id, r.loss,
             _fmt(r.train_mae), _fmt(r.val_mae), _fmt(r.test_mae), _rmse(r.train_loss),
-            _rmse(r.val_loss), _rmse(r.test_loss), _fmt(r.val_mae_se),
+            _rmse(r.val_loss), _rmse(r.test_loss),
+            _fmt(r.val_se), _fmt(r.val_mae_se), _fmt(r.val_sd),
             "" if r.best_epoch is None else r.best_epoch,
         ])  # fmt: skip
     return buf.getvalue()
@@ -376,6 +380,8 @@ def _group_to_dict(g: Group) -> dict:
          "epochs": list(g.epochs), "start_epoch": g.start_epoch}
     if g.fold is not None:
         d["fold"] = g.fold
+    if g.loss != "squared":
+        d["loss"] = g.loss
     return d
 
 
@@ -398,7 +404,8 @@ def read_plan(run_dir: Path, repair: bool = False) -> dict[str, list[Group]]:
                 Group(int(g["index"]), _int(g["batch_size"]),
                       tuple((float(a), float(b)) for a, b in g["columns"]),
                       tuple(_int(e) for e in g["epochs"]), _int(g["start_epoch"]),
-                      None if g.get("fold") is None else _int(g["fold"]))
+                      None if g.get("fold") is None else _int(g["fold"]),
+                      _loss(g.get("loss", "squared")))
                 for g in d["groups"]
             ]
             plan[str(d["stage"])] = groups
@@ -406,6 +413,12 @@ def read_plan(run_dir: Path, repair: bool = False) -> dict[str, list[Group]]:
             raise RunError(f"{path}:{i}: corrupt plan record; the file was edited or "
                            "damaged, start a new run") from None
     return plan
+
+
+def _loss(v: object) -> str:
+    if v not in LOSSES:
+        raise ValueError("unknown loss")
+    return str(v)
 
 
 def _int(v: object) -> int:
@@ -478,12 +491,11 @@ class EvalStaging:
 
 # ---------------------------------------------------------------- learning curves
 
-CurveKey = tuple[int, float, float, int | None]  # (batch_size, learning_rate, l2, fold)
+CurveKey = tuple[int, float, float, str, int | None]  # (batch_size, lr, l2, loss, fold)
 CurvePoint = tuple[float | None, float | None, float | None]  # train_running, val_fmse, val_mae
 
 
-def append_curves(run_dir: Path, batch_size: int, columns: Sequence[tuple[float, float]],
-                  fold: int | None, curves: Curves) -> None:
+def append_curves(run_dir: Path, group: Group, curves: Curves) -> None:
     """Append a group's learning curves (rows of diverged epochs are left out); durable
     when this returns. The header is written with the first rows."""
     buf = io.StringIO()
@@ -491,13 +503,13 @@ def append_curves(run_dir: Path, batch_size: int, columns: Sequence[tuple[float,
     path = run_dir / CURVES_NAME
     if not path.exists():
         w.writerow(CURVE_COLUMNS)
-    for k, (lr, l2) in enumerate(columns):
+    for k, (lr, l2) in enumerate(group.columns):
         for t, epoch in enumerate(curves.epochs):
             vf = curves.val_fmse[t, k]
             if not math.isfinite(vf):
                 continue
-            w.writerow([batch_size, repr(float(lr)), repr(float(l2)),
-                        "" if fold is None else fold, int(epoch),
+            w.writerow([group.batch_size, repr(float(lr)), repr(float(l2)), group.loss,
+                        "" if group.fold is None else group.fold, int(epoch),
                         _fmt(float(curves.train[t, k])), _fmt(float(vf)),
                         _fmt(float(curves.val_mae[t, k]))])
     append_durable(path, buf.getvalue())
@@ -516,8 +528,11 @@ def read_curves(run_dir: Path) -> dict[CurveKey, dict[int, CurvePoint]]:
                        "the trials are unaffected")
     for i, raw in enumerate(lines[1:], 2):
         try:
-            bs, lr, l2, fold, epoch, tr, vf, va = raw.decode("utf-8").split(",")
-            key = (_int(int(bs)), _finite(lr), _finite(l2), None if fold == "" else int(fold))
+            bs, lr, l2, loss, fold, epoch, tr, vf, va = raw.decode("utf-8").split(",")
+            if loss not in LOSSES:
+                raise ValueError("unknown loss")
+            key = (_int(int(bs)), _finite(lr), _finite(l2), loss,
+                   None if fold == "" else int(fold))
             out.setdefault(key, {})[_int(int(epoch))] = (
                 _opt(tr), _opt(vf), _opt(va))
         except (ValueError, UnicodeDecodeError):

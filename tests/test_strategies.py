@@ -34,8 +34,9 @@ def drive(strategy, objective) -> dict:
         for k in p.prune:
             results[k] = results[k].with_status(Status.PRUNED)
         for key in p.trial_keys():
-            v = objective(*key)
-            results.setdefault(key, TrialRecord(*key, v, v, v, Status.OK, 0.0))
+            assert key[4] == "squared"  # (batch_size, learning_rate, epochs, l2, loss)
+            v = objective(*key[:4])
+            results.setdefault(key, TrialRecord(*key[:4], v, v, v, Status.OK, 0.0))
     raise AssertionError("the strategy never finished")
 
 
@@ -74,7 +75,7 @@ def test_halving_keeps_exactly_the_best_third_at_each_rung():
     assert len(at[1]) == 27 and at[3] == at[1][:9] and at[9] == at[1][:3]
     pruned = sorted((k[1], k[2]) for k, r in res.items() if r.status is Status.PRUNED)
     assert pruned == sorted([(lr, 1) for lr in at[1][9:]] + [(lr, 3) for lr in at[3][3:]])
-    assert all(res[(8, lr, 9, 0.0)].status is Status.OK for lr in at[9])
+    assert all(res[(8, lr, 9, 0.0, "squared")].status is Status.OK for lr in at[9])
 
 
 def test_halving_keeps_at_least_one_and_skips_diverged():
@@ -87,11 +88,12 @@ def test_halving_keeps_at_least_one_and_skips_diverged():
     results: dict = {}
     while (p := strategy.propose(results)) is not None:
         for key in p.trial_keys():
-            v = objective(*key)
+            v = objective(*key[:4])
             status = Status.DIVERGED if math.isnan(v) else Status.OK
-            results[key] = TrialRecord(*key, None if math.isnan(v) else v,
+            results[key] = TrialRecord(*key[:4], None if math.isnan(v) else v,
                                        None if math.isnan(v) else v, None, status, 0.0)
-    assert (8, 0.2, 2, 0.0) in results and (8, 0.1, 2, 0.0) not in results
+    assert (8, 0.2, 2, 0.0, "squared") in results
+    assert (8, 0.1, 2, 0.0, "squared") not in results
 
 
 def test_refine_extends_past_the_edge_and_trains_longer():

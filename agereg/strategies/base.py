@@ -17,7 +17,7 @@ import numpy as np
 
 from agereg.config import Axis, Distribution, Grid
 from agereg.plan import grid_columns
-from agereg.records import Config3, TrialKey, TrialRecord, score
+from agereg.records import Config3, TrialKey, TrialRecord, at_epochs, score
 
 Results = Mapping[TrialKey, TrialRecord]
 
@@ -35,7 +35,7 @@ class Proposal:
     prune: tuple[TrialKey, ...] = ()
 
     def trial_keys(self) -> list[TrialKey]:
-        return [(bs, lr, ep, l2) for bs, lr, l2 in self.columns for ep in self.epochs]
+        return [at_epochs(c, ep) for c in self.columns for ep in self.epochs]
 
 
 class Strategy(Protocol):
@@ -73,11 +73,13 @@ def _draw(axis: Axis | tuple[int, ...], rng: np.random.Generator) -> float:
 
 
 def draw_columns(grid: Grid, n: int, seed: int) -> list[Config3]:
-    """``n`` distinct (batch_size, learning_rate, l2) configurations drawn with ``seed``.
+    """``n`` distinct (batch_size, learning_rate, l2, loss) configurations drawn with
+    ``seed``.
 
     From a finite grid: a sample without replacement (all of it when ``n`` is larger).
-    With a distribution: each configuration draws batch_size, learning_rate, then l2.
-    Returned sorted, so the grouping does not depend on the draw order."""
+    With a distribution: each configuration draws batch_size, learning_rate, l2, then
+    (with more than one) the loss. Returned sorted, so the grouping does not depend on
+    the draw order."""
     rng = np.random.default_rng(seed)
     if grid.is_finite():
         every = grid_columns(grid)
@@ -88,8 +90,11 @@ def draw_columns(grid: Grid, n: int, seed: int) -> list[Config3]:
     for _ in range(100 * n):
         if len(seen) == n:
             break
-        seen.add((int(_draw(grid.batch_size, rng)), _draw(grid.learning_rate, rng),
-                  _draw(grid.l2, rng)))
+        bs, lr, l2 = (int(_draw(grid.batch_size, rng)), _draw(grid.learning_rate, rng),
+                      _draw(grid.l2, rng))
+        loss = grid.loss[int(rng.integers(len(grid.loss)))] if len(grid.loss) > 1 \
+            else grid.loss[0]
+        seen.add((bs, lr, l2, loss))
     return sorted(seen)
 
 

@@ -10,7 +10,7 @@ decisions are a function of the recorded losses alone and replay exactly on resu
 from __future__ import annotations
 
 from agereg.config import Grid
-from agereg.records import Config3, Status, TrialKey, score
+from agereg.records import Config3, Status, TrialKey, at_epochs, score
 from agereg.strategies.base import Proposal, Results, initial_columns, missing
 
 
@@ -28,8 +28,8 @@ class Halving:
     def survivors(self, alive: list[Config3], epoch: int, results: Results) -> list[Config3]:
         """The best ``len(alive) // eta`` (at least one) finished configurations at
         ``epoch``, back in their original order."""
-        done = [c for c in alive if results[(c[0], c[1], epoch, c[2])].status.has_losses()]
-        done.sort(key=lambda c: (score(results[(c[0], c[1], epoch, c[2])], self.by), c))
+        done = [c for c in alive if results[at_epochs(c, epoch)].status.has_losses()]
+        done.sort(key=lambda c: (score(results[at_epochs(c, epoch)], self.by), c))
         keep = set(done[: max(1, len(alive) // self.eta)])
         return [c for c in alive if c in keep]
 
@@ -38,7 +38,7 @@ class Halving:
         pruned: list[TrialKey] = []
         for k, epoch in enumerate(self.rungs):
             start = self.rungs[k - 1] if k else 0
-            keys = [(bs, lr, epoch, l2) for bs, lr, l2 in alive]
+            keys = [at_epochs(c, epoch) for c in alive]
             if missing(keys, results):
                 return Proposal(f"rung {k + 1} of {len(self.rungs)} ({epoch} epochs)",
                                 tuple(alive), (epoch,), start, tuple(pruned))
@@ -46,9 +46,8 @@ class Halving:
                 break
             keep = self.survivors(alive, epoch, results)
             kept = set(keep)
-            pruned += [(bs, lr, epoch, l2) for bs, lr, l2 in alive
-                       if (bs, lr, l2) not in kept and results[(bs, lr, epoch, l2)].status
-                       is Status.OK]
+            pruned += [at_epochs(c, epoch) for c in alive
+                       if c not in kept and results[at_epochs(c, epoch)].status is Status.OK]
             alive = keep
             if not alive:
                 break

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from agereg.config import Distribution, Grid
-from agereg.records import TrialKey, score
+from agereg.records import TrialKey, at_epochs, score
 from agereg.strategies.base import (
     Proposal,
     Results,
@@ -73,7 +73,7 @@ class Refine:
         tried: list[TrialKey] = []
         previous_best: float | None = None
         for r in range(self.rounds):
-            keys = [(bs, lr, ep, l2) for bs, lr, l2 in columns for ep in epochs]
+            keys = [at_epochs(c, ep) for c in columns for ep in epochs]
             if missing(keys, results):
                 return Proposal(f"round {r + 1} of {self.rounds}", tuple(columns), epochs)
             tried += keys
@@ -86,14 +86,14 @@ class Refine:
                 return None  # converged
             previous_best = value
             lrs = sorted({k[1] for k in tried})
-            l2s = sorted({k[3] for k in tried})
+            l2s = sorted({k[3] for k in tried})  # key: (bs, lr, epochs, l2, loss)
             h_lr, h_l2 = h_lr / 2, h_l2 / 2
             if best.epochs >= max(k[2] for k in tried):
                 epochs = tuple(sorted({*epochs, 2 * best.epochs}))
             sizes = [best.batch_size]
             if best.batch_size <= min(k[0] for k in tried) and best.batch_size > 1:
                 sizes.append(best.batch_size // 2)  # the smallest batch won: try below it
-            columns = [(bs, lr, l2) for bs in sizes
+            columns = [(bs, lr, l2, best.loss) for bs in sizes
                        for lr in _around(best.learning_rate, lrs, h_lr, self.points)
                        for l2 in _around(best.l2, l2s, h_l2, self.points)]
             columns = list(dict.fromkeys(columns))  # no duplicate columns
