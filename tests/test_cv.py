@@ -143,6 +143,23 @@ def test_a_trial_is_the_mean_over_its_folds(tmp_path: Path, data_copy: Path):
         float(rows[0]["val_sd"]) / 2)
 
 
+def test_a_k_fold_trials_best_epoch_is_that_of_the_mean_curve(tmp_path: Path,
+                                                              data_copy: Path):
+    from agereg.runs import read_curves
+
+    cv = search(write(tmp_path, data_copy), tmp_path / "runs")
+    curves = read_curves(cv)
+    checked = 0
+    for t in read_log(cv):
+        if t.status is not Status.OK:
+            continue
+        mean = {e: np.mean([curves[(*t.column()[:3], t.loss, f)][e][1] for f in range(4)])
+                for e in range(1, t.epochs + 1)}
+        assert t.best_epoch == min(mean, key=lambda e: (mean[e], e))
+        checked += 1
+    assert checked > 10
+
+
 def test_holdout_standard_error_is_over_the_validation_images(tmp_path: Path,
                                                               data_copy: Path):
     one = search(write(tmp_path, data_copy, "{seed: 1, val_fraction: 0.25}"), tmp_path / "r")

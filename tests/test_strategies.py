@@ -185,6 +185,7 @@ def test_halving_survivors_equal_the_grid_to_the_last_digit(tmp_path: Path, data
         g = grid[r.key()]
         assert (r.train_loss, r.val_loss, r.test_loss) == (g.train_loss, g.val_loss,
                                                             g.test_loss), r
+        assert (r.val_mae, r.best_epoch) == (g.val_mae, g.best_epoch), r
     # stopped trials with losses are relabelled pruned; diverged ones stay diverged
     stopped = [r for e, nxt in ((1, 3), (3, 9)) for r in halv if r.epochs == e
                and r.column() not in {h.column() for h in halv if h.epochs == nxt}]
