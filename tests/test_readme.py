@@ -20,20 +20,26 @@ def recipe() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_recipe_reproduces_results_csv(tiny_config: Path, data_copy: Path, tmp_path: Path):
+@pytest.mark.parametrize("loss", ["squared", "absolute"])
+def test_recipe_reproduces_results_csv(tiny_config: Path, data_copy: Path, tmp_path: Path,
+                                       loss: str):
+    tiny_config.write_text(tiny_config.read_text().replace(
+        "l2: [0.0, 1.0e-2]", "l2: [0.0, 1.0e-2]\n  loss: [squared, absolute]"))
     run_dir = search(tiny_config, tmp_path / "runs")
-    row = next(r for r in read_results(run_dir) if r["status"] == "ok" and r["epochs"] == "3")
+    row = next(r for r in read_results(run_dir) if r["status"] == "ok" and r["epochs"] == "3"
+               and r["loss"] == loss)
     code = recipe()
-    values = (f'seed, batch_size, lr, epochs, l2 = 3, {row["batch_size"]}, '
-              f'{row["learning_rate"]}, {row["epochs"]}, {row["l2"]}')
-    code = re.sub(r"seed, batch_size, lr, epochs, l2 = .*", values, code)
+    values = (f'seed, batch_size, lr, epochs, l2, loss = 3, {row["batch_size"]}, '
+              f'{row["learning_rate"]}, {row["epochs"]}, {row["l2"]}, "{loss}"')
+    code = re.sub(r"seed, batch_size, lr, epochs, l2, loss = .*", values, code)
     code = code.replace('"runs/<your run>"', repr(str(run_dir)))
     code = code.replace('"data/', f'"{data_copy}/')
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README recipe", "exec"), {})
-    printed = float(out.getvalue().split()[-1])
-    assert printed == pytest.approx(float(row["val_loss"]), rel=1e-12)
+    words = out.getvalue().split()
+    assert float(words[-1]) == pytest.approx(float(row["val_loss"]), rel=1e-12)
+    assert float(words[2]) == pytest.approx(float(row["val_mae"]), rel=1e-12)
 
 
 def test_readme_names_every_command():
