@@ -564,8 +564,10 @@ def render_html(
     if ok:
         b = selection.trial if selection is not None and selection.trial is not None else ok[0]
         parts.append(f"<p>best trial: <strong>{_e(trial_text(asdict(b)))}</strong>: "
-                     f"validation fMSE {_e(fmt(b.val_loss))}, train fMSE "
-                     f"{_e(fmt(b.train_loss))}</p>\n")
+                     f"validation fMSE {_e(fmt(b.val_loss))}, validation MAE "
+                     f"{_e(fmt(b.val_mae))} years, train fMSE {_e(fmt(b.train_loss))}"
+                     f"{'' if b.best_epoch is None else f', best epoch {b.best_epoch}'}"
+                     "</p>\n")
         said = None if selection is None else selection_text(selection)
         if said:
             parts.append(f"<p>{_e(said)}</p>\n")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from agereg import plots
-from agereg.records import TrialRecord
 from agereg.evaluate import error_by_decade
+from agereg.records import TrialRecord
 from agereg.report import (
     GRID_PICTURES,
     NO_EVAL,
@@ -213,7 +213,8 @@ def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
 def test_eval_prints_the_new_findings(evaluated: dict):
     out, err = evaluated["out"], evaluated["err"]
     for fragment in ("test R²", "fMSE 95% CI", "winner better in", "mean difference",
-                     "ridge l2=", "median", "cumulative score: ", "error by age: the largest MAE", "SGD gap", "sigma²", "log-likelihood",
+                     "ridge l2=", "median", "cumulative score: ",
+                     "error by age: the largest MAE", "SGD gap", "sigma²", "log-likelihood",
                      "leaves out"):
         assert fragment in out, fragment
     assert "wrote eval.json, weights.npy, bias.npy, weights.png" in err
