@@ -32,6 +32,7 @@ from agereg import __version__, pipeline
 from agereg.assessment import evaluate_run
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
+from agereg.fileio import NotReadable, read_regular
 from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
@@ -399,9 +400,10 @@ def _resume_hint() -> str:
         return ""
     saved = ""
     try:
-        best = json.loads((Path(run_dir) / "best.json").read_text())
-        saved = f"{best['trials_done']} of {best['trials_planned']} trials "
-    except (OSError, ValueError, KeyError, TypeError):
+        best = json.loads(read_regular(Path(run_dir) / "best.json", 1 << 20))
+        done, planned = int(best["trials_done"]), int(best["trials_planned"])
+        saved = f"{done} of {planned} trials "
+    except (OSError, ValueError, KeyError, TypeError, NotReadable, RecursionError):
         pass
     return (f"; {saved or 'finished trials '}saved in {run_dir}/ (ranked partial results in "
             f"results.csv); continue with `agereg search --resume {run_dir}`")

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from agereg.errors import ConfigError
+from agereg.fileio import NotReadable, read_regular
 
 __all__ = [
     "BACKENDS",
@@ -49,6 +50,7 @@ BACKENDS = ("loky", "threading", "dask")
 SCHEDULER_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")
 STRATEGIES = ("grid", "random", "halving", "refine")
 ON_ERROR = ("record", "stop")
+CONFIG_LIMIT = 1 << 20  # 1 MiB: a larger file is not a config (and YAML would take minutes)
 SELECT = ("best", "one_se")
 SELECT_BY = ("fmse", "mae")
 DISTRIBUTIONS = ("log_uniform", "uniform")
@@ -409,7 +411,9 @@ def _read_text(file: Path, source: str) -> str:
         # A FIFO or device could block forever or never end.
         if not file.is_file():
             raise _error(f"{source}: is not a regular file; pass a .yaml file")
-        data = file.read_bytes()
+        data = read_regular(file, CONFIG_LIMIT)
+    except NotReadable as exc:
+        raise _error(f"{source}: {exc}; a config is a few hundred bytes of YAML") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         reason = getattr(exc, "strerror", None) or str(exc)
         raise _error(f"{source}: cannot read the config file ({reason}); check the path") from None

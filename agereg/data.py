@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from agereg.errors import DataError
+from agereg.fileio import NotReadable, read_regular
 
 FILE_NAMES: dict[str, str] = {
     "Xtr": "age_regression_Xtr.npy",
@@ -88,7 +89,12 @@ def _load_array(path: Path) -> np.ndarray:
     try:
         # mmap_mode keeps the 46 MB image files out of private memory; allow_pickle=False
         # because unpickling runs arbitrary code.
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(arr, np.ndarray):  # an .npz archive saved under an .npy name
+            arr.close()
+            raise DataError(f"{path}: is an .npz archive, not an .npy array; save each "
+                            "array with numpy.save") from None
+        return arr
     except ValueError as exc:
         text = str(exc)
         if "object" in text.lower() or "pickle" in text.lower():
@@ -149,8 +155,8 @@ def _describe(folder: Path, sha: dict[str, str]) -> tuple[str, str]:
     manifest = folder / MANIFEST_NAME
     if manifest.is_file():
         try:
-            meta = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+            meta = json.loads(read_regular(manifest, 64 * 1024).decode("utf-8"))
+        except (OSError, ValueError, NotReadable, RecursionError):
             meta = {}
         if isinstance(meta, dict) and meta.get("synthetic") is True:
             return "synthetic", (f"synthetic stand-in (agereg synth, seed {meta.get('seed')}); "

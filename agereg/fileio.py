@@ -8,8 +8,10 @@ one, never half of one, and a failed write leaves no temporary file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -64,14 +66,56 @@ def save_array(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+KiB, MiB = 1 << 10, 1 << 20
+
+
+class NotReadable(Exception):
+    """A file that is not a regular file of a sensible size; the message says which."""
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. A FIFO, a device (a link to
+    /dev/zero...), a directory or a larger file raises :class:`NotReadable` before anything
+    is read, so nothing hangs and nothing reads without end. FileNotFoundError and other
+    OSErrors propagate."""
+    st = os.stat(path)  # follows links: what matters is what would be read
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise NotReadable(f"{kind} (a FIFO, device or socket cannot be read as a file)"
+                          if kind != "a directory" else kind)
+    if st.st_size > limit:
+        raise NotReadable(f"{st.st_size:,} bytes, more than the {limit:,} such a file can "
+                          "hold")
+    # O_NONBLOCK: if the file was swapped for a FIFO since the stat, do not wait on it
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NotReadable(f"more than the {limit:,} bytes such a file can hold")
+    return data
+
+
+def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path``: agereg never follows a link
+    for a file it creates, appends to or truncates in a run folder (a planted link would
+    otherwise make it write outside). Raises OSError (ELOOP for a link)."""
+    return os.open(path, flags | os.O_NOFOLLOW, _FILE_MODE & mode)
+
+
 def append_durable(path: Path, text: str) -> None:
-    """Append ``text`` and fsync before returning: once this returns, it survives a crash."""
+    """Append ``text`` and fsync before returning: once this returns, it survives a crash.
+    A symbolic link at ``path`` is refused, never followed."""
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RunError(f"{path}: is a symbolic link; agereg never follows links in a run "
+                           "folder: remove the link, then resume with `agereg search "
+                           "--resume`") from None
         raise RunError(f"{path}: cannot append ({exc.strerror or exc}); "
                        "check free space and permissions, then resume with "
                        "`agereg search --resume`") from None

@@ -23,7 +23,7 @@ import numpy as np
 from agereg import __version__
 from agereg.advice import edge_notices
 from agereg.errors import RunError
-from agereg.fileio import atomic_write_bytes, atomic_write_text
+from agereg.fileio import NotReadable, atomic_write_bytes, atomic_write_text, read_regular
 from agereg.records import Config3, Selection, TrialRecord, rank, select, status_counts
 from agereg.runs import (
     CONFIG_NAME,
@@ -439,8 +439,8 @@ def check_eval(res: dict, path: Path) -> None:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return read_regular(path, 1 << 20).decode("utf-8")
+    except (OSError, UnicodeDecodeError, NotReadable) as exc:
         raise RunError(f"{path}: unreadable ({exc}); this run folder is damaged") from None
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import math
@@ -36,7 +37,15 @@ from agereg import __version__
 from agereg.config import LOSSES, Config, load_config
 from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
-from agereg.fileio import append_durable, atomic_write_text
+from agereg.fileio import (
+    KiB,
+    MiB,
+    NotReadable,
+    append_durable,
+    atomic_write_text,
+    open_no_follow,
+    read_regular,
+)
 from agereg.plan import Group
 from agereg.records import (
     RunSummary,
@@ -96,9 +105,12 @@ class RunLock:
     def __enter__(self) -> RunLock:
         import fcntl
 
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a planted link: the PID would overwrite the link's target
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RunError(f"{self.path}: is a symbolic link; agereg never follows links "
+                               "in a run folder: remove it") from None
             raise RunError(f"{self.path.parent}: cannot lock the run folder "
                            f"({exc.strerror or exc}); check permissions") from None
         try:
@@ -123,13 +135,19 @@ def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+JSON_LIMIT = 64 * MiB  # run.json, best.json, eval.json, dataset.json, split.json
+LOG_LIMIT = 1 << 31  # trials.jsonl, folds.jsonl, plan.jsonl, curves.csv: 2 GiB
+
+
 def read_json(path: Path, what: str) -> dict:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(read_regular(path, JSON_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path}: missing; {what}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RunError(f"{path}: unreadable ({exc}); {what}") from None
+    except NotReadable as exc:
+        raise RunError(f"{path}: {exc}; {what}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RunError(f"{path}: unreadable ({one_line(str(exc))}); {what}") from None
     if not isinstance(obj, dict):
         raise RunError(f"{path}: not a JSON object; {what}")
     return obj
@@ -156,10 +174,15 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
     if run is None or str(run) == "latest":
         latest = runs_dir / LATEST_NAME
         try:
-            name = latest.read_text(encoding="utf-8").strip()
-        except OSError:
+            name = read_regular(latest, 4 * KiB).decode("utf-8").strip()
+        except FileNotFoundError:
             raise RunError(f"{latest}: no runs yet; start one with `agereg search CONFIG` "
-                           "or name a run folder with --run") from None
+                           "or name the run folder") from None
+        except (OSError, NotReadable, UnicodeDecodeError):
+            name = ""
+        if not name or "/" in name or name in (".", "..") or "\x00" in name:
+            raise RunError(f"{latest}: does not name a run folder (it should hold one folder "
+                           f"name of {runs_dir}); delete it and name the run folder") from None
         path = runs_dir / name
     else:
         path = Path(run)
@@ -264,16 +287,19 @@ def _read_lines(path: Path, repair: bool) -> list[bytes]:
     the last newline are a torn write (the process died mid-write): they are ignored and,
     with ``repair``, cut off so that appends start on a fresh line."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path, LOG_LIMIT)
     except FileNotFoundError:
         return []
+    except NotReadable as exc:
+        raise RunError(f"{path}: {exc}; this run folder is damaged") from None
     except OSError as exc:
         raise RunError(f"{path}: cannot read ({exc.strerror or exc})") from None
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
     if tail and repair:
         try:
-            with open(path, "r+b") as f:
+            fd = open_no_follow(path, os.O_RDWR)
+            with os.fdopen(fd, "r+b") as f:
                 f.truncate(sum(len(x) + 1 for x in lines))
                 f.flush()
                 os.fsync(f.fileno())
@@ -463,6 +489,9 @@ class EvalStaging:
         import shutil
 
         try:
+            if self.target.parent.is_symlink():  # never write through a planted link
+                raise RunError(f"{self.target.parent}: is a symbolic link; agereg never "
+                               "follows links in a run folder: remove it")
             self.target.parent.mkdir(exist_ok=True)
             for old in self.target.parent.glob(".staging-*"):
                 shutil.rmtree(old, ignore_errors=True)  # an interrupted eval's leftovers
@@ -550,3 +579,10 @@ def _finite(text: str) -> float:
 
 def _opt(text: str) -> float | None:
     return None if text == "" else _finite(text)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, at most 200 characters (a message quoting a file must not
+    flood the terminal)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= 200 else flat[:197] + "..."

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from agereg.errors import SplitError
-from agereg.fileio import atomic_write_text
+from agereg.fileio import NotReadable, atomic_write_text, read_regular
 
 SPLIT_NAME = "split.json"
+SPLIT_LIMIT = 1 << 30  # 1 GiB: about 100 million row indices
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,14 @@ def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
     """Read ``split.json`` and check it belongs to the training labels given."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_regular(path, SPLIT_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         raise SplitError(f"{path}: split file not found; run `agereg split --seed N`") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SplitError(f"{path}: not a readable JSON split file ({exc}); "
+    except NotReadable as exc:
+        raise SplitError(f"{path}: {exc}; recreate it with `agereg split --seed N`") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = " ".join(str(exc).split())[:150]
+        raise SplitError(f"{path}: not a readable JSON split file ({reason}); "
                          "recreate it with `agereg split --seed N`") from None
     split = parse_split(raw, path)
     if split.n != n or split.ytr_sha256 != ytr_sha256:

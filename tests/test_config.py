@@ -217,11 +217,13 @@ def test_directory(tmp_path: Path) -> None:
 
 def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulated, because chmod 000 does not stop root, and tests may run as root.
-    def refuse(self: Path) -> bytes:
+    import agereg.config
+
+    def refuse(path: Path, limit: int) -> bytes:
         raise PermissionError(13, "Permission denied")
 
     path = write(tmp_path, GRID)
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(agereg.config, "read_regular", refuse)
     expect_error(lambda: load_config(path), "grid.yaml: ", "cannot read", "Permission denied")
 
 
