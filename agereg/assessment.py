@@ -142,8 +142,9 @@ def evaluate_run(
     place only when complete; an existing one is returned as it is unless ``force``.
     The run stays locked meanwhile, so a search cannot write it while it is evaluated.
     """
-    if n_boot < 0:
-        raise RunError(f"--bootstrap {n_boot}: give a number of resamples >= 0 (0 disables)")
+    if not 0 <= n_boot <= 1_000_000:
+        raise RunError(f"--bootstrap {n_boot}: give a number of resamples from 0 (none) to "
+                       "1,000,000")
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
         ctx = open_run(run_dir, runs_dir)

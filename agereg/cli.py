@@ -50,6 +50,7 @@ from agereg.report import (
 )
 
 EXIT_USAGE = 2
+MAX_SEED = 2**63 - 1  # what a config accepts, so a run's own stored config loads back
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -100,7 +101,7 @@ def cli(debug: bool) -> None:
 @cli.command()
 @click.option("--out", "out_dir", default="data", show_default=True, type=click.Path(),
               help="Folder to write the four .npy files and synthetic.json into.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--n-train", default=5000, show_default=True, type=click.IntRange(min=2))
 @click.option("--n-test", default=2500, show_default=True, type=click.IntRange(min=1))
 @click.option("--side", default=48, show_default=True, type=click.IntRange(min=2),
@@ -118,7 +119,8 @@ def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None
 
 
 @cli.command()
-@click.option("--seed", required=True, type=click.IntRange(min=0), help="Permutation seed.")
+@click.option("--seed", required=True, type=click.IntRange(0, MAX_SEED),
+              help="Permutation seed, 0 ... 2^63 - 1.")
 @click.option("--val-fraction", default=0.2, show_default=True,
               type=click.FloatRange(0, 1, min_open=True, max_open=True))
 @click.option("--folds", default=None, type=click.IntRange(min=2),
@@ -268,7 +270,7 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--refit", is_flag=True, help="Retrain on training + validation rows first.")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True,
-              type=click.IntRange(min=0),
+              type=click.IntRange(0, 1_000_000),
               help="Bootstrap resamples of the test set for the confidence intervals and the "
                    "paired comparison with the runner-up (seeded by the run's seed; 0: none).")
 @click.option("--no-plots", is_flag=True, help="Do not draw the pictures.")

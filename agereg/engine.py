@@ -240,17 +240,27 @@ def ridge_closed_form(X: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarr
 
     Centring removes the bias: ``b = mean(y) - mean(X) w`` and
     ``(Xc^T Xc + n l2 I) w = Xc^T yc``, solved stably as the least-squares problem
-    ``[Xc; sqrt(n l2) I] w = [yc; 0]`` (for ``l2 = 0``, the minimum-norm solution).
+    ``[Xc; sqrt(n l2) I] w = [yc; 0]`` (for ``l2 = 0``, the minimum-norm solution), or in
+    the dual form when there are more features than rows.
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n, d = X.shape
     x_mean, y_mean = X.mean(axis=0), y.mean()
     A, t = X - x_mean, y - y_mean
-    if l2 > 0:
+    if l2 > 0 and d > n:
+        # More features than rows: the same minimiser in its dual form,
+        # w = Xc^T (Xc Xc^T + n l2 I)^-1 yc, costs an (n, n) system instead of (n + D, D)
+        # (32 GiB for 60 images of 65,536 pixels).
+        K = A @ A.T  # (n, D) @ (D, n) -> (n, n)
+        K[np.diag_indices(n)] += n * l2
+        w = A.T @ np.linalg.solve(K, t)
+    elif l2 > 0:
         A = np.vstack([A, np.sqrt(n * l2) * np.eye(d)])  # (n + D, D)
         t = np.concatenate([t, np.zeros(d)])
-    w = np.linalg.lstsq(A, t, rcond=None)[0]
+        w = np.linalg.lstsq(A, t, rcond=None)[0]
+    else:
+        w = np.linalg.lstsq(A, t, rcond=None)[0]
     return w, float(y_mean - x_mean @ w)
 
 
@@ -385,14 +395,17 @@ def train_group(
     y_cast = y.astype(dtype)
     # Split each minibatch into near-equal blocks of at most ROW_BLOCK rows (160 -> 2 x 80
     # rather than 128 + 32, whose thin remainder wastes the products).
-    block = -(-batch_size // -(-batch_size // ROW_BLOCK))
+    # A minibatch never holds more than the n training rows: a batch size beyond n is
+    # one full batch per epoch, and the buffers are sized by the rows, not the setting.
+    rows_per_step = min(batch_size, n)
+    block = -(-rows_per_step // -(-rows_per_step // ROW_BLOCK))
     limit = explode_limit(arrays.y_train())
     X_S = np.empty((block, d), dtype=dtype)  # buffers reused by every step
     G_part = np.empty((d, PANEL), dtype=dtype)
     squared = loss == "squared"
 
     def buffers(P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        R = np.empty((P, batch_size, PANEL), dtype=dtype)
+        R = np.empty((P, rows_per_step, PANEL), dtype=dtype)
         return R, np.empty((P, d, PANEL), dtype), R if squared else np.empty_like(R)
 
     R, G, Dr = buffers(len(W))  # residuals, gradients, the loss's derivative of R

@@ -246,8 +246,13 @@ def _parse_record(line: str) -> TrialRecord:
         raise ValueError("not an object")
     stored_id = d.pop("trial_id", None)
     rec = TrialRecord(**d)
-    if not isinstance(rec.batch_size, int) or not isinstance(rec.epochs, int):
-        raise ValueError("bad types")
+    for count in (rec.batch_size, rec.epochs):  # as a config allows: 1 ... 2^63 - 1
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count < 2**63:
+            raise ValueError("batch_size and epochs must be positive 64-bit integers")
+    for value in (rec.learning_rate, rec.l2, rec.seconds):
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value) or value < 0:
+            raise ValueError("learning_rate, l2 and seconds must be finite numbers >= 0")
 
     def num(v: object) -> float | None:
         if v is None:
@@ -262,9 +267,9 @@ def _parse_record(line: str) -> TrialRecord:
                 isinstance(f, list) and len(f) == 3 for f in rec.folds):
             raise ValueError("folds must be a list of [train, val, test]")
         folds = tuple((num(a), num(b), num(c)) for a, b, c in rec.folds)
-    for count in (rec.fold, rec.best_epoch):
-        if count is not None and (not isinstance(count, int) or isinstance(count, bool)
-                                  or count < 0):
+    for optional in (rec.fold, rec.best_epoch):
+        if optional is not None and (not isinstance(optional, int)
+                                     or isinstance(optional, bool) or optional < 0):
             raise ValueError("fold and best_epoch must be integers >= 0")
     for text in (rec.error, rec.origin):
         if text is not None and not isinstance(text, str):

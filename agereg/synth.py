@@ -264,6 +264,34 @@ def make_synthetic(
     return images[:n_train], ages[:n_train], images[n_train:], ages[n_train:]
 
 
+# Peak bytes per generated pixel: the float32 result plus float64 working arrays.
+BYTES_PER_PIXEL = 24
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux, else the
+    physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_size(n_train: int, n_test: int, side: int) -> None:
+    """Refuse, before allocating anything, a dataset that would not fit in memory."""
+    need = (n_train + n_test) * side * side * BYTES_PER_PIXEL
+    have = available_memory()
+    if need > have // 2:
+        raise DataError(
+            f"synth: {n_train:,} + {n_test:,} images of {side}x{side} would need about "
+            f"{need / 2**30:,.1f} GiB of memory while generating, more than half of the "
+            f"{have / 2**30:,.1f} GiB available; ask for fewer or smaller images")
+
+
 def write_synthetic(
     out_dir: str | os.PathLike[str],
     seed: int = 0,
@@ -301,6 +329,7 @@ def write_synthetic(
             f"cannot write synthetic data to {folder}: it is a file, not a folder; "
             "choose another output folder"
         )
+    check_size(n_train, n_test, side)
     arrays = dict(
         zip(("Xtr", "ytr", "Xte", "yte"), make_synthetic(seed, n_train, n_test, side), strict=True)
     )
