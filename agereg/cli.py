@@ -8,6 +8,7 @@ The only module (with ``__main__``) that imports click or rich. Every
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from types import FrameType
 
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _rich_escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from agereg import __version__, pipeline
+from agereg import __version__, interrupts, pipeline
 from agereg.assessment import evaluate_run
 from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
 from agereg.errors import AgeregError
@@ -58,6 +59,22 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 
+# C0 and C1 control characters and DEL: a value from a config or a run folder must not
+# move the cursor, clear the screen, set the title or break the one-line promise.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def escape(text: str) -> str:
+    """Rich markup escaped and control characters made visible: every message goes
+    through here."""
+    return _rich_escape(printable(text))
+
+
 class _State:
     debug = False
 
@@ -68,12 +85,12 @@ class Terminated(Exception):
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     note_interrupt()
-    raise Terminated()
+    interrupts.deliver(Terminated())  # held while a run folder is being made consistent
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     note_interrupt()
-    raise KeyboardInterrupt()
+    interrupts.deliver(KeyboardInterrupt())
 
 
 # ---------------------------------------------------------------- the group
@@ -378,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except click.ClickException as exc:
+        exc.message = printable(exc.message)  # option values are user input too
         exc.show()
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort, Terminated) as exc:

@@ -801,7 +801,36 @@ def _scheduler(value: object, key: str) -> str | None:
             f"{_at(key, value)} is not a scheduler address; write it like "
             "tcp://127.0.0.1:8786 (schemes: tcp://, tls://, inproc://, ucx://)"
         )
+    if not value.startswith("inproc://") and not _host_port(value.split("://", 1)[1]):
+        raise _Invalid(
+            f"{_at(key, value)} is not a HOST:PORT address (an IPv6 host goes in brackets: "
+            "tcp://[::1]:8786); write it like tcp://127.0.0.1:8786"
+        )
     return value
+
+
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", re.ASCII)
+
+
+def _host_port(address: str) -> bool:
+    """``HOST:PORT`` with a DNS name or IPv4 host, or ``[IPv6]:PORT``; port 1-65535. Checked
+    here because dask, given ``tcp://[::1``, prints a traceback after a 20 s stall."""
+    import ipaddress
+
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            return False
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        port = rest[1:]
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep or not _HOST.fullmatch(host):
+            return False
+    return port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def _check_scheduler(execution: ExecutionConfig) -> None:

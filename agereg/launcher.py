@@ -60,8 +60,23 @@ class ArraysRef:
 
 def prepare_arrays(dataset: Dataset, split: Split, precision: str, folder: Path) -> ArraysRef:
     """Write the split's rows, contiguous and in the engine's dtype, for workers to map.
-    For K folds: the training files' rows once (the pool) and every fold's indices."""
-    folder.mkdir(parents=True, exist_ok=True)
+    For K folds: the training files' rows once (the pool) and every fold's indices. A full
+    disk (or any OSError) is one line, and the partial folder is removed."""
+    try:
+        if folder.is_symlink():  # never write through a planted link
+            folder.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        return _write_arrays(dataset, split, precision, folder)
+    except OSError as exc:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RunError(f"{folder}: cannot write the prepared arrays ({exc.strerror or exc}); "
+                       "free some space (they take about the size of the data), then "
+                       "`agereg search --resume`") from None
+
+
+def _write_arrays(dataset: Dataset, split: Split, precision: str, folder: Path) -> ArraysRef:
     if split.k:
         np.save(folder / "X_fit.npy", np.ascontiguousarray(dataset.Xtr, dtype=precision))
         np.save(folder / "y_fit.npy", np.asarray(dataset.ytr, dtype=np.float64))

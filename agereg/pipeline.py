@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agereg import interrupts
 from agereg.advice import edge_notices
 from agereg.cluster import check_backend
 from agereg.config import (
@@ -513,7 +514,7 @@ def _run(
     if progress:
         progress(len(sweep.results), max(sweep.n_planned, len(sweep.results)))
     status = "interrupted"
-    summary = None
+    summary: RunSummary | None = None
     try:
         sweep.run(make_strategy(cfg))
         status = "finished"
@@ -521,26 +522,36 @@ def _run(
         status = "failed"
         raise
     finally:
-        shutil.rmtree(run_dir / ".work", ignore_errors=True)
-        try:
-            # From the durable log, not from memory: an interrupt can land between a
-            # group's append and its bookkeeping, and the log is the truth either way.
-            logged = read_log(run_dir)
-            # a finished adaptive search planned exactly what it trained
-            planned = len(logged) if status == "finished" else sweep.n_planned
-            summary = write_summaries(run_dir, logged, planned,
-                                      edge_notices(logged, cfg.select_by), cfg.select,
-                                      cfg.select_by)
-            shown = status
-            if status == "finished" and summary.counts[Status.FAILED.value]:
-                shown = "failed"  # on_error: record; --resume trains them again
-            write_run_info(run_dir, shown, trials_planned=planned, trials_done=len(logged),
-                           strategy=cfg.search.strategy, **Extension.run_info(base))
-        except RunError:
-            if status == "finished":
-                raise
-            # Already unwinding an interrupt or error: the durable trial log is the truth,
-            # and --resume rebuilds the summaries from it.
+        # a second Ctrl-C must not stop the summaries halfway: it is raised afterwards
+        with interrupts.shielded():
+            summary = _finish(cfg, run_dir, sweep, status, base)
     assert summary is not None
     return SearchOutcome(run_dir, summary, sweep.computed, sweep.reused,
                          time.perf_counter() - t0)
+
+
+def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
+            base: Extension | None) -> RunSummary | None:
+    """Summaries and run.json from the durable log, after the sweep ended in any way."""
+    shutil.rmtree(run_dir / ".work", ignore_errors=True)
+    try:
+        # From the durable log, not from memory: an interrupt can land between a group's
+        # append and its bookkeeping, and the log is the truth either way.
+        logged = read_log(run_dir)
+        # a finished adaptive search planned exactly what it trained
+        planned = len(logged) if status == "finished" else sweep.n_planned
+        summary = write_summaries(run_dir, logged, planned,
+                                  edge_notices(logged, cfg.select_by), cfg.select,
+                                  cfg.select_by)
+        shown = status
+        if status == "finished" and summary.counts[Status.FAILED.value]:
+            shown = "failed"  # on_error: record; --resume trains them again
+        write_run_info(run_dir, shown, trials_planned=planned, trials_done=len(logged),
+                       strategy=cfg.search.strategy, **Extension.run_info(base))
+    except RunError:
+        if status == "finished":
+            raise
+        # Already unwinding an interrupt or error: the durable trial log is the truth,
+        # and --resume rebuilds the summaries from it.
+        return None
+    return summary

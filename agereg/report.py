@@ -27,7 +27,9 @@ from agereg.fileio import NotReadable, atomic_write_bytes, atomic_write_text, re
 from agereg.records import Config3, Selection, TrialRecord, rank, select, status_counts
 from agereg.runs import (
     CONFIG_NAME,
+    CURVES_NAME,
     EVAL_NAME,
+    LOG_NAME,
     RUN_NAME,
     CurveKey,
     CurvePoint,
@@ -145,19 +147,31 @@ def _mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], column: Config3
 def draw_grid_pictures(
     run_dir: Path, records: Sequence[TrialRecord], only_missing: bool = False
 ) -> list[str]:
-    """Write heatmap_val.png and val_vs_epochs.png from the trial log; returns the names
+    """Write heatmap_val.png and val_vs_epochs.png from the trial log (with
+    ``only_missing``, only those missing or older than the log); returns the names
     written (none when the log is empty)."""
     from agereg import plots
 
     if not records:
         return []
-    todo = [n for n in GRID_PICTURES if not (only_missing and (run_dir / n).is_file())]
+    todo = [n for n in GRID_PICTURES if not (only_missing and _fresh(run_dir / n, run_dir))]
     if "heatmap_val.png" in todo:
         atomic_write_bytes(run_dir / "heatmap_val.png", plots.heatmap_val(grid_cells(records)))
     if "val_vs_epochs.png" in todo:
         atomic_write_bytes(run_dir / "val_vs_epochs.png",
                            plots.val_vs_epochs(top_curves(records, curves=read_curves(run_dir))))
     return todo
+
+
+def _fresh(picture: Path, run_dir: Path) -> bool:
+    """Whether a grid picture exists and is newer than the trial log and the curves it was
+    drawn from (one drawn from a partial log is redrawn once the run has grown)."""
+    try:
+        drawn = picture.stat().st_mtime_ns
+    except OSError:
+        return False
+    sources = [run_dir / LOG_NAME, run_dir / CURVES_NAME]
+    return all(not p.exists() or p.stat().st_mtime_ns <= drawn for p in sources)
 
 
 def draw_eval_pictures(
@@ -405,36 +419,44 @@ def read_evaluations(run_dir: Path) -> list[Evaluation]:
     return evals
 
 
-_TRIAL_KEYS = {"rank": int, "batch_size": int, "learning_rate": float, "epochs": int,
-               "l2": float}
+_TRIAL_KEYS: dict[str, type] = {"rank": int, "batch_size": int, "learning_rate": float,
+                                "epochs": int, "l2": float}
+
+
+@dataclass(frozen=True)
+class EvalText:
+    """An eval.json as the terminal and the page show it: the metrics table, the table
+    of error by age, and the sentences."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    decade_columns: list[str]
+    decade_rows: list[list[str]]
+    lines: list[str]
+
+
+def describe_eval(res: dict, path: Path) -> EvalText:
+    """Everything printed of an eval.json, built once. An eval.json read back is input:
+    anything missing or of the wrong type is one line naming the file, not a traceback."""
+    try:
+        trial = res["trial"]
+        for key, kind in _TRIAL_KEYS.items():
+            v = trial[key]
+            if isinstance(v, bool) or not isinstance(v, kind if kind is int else int | float):
+                raise TypeError(key)
+        trial_text(trial)
+        columns, rows = eval_table(res)
+        dec_columns, dec_rows = decade_table(res)
+        return EvalText(columns, rows, dec_columns, dec_rows, [str(x) for x in eval_lines(res)])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise RunError(f"{path}: not an agereg evaluation ({type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:80]}); delete it or recompute it with "
+                       "`agereg eval --force`") from None
 
 
 def check_eval(res: dict, path: Path) -> None:
-    """An eval.json read back is input: the keys the report prints must be there with the
-    right types, else one line naming the file and the key."""
-    def bad(key: str) -> RunError:
-        return RunError(f"{path}: not an agereg evaluation ({key!r} is missing or not the "
-                        "right type); delete it or recompute it with `agereg eval --force`")
-
-    trial = res.get("trial")
-    if not isinstance(trial, dict):
-        raise bad("trial")
-    for key, kind in _TRIAL_KEYS.items():
-        v = trial.get(key)
-        if isinstance(v, bool) or not isinstance(v, int | float) or \
-                (kind is int and not isinstance(v, int)):
-            raise bad(f"trial.{key}")
-    for key in ("test", "baseline_test"):
-        d = res.get(key)
-        if not isinstance(d, dict) or not all(
-                d.get(m) is None or (isinstance(d.get(m), int | float)
-                                     and not isinstance(d.get(m), bool))
-                for m in ("fmse", "rmse", "mae", "r2")):
-            raise bad(key)
-    for key in ("train_fmse", "val_fmse"):
-        v = res.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-            raise bad(key)
+    """Raise :class:`RunError` unless ``res`` is an eval.json the report can show."""
+    describe_eval(res, path)
 
 
 def _read_text(path: Path) -> str:

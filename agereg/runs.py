@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-from agereg import __version__
+from agereg import __version__, interrupts
 from agereg.config import LOSSES, Config, load_config
 from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
@@ -513,14 +513,15 @@ class EvalStaging:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         old = self.target.parent / f".staging-old-{self.target.name}-{os.getpid()}"
-        try:
-            if self.target.exists():  # --force: swap the new evaluation in, then drop the old
-                os.rename(self.target, old)
-            os.rename(self.path, self.target)
-        except OSError as exc:
-            raise RunError(f"{self.target}: cannot move the evaluation into place "
-                           f"({exc.strerror or exc})") from None
-        shutil.rmtree(old, ignore_errors=True)
+        with interrupts.shielded():  # a Ctrl-C now waits until one evaluation is in place
+            try:
+                if self.target.exists():  # --force: swap the new one in, then drop the old
+                    os.rename(self.target, old)
+                os.rename(self.path, self.target)
+            except OSError as exc:
+                raise RunError(f"{self.target}: cannot move the evaluation into place "
+                               f"({exc.strerror or exc})") from None
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- learning curves
