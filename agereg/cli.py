@@ -395,8 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except click.ClickException as exc:
-        exc.message = printable(exc.message)  # option values are user input too
-        exc.show()
+        # one line, like every other bad input (option values are user input too)
+        where = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            where = f"; see `{ctx.command_path} --help`"
+        err.print(f"[red]error[/]: {escape(exc.format_message().rstrip('.'))}{escape(where)}",
+                  soft_wrap=True)
         return exc.exit_code
     except (KeyboardInterrupt, click.Abort, Terminated) as exc:
         code = EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT

@@ -84,7 +84,7 @@ def read_regular(path: Path, limit: int) -> bytes:
         raise NotReadable(f"{kind} (a FIFO, device or socket cannot be read as a file)"
                           if kind != "a directory" else kind)
     if st.st_size > limit:
-        raise NotReadable(f"{st.st_size:,} bytes, more than the {limit:,} such a file can "
+        raise NotReadable(f"{st.st_size:,} bytes, more than the {limit:,} bytes such a file may "
                           "hold")
     # O_NONBLOCK: if the file was swapped for a FIFO since the stat, do not wait on it
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

@@ -155,11 +155,14 @@ def draw_grid_pictures(
     if not records:
         return []
     todo = [n for n in GRID_PICTURES if not (only_missing and _fresh(run_dir / n, run_dir))]
+    if not todo:
+        return []
+    curves = read_curves(run_dir)  # every input is read (and checked) before any write
     if "heatmap_val.png" in todo:
         atomic_write_bytes(run_dir / "heatmap_val.png", plots.heatmap_val(grid_cells(records)))
     if "val_vs_epochs.png" in todo:
         atomic_write_bytes(run_dir / "val_vs_epochs.png",
-                           plots.val_vs_epochs(top_curves(records, curves=read_curves(run_dir))))
+                           plots.val_vs_epochs(top_curves(records, curves=curves)))
     return todo
 
 

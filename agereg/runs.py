@@ -188,6 +188,10 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
         path = Path(run)
     if not path.is_dir():
         raise RunError(f"{path}: run folder not found; list the folders in {runs_dir}")
+    for name in (CONFIG_NAME, RUN_NAME):
+        if (path / name).exists() and not (path / name).is_file():
+            raise RunError(f"{path / name}: not a regular file (a FIFO, device or folder); "
+                           "this run folder is damaged")
     if not (path / CONFIG_NAME).is_file() or not (path / RUN_NAME).is_file():
         raise RunError(f"{path}: not an agereg run folder (no {CONFIG_NAME} / {RUN_NAME}); "
                        "name a folder that `agereg search` wrote")

@@ -261,3 +261,15 @@ def test_results_do_not_depend_on_column_chunking():
                               for lr, l2 in zip(lrs, l2s, strict=True)], axis=1)
     np.testing.assert_allclose(parts, whole, rtol=1e-12)
     np.testing.assert_allclose(singles, whole, rtol=1e-12)
+
+
+def test_ridge_with_more_features_than_rows_uses_the_dual_and_agrees_with_the_primal():
+    rng = np.random.default_rng(8)
+    X, y = rng.normal(size=(12, 40)), rng.normal(size=12)
+    for l2 in (1e-3, 0.5):
+        w, b = ridge_closed_form(X, y, l2)  # the dual: a (12, 12) system
+        n, d = X.shape
+        A, t = X - X.mean(axis=0), y - y.mean()
+        primal = np.linalg.solve(A.T @ A + n * l2 * np.eye(d), A.T @ t)  # (40, 40)
+        np.testing.assert_allclose(w, primal, rtol=1e-9, atol=1e-12)
+        assert b == pytest.approx(y.mean() - X.mean(axis=0) @ primal, abs=1e-10)

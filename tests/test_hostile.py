@@ -1,0 +1,375 @@
+"""Hostile input and faults, round 2: one table of cases. Each case damages a copy of a
+finished run (or its data, or the command line) and expects exactly one line on stderr
+naming the problem, exit code 2, and nothing written that a later command would trust.
+Adding a case is one line in CASES (plus a small damage function when none fits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agereg import interrupts
+from agereg.runs import RunLock
+
+from tests_helpers import run
+
+CONFIG = """\
+name: h
+seed: 3
+n_jobs: 1
+data: {{dir: {data}}}
+split: {{seed: 1, val_fraction: 0.25}}
+grid:
+  batch_size: [8, 32]
+  learning_rate: [1.0e-3, 1.0e-2]
+  epochs: [1, 3]
+  l2: [0.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """A finished run (runs/<run>) with its own data folder, made once."""
+    root = tmp_path_factory.mktemp("hostile")
+    shutil.copytree(tiny_data, root / "data")
+    (root / "h.yaml").write_text(CONFIG.format(data=root / "data"))
+    code, _, err = run(["search", str(root / "h.yaml"), "--runs-dir", str(root / "runs"),
+                        "--quiet"])
+    assert code == 0, err
+    return root
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path  # holds data/, runs/, h.yaml
+    run_dir: Path
+
+    @property
+    def runs(self) -> str:
+        return str(self.root / "runs")
+
+
+# ---------------------------------------------------------------- damage
+
+
+def append_log_line(**change: object) -> Callable[[World], None]:
+    def damage(w: World) -> None:
+        first = json.loads((w.run_dir / "trials.jsonl").read_text().splitlines()[0])
+        first.update(change)
+        first.pop("trial_id")
+        with open(w.run_dir / "trials.jsonl", "a") as f:
+            f.write(json.dumps(first).replace('"__NEGINF__"', "-Infinity") + "\n")
+    return damage
+
+
+def write_file(rel: str, data: bytes) -> Callable[[World], None]:
+    def damage(w: World) -> None:
+        path = w.run_dir / rel if not rel.startswith("/") else w.root / rel[1:]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return damage
+
+
+def replace_with(rel: str, make: Callable[[Path], None]) -> Callable[[World], None]:
+    def damage(w: World) -> None:
+        path = w.run_dir / rel
+        path.unlink(missing_ok=True)
+        make(path)
+    return damage
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def link_to(target: str) -> Callable[[Path], None]:
+    return lambda path: path.symlink_to(target)
+
+
+def npz_as_npy(w: World) -> None:
+    path = w.root / "data" / "age_regression_ytr.npy"
+    np.savez(w.root / "x.npz", a=np.zeros(3))
+    os.replace(w.root / "x.npz", path)
+
+
+def nothing(w: World) -> None:
+    pass
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    damage: Callable[[World], None]
+    args: Callable[[World], list[str]]
+    fragment: str
+    code: int = 2
+
+
+def report(w: World) -> list[str]:
+    return ["report", str(w.run_dir)]
+
+
+def report_latest(w: World) -> list[str]:
+    return ["report", "--runs-dir", w.runs]
+
+
+def evaluate(w: World) -> list[str]:
+    return ["eval", "--run", str(w.run_dir), "--no-plots", "--bootstrap", "0"]
+
+
+def resume(w: World) -> list[str]:
+    return ["search", "--resume", str(w.run_dir), "--runs-dir", w.runs, "--quiet"]
+
+
+def split_data(w: World) -> list[str]:
+    return ["split", "--seed", "1", "--data", str(w.root / "data")]
+
+
+def big_config(w: World) -> list[str]:
+    text = CONFIG.format(data=w.root / "data") + "junk: [" + "1, " * 600_000 + "1]\n"
+    (w.root / "big.yaml").write_text(text)
+    return ["search", str(w.root / "big.yaml"), "--runs-dir", w.runs]
+
+
+def escaped_config(w: World) -> list[str]:
+    (w.root / "esc.yaml").write_text(CONFIG.format(data="da\\nta\\x1b]0;title\\x07")
+                                     .replace("dir: da", 'dir: "da').replace("\\x07}", '\\x07"}'))
+    return ["search", str(w.root / "esc.yaml"), "--runs-dir", w.runs]
+
+
+CASES = [
+    Case("log: 400-digit integer", append_log_line(batch_size=int("9" * 400)), report,
+         "corrupt trial record"),
+    Case("log: -Infinity loss", append_log_line(val_loss="__NEGINF__"), report,
+         "corrupt trial record"),
+    Case("log: markup as status", append_log_line(status="[/x]"), report,
+         "corrupt trial record"),
+    Case("log: a string as seconds", append_log_line(seconds="slow"), resume,
+         "corrupt trial record"),
+    Case("plan: not JSON", write_file("plan.jsonl", b"{oops\n"), evaluate,
+         "corrupt plan record"),
+    Case("curves: bad row", write_file("curves.csv", b"batch_size,learning_rate,l2,loss,fold,"
+                                                     b"epoch,train_running,val_fmse,val_mae\n"
+                                                     b"8,x,0,squared,,1,1,1,1\n"), report,
+         "corrupt curve row"),
+    Case("eval.json: {}", write_file("evals/abc/eval.json", b"{}"), report,
+         "not an agereg evaluation"),
+    Case("eval.json: wrong types", write_file("evals/abc/eval.json", json.dumps(
+        {"trial": {"rank": 1, "batch_size": 8, "learning_rate": 0.01, "epochs": 1, "l2": 0},
+         "test": {"fmse": "high"}, "baseline_test": {}, "train_fmse": 1,
+         "val_fmse": 1}).encode()), report, "not an agereg evaluation"),
+    Case("latest: invalid UTF-8", write_file("/runs/latest", b"\xff\xfe\n"), report_latest,
+         "does not name a run folder"),
+    Case("latest: a path outside", write_file("/runs/latest", b"../../etc\n"), report_latest,
+         "does not name a run folder"),
+    Case("split.json: a FIFO", replace_with("split.json", fifo), evaluate,
+         "not a regular file"),
+    Case("split.json: link to /dev/zero", replace_with("split.json", link_to("/dev/zero")),
+         evaluate, "not a regular file"),
+    Case("run.json: link to /dev/zero", replace_with("run.json", link_to("/dev/zero")),
+         report, "not a regular file"),
+    Case("config.yaml: a FIFO", replace_with("config.yaml", fifo), report,
+         "config.yaml: not a regular file"),
+    Case("data: .npz under an .npy name", npz_as_npy, split_data, "is an .npz archive"),
+    Case("config of several MB", nothing, big_config, "more than the 1,048,576 bytes"),
+    Case("control characters in a message", nothing, escaped_config,
+         "da\\nta\\x1b]0;title\\x07"),
+    Case("split --seed 10^30", nothing,
+         lambda w: ["split", "--seed", str(10**30), "--data", str(w.root / "data")],
+         "is not in the range 0<=x<=9223372036854775807"),
+    Case("eval --bootstrap 10^7", nothing, lambda w: [*evaluate(w)[:-1], str(10**7)],
+         "is not in the range 0<=x<=1000000"),
+    Case("synth beyond memory", nothing,
+         lambda w: ["synth", "--out", str(w.root / "s"), "--n-train", str(10**9)],
+         "would need about"),
+    Case("dask address tcp://[::1", nothing,
+         lambda w: ["search", str(w.root / "h.yaml"), "--runs-dir", w.runs, "--backend",
+                    "dask", "--scheduler", "tcp://[::1"], "not a HOST:PORT address"),
+]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root (links not followed) with its size and mtime; .lock aside."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            if p.name == ".lock" or p.is_symlink() or not p.is_file():
+                continue
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input_is_one_line_exit_2_and_writes_nothing(case: Case, base: Path,
+                                                             tmp_path: Path):
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    (root / "h.yaml").write_text(CONFIG.format(data=root / "data"))
+    run_dir = next((root / "runs").glob("*-h"))
+    (root / "runs" / "latest").write_text(run_dir.name + "\n")
+    world = World(root, run_dir)
+    case.damage(world)
+    args = case.args(world)
+    before = snapshot(root)
+    code, _, err = run(args)
+    lines = err.strip().splitlines()
+    assert code == case.code, err
+    assert len(lines) == 1 and case.fragment in lines[0], err
+    assert "Traceback" not in err and "\x1b" not in err and "internal error" not in err
+    after = snapshot(root)
+    written = {k for k in after if after[k] != before.get(k)}
+    assert written <= {"big.yaml", "esc.yaml"}, written  # the case's own input only
+
+
+# ---------------------------------------------------------------- links are never followed
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_untouched(base: Path,
+                                                                   tmp_path: Path):
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    run_dir = next((root / "runs").glob("*-h"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (run_dir / ".lock").unlink(missing_ok=True)
+    (run_dir / ".lock").symlink_to(victim)
+    code, _, err = run(evaluate(World(root, run_dir)))
+    assert code == 2 and "is a symbolic link" in err, err
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_log_that_is_a_link_is_never_appended_to(base: Path, tmp_path: Path):
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    (root / "h.yaml").write_text(CONFIG.format(data=root / "data"))
+    run_dir = next((root / "runs").glob("*-h"))
+    outside = tmp_path / "outside.jsonl"
+    lines = (run_dir / "trials.jsonl").read_text().splitlines(keepends=True)
+    outside.write_text("".join(lines[:3]))  # a partial log elsewhere, linked in
+    (run_dir / "trials.jsonl").unlink()
+    (run_dir / "trials.jsonl").symlink_to(outside)
+    code, _, err = run(resume(World(root, run_dir)))
+    assert code == 2 and "is a symbolic link" in err, err
+    assert outside.read_text() == "".join(lines[:3])
+
+
+# ---------------------------------------------------------------- concurrency and timing
+
+
+def test_eval_of_a_run_being_written_says_so(base: Path, tmp_path: Path):
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    run_dir = next((root / "runs").glob("*-h"))
+    with RunLock(run_dir):
+        code, _, err = run(evaluate(World(root, run_dir)))
+    assert code == 2 and "another agereg process" in err
+
+
+def test_a_second_interrupt_waits_for_the_summaries(tmp_path: Path, data_copy: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    import agereg.pipeline as pipeline
+
+    (tmp_path / "h.yaml").write_text(CONFIG.format(data=data_copy))
+    real_append, real_summaries = pipeline.append_records, pipeline.write_summaries
+    calls = {"append": 0}
+
+    def first_interrupt(run_dir, records):  # type: ignore[no-untyped-def]
+        calls["append"] += 1
+        if calls["append"] == 2:
+            raise KeyboardInterrupt  # the first Ctrl-C, after one group is logged
+        real_append(run_dir, records)
+
+    def second_interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
+        interrupts.deliver(KeyboardInterrupt())  # the second, while summaries are written
+        return real_summaries(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "append_records", first_interrupt)
+    monkeypatch.setattr(pipeline, "write_summaries", second_interrupt)
+    code, _, err = run(["search", str(tmp_path / "h.yaml"), "--runs-dir",
+                        str(tmp_path / "runs"), "--quiet"])
+    assert code == 130, err
+    run_dir = next((tmp_path / "runs").glob("*-h"))
+    assert (run_dir / "results.csv").is_file()  # written although Ctrl-C came twice
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_deliver_raises_at_once_outside_and_after_the_block_inside():
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.deliver(KeyboardInterrupt())
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts.shielded():
+        interrupts.deliver(KeyboardInterrupt())
+        done.append("finished the block")
+    assert done == ["finished the block"]
+
+
+# ---------------------------------------------------------------- valid but unusual
+
+
+def test_a_batch_larger_than_the_training_set_is_one_full_batch(tmp_path: Path,
+                                                               data_copy: Path):
+    config = tmp_path / "b.yaml"
+    config.write_text(CONFIG.format(data=data_copy).replace("[8, 32]", "[90, 1000000000]"))
+    code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs"),
+                        "--quiet"])
+    assert code == 0, err
+    rows = json.loads((next((tmp_path / "runs").glob("*-h")) / "best.json").read_text())
+    assert rows["counts"] == {"ok": 8, "pruned": 0, "diverged": 0, "failed": 0}
+    log = (next((tmp_path / "runs").glob("*-h")) / "trials.jsonl").read_text().splitlines()
+    by = {}
+    for line in log:
+        d = json.loads(line)
+        by.setdefault((d["learning_rate"], d["epochs"]), []).append(d["val_loss"])
+    # 90 training rows: a batch of 90 and a batch of 10^9 are the same single full batch
+    assert all(len(v) == 2 and v[0] == v[1] for v in by.values())
+
+
+def test_pictures_from_a_partial_log_are_redrawn_after_resume(base: Path, tmp_path: Path):
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    run_dir = next((root / "runs").glob("*-h"))
+    code, _, err = run(report(World(root, run_dir)))
+    assert code == 0, err
+    heatmap = run_dir / "heatmap_val.png"
+    drawn = heatmap.stat().st_mtime_ns
+    code, _, err = run(report(World(root, run_dir)))
+    assert "drew" not in err and heatmap.stat().st_mtime_ns == drawn  # fresh: kept
+    os.utime(run_dir / "trials.jsonl", ns=(drawn + 10**9, drawn + 10**9))  # the log grew
+    code, _, err = run(report(World(root, run_dir)))
+    assert code == 0 and "drew heatmap_val.png" in err
+    assert heatmap.stat().st_mtime_ns > drawn
+
+
+def test_eval_of_flat_data_wider_than_the_rows_needs_no_d_by_d_matrix(tmp_path: Path):
+    # 40 images of 50,000 pixels: the primal ridge system would be 50,040 x 50,000
+    # (20 GB); the dual is 30 x 30.
+    data = tmp_path / "flat"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for part, n in (("tr", 40), ("te", 10)):
+        np.save(data / f"age_regression_X{part}.npy",
+                rng.random((n, 50_000), dtype=np.float32))
+        np.save(data / f"age_regression_y{part}.npy", rng.uniform(10, 80, n))
+    config = tmp_path / "flat.yaml"
+    config.write_text(CONFIG.format(data=data).replace("[8, 32]", "[8]").replace(
+        "[1.0e-3, 1.0e-2]", "[1.0e-6]").replace("l2: [0.0]", "l2: [0.1]"))
+    code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs"),
+                        "--quiet"])
+    assert code == 0, err
+    code, out, err = run(["eval", "--runs-dir", str(tmp_path / "runs"), "--bootstrap", "0",
+                          "--json", "--no-plots"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["ridge"]["test_fmse"] is not None and res["reproduced"] is True
