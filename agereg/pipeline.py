@@ -88,10 +88,11 @@ def failure(records: list[TrialRecord], run_dir: Path) -> TrialsFailed | None:
     if not failed:
         return None
     first = failed[0]
+    error = " ".join(str(first.error).split())[:200]  # a stored message: bounded, one line
     return TrialsFailed(
         f"{len(failed)} trial{'s' if len(failed) > 1 else ''} failed, the first "
         f"(batch_size {first.batch_size}, learning_rate {first.learning_rate:g}, epochs "
-        f"{first.epochs}, l2 {first.l2:g}) with {first.error}; they are saved as failed in "
+        f"{first.epochs}, l2 {first.l2:g}) with {error}; they are saved as failed in "
         f"{run_dir}/: fix the cause, then `agereg search --resume {run_dir}` trains them again")
 
 

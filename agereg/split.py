@@ -105,11 +105,20 @@ def _indices(value: object, key: str, n: int, path: Path) -> np.ndarray:
     ):
         raise SplitError(f"{path}: '{key}' must be a list of integer row indices; "
                          "recreate it with `agereg split --seed N`")
-    arr = np.asarray(value, dtype=np.int64)
+    try:
+        arr = np.asarray(value, dtype=np.int64)
+    except OverflowError:
+        raise SplitError(f"{path}: '{key}' holds an index too large for a row number; "
+                         "recreate it with `agereg split --seed N`") from None
     if arr.size and (arr.min() < 0 or arr.max() >= n):
         raise SplitError(f"{path}: '{key}' holds indices outside 0..{n - 1}; "
                          "recreate it with `agereg split --seed N`")
     return arr
+
+
+def _seed_ok(seed: object) -> bool:
+    """A seed a config accepts too (so a run's resolved config loads back)."""
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63
 
 
 def parse_split(raw: object, path: Path) -> Split:
@@ -134,8 +143,9 @@ def parse_split(raw: object, path: Path) -> Split:
         raise SplitError(f"{path}: train and val must together hold each of the {n} rows "
                          f"exactly once (overlapping or missing indices); {fix}")
     seed, frac = raw["seed"], raw["val_fraction"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(frac, int | float):
-        raise SplitError(f"{path}: 'seed' must be an integer and 'val_fraction' a number; {fix}")
+    if not _seed_ok(seed) or not isinstance(frac, int | float) or isinstance(frac, bool):
+        raise SplitError(f"{path}: 'seed' must be an integer from 0 to 2^63 - 1 and "
+                         f"'val_fraction' a number; {fix}")
     return Split(seed, float(frac), n, raw["ytr_sha256"], train=train, val=val)
 
 
@@ -148,9 +158,9 @@ def _parse_folds(raw: dict, path: Path) -> Split:
     n, seed = raw["n"], raw["seed"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 4:
         raise SplitError(f"{path}: 'n' must be an integer >= 4, got {n!r}; {fix}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(raw["ytr_sha256"],
-                                                                              str):
-        raise SplitError(f"{path}: 'seed' must be an integer and 'ytr_sha256' a string; {fix}")
+    if not _seed_ok(seed) or not isinstance(raw["ytr_sha256"], str):
+        raise SplitError(f"{path}: 'seed' must be an integer from 0 to 2^63 - 1 and "
+                         f"'ytr_sha256' a string; {fix}")
     if not isinstance(raw["folds"], list) or not 2 <= len(raw["folds"]) <= n // 2:
         raise SplitError(f"{path}: 'folds' must be a list of 2 to {n // 2} folds; {fix}")
     folds = tuple(_indices(f, f"folds[{i}]", n, path) for i, f in enumerate(raw["folds"]))

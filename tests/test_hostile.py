@@ -99,6 +99,13 @@ def npz_as_npy(w: World) -> None:
     os.replace(w.root / "x.npz", path)
 
 
+def negative_dimension(w: World) -> None:
+    path = w.root / "data" / "age_regression_ytr.npy"
+    data = path.read_bytes()
+    assert b"(120," in data
+    path.write_bytes(data.replace(b"(120,", b"(-12,", 1))  # the header's length unchanged
+
+
 def nothing(w: World) -> None:
     pass
 
@@ -180,7 +187,17 @@ CASES = [
          report, "not a regular file"),
     Case("config.yaml: a FIFO", replace_with("config.yaml", fifo), report,
          "config.yaml: not a regular file"),
+    Case("split.json: a 400-digit index", write_file("split.json", json.dumps(
+        {"seed": 1, "val_fraction": 0.25, "n": 120, "ytr_sha256": "x",
+         "train": [int("9" * 400)], "val": [1]}).encode()), evaluate, "index too large"),
+    Case("split.json: a 30-digit seed", write_file("/data/split.json", json.dumps(
+        {"seed": 10**30, "val_fraction": 0.25, "n": 120, "ytr_sha256": "x",
+         "train": list(range(1, 120)), "val": [0]}).encode()),
+         lambda w: ["search", str(w.root / "h.yaml"), "--runs-dir", w.runs],
+         "'seed' must be an integer from 0 to 2^63 - 1"),
     Case("data: .npz under an .npy name", npz_as_npy, split_data, "is an .npz archive"),
+    Case("data: a negative dimension", negative_dimension, split_data,
+         "negative dimensions are not allowed"),
     Case("config of several MB", nothing, big_config, "more than the 1,048,576 bytes"),
     Case("control characters in a message", nothing, escaped_config,
          "da\\nta\\x1b]0;title\\x07"),
@@ -373,3 +390,24 @@ def test_eval_of_flat_data_wider_than_the_rows_needs_no_d_by_d_matrix(tmp_path: 
     assert code == 0, err
     res = json.loads(out)
     assert res["ridge"]["test_fmse"] is not None and res["reproduced"] is True
+
+
+def test_a_full_disk_while_preparing_the_arrays_is_one_line(tmp_path: Path, data_copy: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    import agereg.launcher as launcher
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(launcher.np, "save", full)
+    (tmp_path / "h.yaml").write_text(CONFIG.format(data=data_copy))
+    code, _, err = run(["search", str(tmp_path / "h.yaml"), "--runs-dir",
+                        str(tmp_path / "runs"), "--quiet"])
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    assert "cannot write the prepared arrays (No space left on device)" in err
+    run_dir = next((tmp_path / "runs").glob("*-h"))
+    assert not (run_dir / ".work").exists()  # the partial arrays are gone
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
