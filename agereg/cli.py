@@ -38,6 +38,7 @@ from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
     NO_EVAL,
+    analysis_lines,
     build_report,
     counts_text,
     decade_table,
@@ -347,6 +348,41 @@ def _print_eval(res: dict) -> None:
         out.print(escape(line))
 
 
+# ---------------------------------------------------------------- analyze
+
+
+@cli.command()
+@click.option("--data", "data_dir", default=None, type=click.Path(file_okay=False),
+              help="Dataset folder (uses its split.json, or a new 80/20 split).")
+@click.option("--run", "run", default=None, type=click.Path(file_okay=False),
+              help="Run folder (default, without --data: the latest run).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Batch size for the suggested learning-rate range (default: the run's "
+                   "selected trial's, else 32).")
+@click.option("--draws", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="Minibatches drawn per batch size to measure the gradient noise.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def analyze(data_dir: str | None, run: str | None, runs_dir: str, batch_size: int | None,
+            draws: int, as_json: bool) -> None:
+    """How large a batch, how fast a learning rate: the Hessian's largest eigenvalue and
+    the stability limit, the minibatch gradient noise against batch size, the simple noise
+    scale, a learning-rate range, and (for a run) the scaling rules."""
+    from agereg.analyze import analyze as run_analysis
+
+    if data_dir is not None and run is not None:
+        raise click.UsageError("give --data or --run, not both")
+    res = run_analysis(data_dir, run, Path(runs_dir), batch_size, draws=draws, log=_log)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    for line in analysis_lines(res):
+        out.print(escape(line))
+    if "pictures" in res:
+        err.print(escape(f"wrote analysis.json, {', '.join(res['pictures'])} in the run's "
+                         "analysis/ folder"))
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -367,6 +403,9 @@ def report(run_dir: str | None, runs_dir: str, top: int) -> None:
         out.print(escape(said))
     for notice in rep.notices:
         out.print(f"[yellow]note[/]: {escape(notice)}")
+    if rep.analysis is not None:
+        for line in rep.analysis:
+            out.print(escape(line))
     if not rep.evals:
         out.print(escape(NO_EVAL))
     for ev in rep.evals:

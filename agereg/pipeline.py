@@ -138,6 +138,18 @@ def split_for(cfg: Config, dataset: Dataset, log: Log) -> tuple[Split, Config]:
     return split, dataclasses.replace(cfg, split=section)
 
 
+def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log) -> None:
+    """Say in one line which learning rates exceed the full-batch stability limit
+    2 / lambda_max of the training rows (a few power iterations); never refuse to run."""
+    from agereg.analysis import top_eigenvalue
+    from agereg.analyze import lr_notice
+
+    X = np.asarray(dataset.Xtr[split.train], dtype=np.float64)  # (N, D)
+    notice = lr_notice(cfg.grid, top_eigenvalue(X, tol=1e-4).lr_limit)
+    if notice:
+        log(f"note: {notice}")
+
+
 def write_split(data_dir: Path, seed: int, val_fraction: float,
                 folds: int | None = None) -> tuple[Path, Split]:
     dataset = load_dataset(data_dir)
@@ -181,6 +193,7 @@ def start_search(
     split, cfg = split_for(cfg, dataset, log)
     if base is not None:
         base.check_split(split)
+    _check_learning_rates(cfg, dataset, split, log)
     run_dir = create_run_dir(runs_dir, cfg.name)
     with RunLock(run_dir):
         # The resolved config and the inputs' records go down before any training.

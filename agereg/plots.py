@@ -36,6 +36,8 @@ SIZES: dict[str, tuple[float, float]] = {
     "val_vs_epochs": (7.0, 4.0),  # 700 x 400
     "cumulative_score": (5.0, 4.0),  # 500 x 400
     "error_by_age": (7.0, 4.0),  # 700 x 400
+    "gradient_noise": (6.0, 4.0),  # 600 x 400
+    "lr_vs_batch": (6.0, 4.0),  # 600 x 400
 }
 HEATMAP_PANEL = (4.0, 4.0)  # per batch size; plus HEATMAP_EXTRA_WIDTH for the colorbar
 HEATMAP_EXTRA_WIDTH = 1.0
@@ -328,4 +330,50 @@ def error_by_age(rows: Sequence[dict]) -> bytes:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         ax.set_title("test error by decade of true age", fontsize=10)
+        return _png(fig)
+
+
+def gradient_noise(series: Sequence[tuple[str, dict]]) -> bytes:
+    """Measured minibatch gradient variance against batch size (log-log), one colour per
+    point of measurement, with the law tr(Sigma)/B (N-B)/(N-1) drawn as a line."""
+    with _figure(SIZES["gradient_noise"]) as (fig, axes):
+        ax = axes[0, 0]
+        for (name, d), colour in zip(series, ("tab:blue", "tab:orange"), strict=False):
+            b = np.asarray(d["batch_sizes"], dtype=np.float64)
+            ax.plot(b, d["law"], color=colour, linewidth=1,
+                    label=f"law at {name}: tr(Sigma)/B (N-B)/(N-1)")
+            slope = d.get("slope")
+            ax.plot(b, d["measured"], "o", color=colour, markersize=4,
+                    label=f"measured at {name}" + ("" if slope is None else
+                                                   f" (slope {slope:.2f})"))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size B (drawn without replacement)")
+        ax.set_ylabel("E |g_B - G|^2")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+        ax.set_title("minibatch gradient noise against batch size", fontsize=10)
+        return _png(fig)
+
+
+def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: float
+                ) -> bytes:
+    """The run's best learning rate per batch size, with the linear and square-root rules
+    anchored at the smallest batch size, and the full-batch limit 2/lambda_max."""
+    with _figure(SIZES["lr_vs_batch"]) as (fig, axes):
+        ax = axes[0, 0]
+        b = np.asarray(batch_sizes, dtype=np.float64)
+        lr0 = float(best_lr[0])
+        grid = np.geomspace(b[0], b[-1], 50)
+        ax.plot(b, best_lr, "o-", color="black", label="best learning rate of the run")
+        ax.plot(grid, lr0 * grid / b[0], "--", label="linear rule: lr ~ B")
+        ax.plot(grid, lr0 * np.sqrt(grid / b[0]), ":", label="square-root rule: lr ~ sqrt(B)")
+        ax.axhline(lr_limit, color="red", linewidth=0.8, label="full-batch limit 2/lambda_max")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("learning rate")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        ax.set_title("best learning rate against batch size", fontsize=10)
         return _png(fig)

@@ -57,6 +57,11 @@ CAPTIONS = {
                             "most theta years, against the median predictor's.",
     "error_by_age.png": "Test MAE and mean signed error (positive: predicted too old) per "
                         "decade of true age.",
+    "gradient_noise.png": "Measured variance of minibatch gradients (dots) against the law "
+                          "tr(Sigma)/B (N-B)/(N-1) (lines), at w = 0 and at the selected "
+                          "trial.",
+    "lr_vs_batch.png": "The run's best learning rate per batch size against the linear and "
+                       "square-root rules, and the full-batch limit 2/lambda_max.",
     "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size (best "
                        "epoch count per cell; grey x: diverged or failed).",
     "val_vs_epochs.png": "Validation fMSE after every epoch (the learning curves; dots: the "
@@ -379,6 +384,7 @@ class Report:
     pictures: list[str]  # grid pictures embedded in the HTML
     notices: tuple[str, ...]  # edge-of-range notices on the best trial
     selection: Selection  # the trial the run's select rule picks
+    analysis: list[str] | None = None  # the sentences of RUN/analysis/analysis.json
 
 
 def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -> Report:
@@ -390,6 +396,7 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
     evals = read_evaluations(run_dir)
+    analysis = read_analysis(run_dir)
     selection = select(ranked, cfg.select, cfg.select_by)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True)
     pictures = [n for n in GRID_PICTURES if (run_dir / n).is_file()]
@@ -397,11 +404,32 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     config_text = _read_text(run_dir / CONFIG_NAME)
     notices = edge_notices(ranked, cfg.select_by)
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
-                       notices, pictures, top, selection)
+                       notices, pictures, top, selection, analysis)
     html_path = run_dir / REPORT_NAME
     atomic_write_text(html_path, page)
     return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
-                  evals, html_path, drawn, pictures, notices, selection)
+                  evals, html_path, drawn, pictures, notices, selection,
+                  None if analysis is None else analysis[0])
+
+
+ANALYSIS_PICTURES = ("gradient_noise.png", "lr_vs_batch.png")
+
+
+def read_analysis(run_dir: Path) -> tuple[list[str], list[Path]] | None:
+    """The sentences and pictures of RUN/analysis/ (written by `agereg analyze`), checked;
+    None when the run has not been analysed."""
+    path = run_dir / "analysis" / "analysis.json"
+    if not path.exists():
+        return None
+    res = read_json(path, "run `agereg analyze --run RUN` again to rewrite it")
+    try:
+        lines = analysis_lines(res)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) \
+            as exc:
+        raise RunError(f"{path}: not an agereg analysis ({type(exc).__name__}); delete it or "
+                       "run `agereg analyze --run RUN` again") from None
+    pictures = [path.parent / n for n in ANALYSIS_PICTURES if (path.parent / n).is_file()]
+    return lines, pictures
 
 
 def read_evaluations(run_dir: Path) -> list[Evaluation]:
@@ -520,6 +548,50 @@ def selection_text(sel: Selection) -> str | None:
             f"standard error ({fmt(sel.se)}) of the lowest, {fmt(sel.lowest.val_loss)}")
 
 
+def analysis_lines(res: dict) -> list[str]:
+    """The findings of ``agereg analyze`` (an analysis.json) as sentences."""
+    lines = [
+        f"{res['source']}: {res['n_train']} training rows, {res['n_features']} features",
+        f"curvature: the Hessian's largest eigenvalue lambda_max = {fmt(res['lambda_max'])} "
+        f"({res['eigen']['iterations']} power iterations, relative residual "
+        f"{res['eigen']['relative_residual']:.1e}); full-batch gradient descent is stable for "
+        f"lr < 2 / lambda_max = {res['lr_limit']:.4g}",
+    ]
+    for item in res.get("learning_rates", []):
+        state = "stable" if item["stable_full_batch"] else "DIVERGES with full-batch descent"
+        lines.append(f"  learning rate {item['learning_rate']:g}: "
+                     f"{item['fraction_of_limit']:.3g} x the limit ({state})")
+    for key, name in (("noise_at_zero", "at w = 0"), ("noise_at_selected",
+                                                      "at the selected trial")):
+        d = res.get(key)
+        if not d:
+            continue
+        b_simple = d["b_simple"]
+        lines.append(
+            f"gradient noise {name}: |G|^2 = {fmt(d['g_norm2'])}, tr(Sigma) = "
+            f"{fmt(d['trace_sigma'])}, B_simple = tr(Sigma)/|G|^2 = "
+            f"{'inf' if b_simple is None else fmt(b_simple)}; measured variance vs B has "
+            f"log-log slope {fmt(d['slope'])} (the law tr(Sigma)/B (N-B)/(N-1): -1 while "
+            f"B << N); measured / law at B = {d['batch_sizes'][0]}: "
+            f"{d['measured'][0] / d['law'][0]:.3f}, at B = {d['batch_sizes'][-1]}: "
+            f"{d['measured'][-1] / d['law'][-1]:.3f} ({d['draws']} draws each)")
+    if res.get("b_simple") is not None:
+        lines.append(f"beyond about B_simple = {fmt(res['b_simple'])} (at the "
+                     f"{res.get('b_simple_at', 'w = 0')}) larger batches stop paying off "
+                     "(McCandlish et al., 2018): the minibatch gradient is then mostly signal")
+    r = res["lr_range"]
+    lines.append(f"suggested learning rates for batch size {r['batch_size']} "
+                 f"({r['rule']}): {r['yaml']}")
+    sc = res.get("scaling")
+    if sc:
+        pairs = ", ".join(f"B={b}: {lr:g}" for b, lr in zip(sc["batch_sizes"],
+                                                            sc["best_learning_rate"],
+                                                            strict=True))
+        lines.append(f"scaling rules: best learning rate per batch size {pairs}; "
+                     f"{sc['verdict']}")
+    return lines
+
+
 def counts_text(counts: dict[str, int]) -> str:
     """"250 finished, 6 diverged, 0 failed" (pruned only when there are any)."""
     pruned = f"{counts['pruned']} pruned, " if counts.get("pruned") else ""
@@ -568,6 +640,7 @@ def render_html(
     pictures: Sequence[str],
     top: int,
     selection: Selection | None = None,
+    analysis: tuple[list[str], list[Path]] | None = None,
 ) -> str:
     """The whole report as one self-contained HTML page (pictures as data URIs)."""
     name = run_dir.name
@@ -629,6 +702,12 @@ def render_html(
         parts.append("<ul>\n" + "".join(f"<li>{_e(s)}</li>\n" for s in eval_lines(res))
                      + "</ul>\n")
         parts += [_img(ev.folder / p) for p in ev.pictures]
+    if analysis is not None:
+        lines, pics = analysis
+        parts.append("<h2>Batch size and learning rate</h2>\n<p class=\"note\">from "
+                     "<code>agereg analyze</code> (analysis/analysis.json)</p>\n<ul>\n"
+                     + "".join(f"<li>{_e(x)}</li>\n" for x in lines) + "</ul>\n")
+        parts += [_img(p) for p in pics]
     parts += [
         "<h2>Config</h2>\n",
         f"<pre>{_e(config_text)}</pre>\n",

@@ -1,0 +1,202 @@
+"""``agereg analyze``: measured answers about batch size and learning rate for a dataset
+and split, and for a finished run.
+
+Orchestration only: the numbers come from :mod:`agereg.analysis`, pictures from
+:mod:`agereg.plots`. With a run, the result is also written to ``RUN/analysis/`` (JSON and
+pictures), where ``agereg report`` finds it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agereg.analysis import (
+    Noise,
+    gradient_noise,
+    scaling_rules,
+    suggest_learning_rates,
+    top_eigenvalue,
+)
+from agereg.config import Distribution, Grid
+from agereg.data import load_dataset
+from agereg.errors import RunError
+from agereg.fileio import atomic_write_bytes
+from agereg.launcher import in_memory
+from agereg.pipeline import Log, quiet
+from agereg.records import rank, select
+from agereg.runs import RunLock, resolve_run, write_json
+from agereg.split import SPLIT_NAME, load_split, make_split
+
+ANALYSIS_DIR = "analysis"
+ANALYSIS_NAME = "analysis.json"
+PICTURES = ("gradient_noise.png", "lr_vs_batch.png")
+
+
+def lr_notice(grid: Grid, lr_limit: float) -> str | None:
+    """One line naming the learning rates of a grid at or above the full-batch limit
+    (None when all are below)."""
+    axis = grid.learning_rate
+    if isinstance(axis, Distribution):
+        over = [axis.high] if axis.high >= lr_limit else []
+    else:
+        over = [lr for lr in axis if lr >= lr_limit]
+    if not over:
+        return None
+    shown = ", ".join(f"{lr:g}" for lr in over)
+    return (f"learning rate {shown} >= 2 / lambda_max = {lr_limit:.3g} (the Hessian's "
+            "largest eigenvalue on the training rows): will diverge with full-batch descent; "
+            "minibatches diverge earlier (`agereg analyze` for a range)")
+
+
+def _noise_dict(noise: Noise) -> dict[str, Any]:
+    return {
+        "g_norm2": noise.g_norm2, "trace_sigma": noise.trace, "b_simple": noise.b_simple,
+        "batch_sizes": list(noise.batch_sizes), "measured": list(noise.measured),
+        "law": list(noise.law), "slope": noise.slope, "draws": noise.draws,
+    }  # fmt: skip
+
+
+def analyze(
+    data: str | Path | None,
+    run: str | Path | None,
+    runs_dir: Path,
+    batch_size: int | None = None,
+    seed: int = 0,
+    draws: int = 100,
+    log: Log = quiet,
+) -> dict[str, Any]:
+    """Analyse the training rows of a dataset (its ``split.json``, or a new holdout from
+    ``seed``) or of a run (its split, and its selected trial). Returns the JSON document;
+    with a run it is also written to ``RUN/analysis/`` with its pictures."""
+    from agereg.assessment import _train_column, open_run
+
+    if not 1 <= draws <= 100_000:
+        raise RunError(f"--draws {draws}: give 1 ... 100,000 minibatches per batch size")
+    ctx = None
+    if run is not None or data is None:
+        run_dir = resolve_run(run, runs_dir)
+        with RunLock(run_dir):
+            ctx = open_run(run_dir, runs_dir)
+        dataset, split, seed = ctx.dataset, ctx.split, ctx.cfg.seed
+        where = f"run {ctx.run_dir}"
+    else:
+        dataset = load_dataset(data)
+        path = Path(data) / SPLIT_NAME
+        info = dataset.info
+        split = (load_split(path, info.n_train, info.sha256["ytr"]) if path.exists() else
+                 make_split(info.n_train, seed, 0.2, info.sha256["ytr"]))
+        kind = f"its {SPLIT_NAME}" if path.exists() else f"a new 80/20 split, seed {seed}"
+        where = f"data {data} ({kind})"
+    arrays = in_memory(dataset, split, "float64")
+    X, y = arrays.X_fit, arrays.y_fit
+    n = len(y)
+    log(f"analysing {n} training rows of {where}")
+    eig = top_eigenvalue(X)
+    result: dict[str, Any] = {
+        "source": where,
+        "n_train": n,
+        "n_features": int(X.shape[1]),
+        "lambda_max": eig.lambda_max,
+        "lr_limit": eig.lr_limit,
+        "eigen": {"method": "power iteration from the mean row", "iterations": eig.iterations,
+                  "relative_residual": eig.residual,
+                  "note": "with l2 > 0 the largest eigenvalue grows by l2 (the weights'"
+                          " block), so the limit shrinks slightly"},
+    }
+    log("measuring minibatch gradient noise at w = 0")
+    at_zero = gradient_noise(X, y, np.zeros(X.shape[1]), 0.0, 0.0, seed, draws)
+    result["noise_at_zero"] = _noise_dict(at_zero)
+    bs = batch_size
+    if ctx is not None:
+        grid = ctx.cfg.grid
+        result["learning_rates"] = [
+            {"learning_rate": lr, "fraction_of_limit": lr / eig.lr_limit,
+             "stable_full_batch": lr < eig.lr_limit}
+            for lr in (grid.learning_rate if not isinstance(grid.learning_rate, Distribution)
+                       else (grid.learning_rate.low, grid.learning_rate.high))]
+        ranked = rank(ctx.records, ctx.cfg.select_by)
+        chosen = select(ranked, ctx.cfg.select, ctx.cfg.select_by).trial
+        if chosen is not None:
+            log(f"training the selected trial (#{ranked.index(chosen) + 1}) to measure the "
+                "noise at its solution")
+            trained = in_memory(dataset, split, ctx.cfg.execution.precision)
+            fit = _train_column(ctx.cfg, trained, chosen)  # as the search trained it
+            if not fit.diverged:
+                at_sol = gradient_noise(X, y, fit.w, fit.b, chosen.l2, seed, draws)
+                result["noise_at_selected"] = {
+                    "trial": {"batch_size": chosen.batch_size,
+                              "learning_rate": chosen.learning_rate, "epochs": chosen.epochs,
+                              "l2": chosen.l2, "loss": chosen.loss},
+                    **_noise_dict(at_sol)}
+            bs = bs or chosen.batch_size
+        scaling = scaling_rules(ctx.records, ctx.cfg.select_by)
+        result["scaling"] = {"batch_sizes": list(scaling.batch_sizes),
+                             "best_learning_rate": list(scaling.best_lr),
+                             "alpha": scaling.alpha, "verdict": scaling.verdict}
+    bs = bs or 32
+    # the noise scale where training spends its time: at the selected trial's solution
+    # when there is one (at w = 0 the gradient is almost all signal)
+    at = result.get("noise_at_selected") or result["noise_at_zero"]
+    result["b_simple"] = at["b_simple"]
+    result["b_simple_at"] = "selected trial" if "noise_at_selected" in result else "w = 0"
+    values = suggest_learning_rates(eig.lr_limit, bs, at["b_simple"])
+    result["lr_range"] = {
+        "batch_size": bs, "values": values,
+        "yaml": "learning_rate: [" + ", ".join(_yaml_number(v) for v in values) + "]",
+        "rule": "top = 0.5 x lr_limit / (1 + B_simple / B), then 3 decades down",
+    }  # fmt: skip
+    result = _json_safe(result)
+    if ctx is not None:
+        _write(ctx.run_dir, result)
+    return result
+
+
+def _yaml_number(v: float) -> str:
+    """A float as YAML reads a number (``1.0e-05``, never ``1e-05``, a string there)."""
+    text = f"{v:.2e}" if v < 1e-3 or v >= 1e4 else repr(v)
+    mantissa, _, exponent = text.partition("e")
+    if exponent:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        mantissa = mantissa if "." in mantissa else mantissa + ".0"
+        return f"{mantissa}e{int(exponent):+03d}"
+    return text
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _write(run_dir: Path, result: dict[str, Any]) -> None:
+    """RUN/analysis/analysis.json and its pictures (the JSON last)."""
+    from agereg import plots
+
+    folder = run_dir / ANALYSIS_DIR
+    if folder.is_symlink():
+        raise RunError(f"{folder}: is a symbolic link; agereg never follows links in a run "
+                       "folder: remove it")
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{folder}: cannot create ({exc.strerror or exc})") from None
+    noise = [(name, result[key]) for name, key in (("w = 0", "noise_at_zero"),
+                                                   ("selected trial", "noise_at_selected"))
+             if key in result]
+    atomic_write_bytes(folder / "gradient_noise.png", plots.gradient_noise(noise))
+    pictures = ["gradient_noise.png"]
+    sc = result.get("scaling")
+    if sc and len(sc["batch_sizes"]) >= 2:
+        atomic_write_bytes(folder / "lr_vs_batch.png", plots.lr_vs_batch(
+            sc["batch_sizes"], sc["best_learning_rate"], result["lr_limit"]))
+        pictures.append("lr_vs_batch.png")
+    result["pictures"] = pictures
+    write_json(folder / ANALYSIS_NAME, result)

@@ -1,0 +1,147 @@
+"""`agereg analyze` against known answers: a constructed spectrum, per-example gradients by
+hand, the minibatch variance law by exhaustive enumeration and by sampling, B_simple
+against direct numpy, and the scaling-rule verdicts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agereg.analysis import (
+    gradient_noise,
+    noise_law,
+    per_example_gradients,
+    scaling_rules,
+    suggest_learning_rates,
+    top_eigenvalue,
+)
+from agereg.records import TrialRecord
+
+from tests_helpers import run, search
+
+
+def test_top_eigenvalue_of_a_constructed_spectrum():
+    # columns orthogonal to each other and to the bias column of ones: the Hessian
+    # X~^T X~ / n + l2 diag(1, 1, 0) is diag(a^2 + l2, c^2 + l2, 1)
+    a, c, l2 = 3.0, 0.5, 0.2
+    X = np.array([[a, c], [-a, c], [a, -c], [-a, -c]])
+    eig = top_eigenvalue(X, l2)
+    assert eig.lambda_max == pytest.approx(a * a + l2, rel=1e-9)
+    assert eig.lr_limit == pytest.approx(2 / (a * a + l2), rel=1e-9)
+    assert eig.residual < 1e-6
+    small = top_eigenvalue(X / 10, 0.0)  # now the bias direction (eigenvalue 1) is largest
+    assert small.lambda_max == pytest.approx(1.0, rel=1e-9)
+
+
+def test_top_eigenvalue_matches_a_dense_eigensolver():
+    rng = np.random.default_rng(2)
+    X = rng.random((50, 8)) * 3
+    Xt = np.hstack([X, np.ones((50, 1))])
+    H = Xt.T @ Xt / 50 + np.diag([0.3] * 8 + [0.0])
+    eig = top_eigenvalue(X, 0.3)
+    assert eig.lambda_max == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-8)
+
+
+def test_per_example_gradients_by_hand():
+    X = np.array([[1.0, 2.0], [0.0, -1.0], [3.0, 1.0]])
+    y = np.array([1.0, 2.0, 0.0])
+    w, b, l2 = np.array([0.5, -1.0]), 0.25, 0.1
+    # r = Xw + b - y = (0.5 - 2 + 0.25 - 1, 1 + 0.25 - 2, 1.5 - 1 + 0.25 - 0)
+    #   = (-2.25, -0.75, 0.75); g_i = [x_i r_i + l2 w, r_i]
+    g = per_example_gradients(X, y, w, b, l2)
+    expected = np.array([[-2.25 + 0.05, -4.5 - 0.1, -2.25],
+                         [0.0 + 0.05, 0.75 - 0.1, -0.75],
+                         [2.25 + 0.05, 0.75 - 0.1, 0.75]])
+    np.testing.assert_allclose(g, expected, atol=1e-15)
+
+
+def test_the_variance_law_holds_exactly_over_every_minibatch():
+    # N = 6: average |g_B - G|^2 over all C(6, B) minibatches against tr(Sigma)/B (N-B)/(N-1)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(6, 3)), rng.normal(size=6)
+    w, b = rng.normal(size=3), 0.3
+    g = per_example_gradients(X, y, w, b, 0.2)
+    G = g.mean(axis=0)
+    trace = float(np.mean(np.sum((g - G) ** 2, axis=1)))  # Sigma with 1/N
+    for B in range(1, 6):
+        exact = np.mean([np.sum((g[list(S)].mean(axis=0) - G) ** 2)
+                         for S in itertools.combinations(range(6), B)])
+        assert exact == pytest.approx(noise_law(trace, 6, B), rel=1e-12)
+    noise = gradient_noise(X, y, w, b, 0.2, seed=0, draws=10, batch_sizes=[1, 2])
+    assert noise.trace == pytest.approx(trace, rel=1e-10)
+
+
+def test_measured_noise_follows_the_law_with_slope_minus_one():
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(3000, 20)), rng.normal(3.0, 2.0, 3000)
+    noise = gradient_noise(X, y, np.zeros(20), 0.0, 0.0, seed=1, draws=300)
+    assert noise.batch_sizes == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    assert noise.slope == pytest.approx(-1.0, abs=0.1)
+    for m, law in zip(noise.measured, noise.law, strict=True):
+        assert m == pytest.approx(law, rel=0.2)
+
+
+def test_b_simple_against_direct_numpy():
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(40, 4)), rng.normal(1.0, 1.0, 40)
+    w, b, l2 = rng.normal(size=4), -0.2, 0.5
+    g = per_example_gradients(X, y, w, b, l2)
+    G = g.mean(axis=0)
+    sigma = np.cov(g.T, bias=True)  # (D+1, D+1), 1/N
+    noise = gradient_noise(X, y, w, b, l2, seed=0, draws=5)
+    assert noise.g_norm2 == pytest.approx(G @ G, rel=1e-10)
+    assert noise.trace == pytest.approx(np.trace(sigma), rel=1e-10)
+    assert noise.b_simple == pytest.approx(np.trace(sigma) / (G @ G), rel=1e-10)
+
+
+def test_suggested_range_stays_below_the_limit():
+    values = suggest_learning_rates(0.01, batch_size=64, b_simple=64.0)
+    assert len(values) == 5 and values == sorted(values)
+    assert values[-1] == pytest.approx(0.5 * 0.01 / 2, rel=0.05)  # 1 / (1 + 64/64)
+    assert values[0] == pytest.approx(values[-1] / 1000, rel=0.05)
+
+
+def records(best: dict[int, float], lrs: list[float]) -> list[TrialRecord]:
+    """Trials whose validation loss is lowest at ``best[bs]`` for each batch size."""
+    return [TrialRecord(bs, lr, 5, 0.0, 1.0, 1.0 + abs(np.log(lr / best[bs])), 1.0, "ok", 0.1)
+            for bs in best for lr in lrs]
+
+
+def test_scaling_rules_verdicts():
+    fine = [float(v) for v in np.geomspace(1e-4, 1e-1, 31)]  # 0.1 decades apart
+    linear = records({16: fine[10], 64: fine[16], 256: fine[22]}, fine)  # x4 B: +0.6 dec
+    sc = scaling_rules(linear)
+    assert sc.alpha == pytest.approx(1.0, abs=0.02) and "linear rule" in sc.verdict
+    sqrt = records({16: fine[10], 64: fine[13], 256: fine[16]}, fine)  # x4 B: +0.3 dec
+    assert "square-root rule" in scaling_rules(sqrt).verdict
+    coarse = [1e-5, 1e-3, 1e-1]
+    assert scaling_rules(records({16: 1e-3, 64: 1e-3}, coarse)).verdict.startswith(
+        "cannot tell")
+    assert scaling_rules(records({16: 1e-3}, fine)).verdict.startswith("cannot tell")
+
+
+def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path: Path):
+    code, out, err = run(["analyze", "--data", str(data_copy), "--json", "--draws", "20"])
+    assert code == 0, err
+    res = json.loads(out)
+    for key in ("lambda_max", "lr_limit", "b_simple", "noise_at_zero", "lr_range"):
+        assert key in res
+    assert res["lr_limit"] == pytest.approx(2 / res["lambda_max"])
+    assert res["lr_range"]["yaml"].startswith("learning_rate: [")
+    # the search says which learning rates are beyond the limit (1e30 is), and runs
+    runs = tmp_path / "runs"
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
+    assert code == 0 and "learning rate 1e+30 >= 2 / lambda_max" in err
+    run_dir = search(tiny_config, runs)
+    code, out, err = run(["analyze", "--run", str(run_dir), "--draws", "20"])
+    assert code == 0, err
+    assert "scaling rules:" in out and "gradient noise at the selected trial" in out
+    saved = json.loads((run_dir / "analysis" / "analysis.json").read_text())
+    assert saved["learning_rates"][-1]["stable_full_batch"] is False  # 1e30
+    assert (run_dir / "analysis" / "gradient_noise.png").is_file()
+    code, out, err = run(["report", str(run_dir)])
+    assert code == 0 and "Batch size and learning rate" in (run_dir / "report.html").read_text()
