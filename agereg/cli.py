@@ -109,6 +109,8 @@ def cli(debug: bool) -> None:
       agereg split --seed 0              # optional: fix the train/validation split
       agereg search configs/grid.yaml    # train every trial, write runs/<time>-<name>/
       agereg eval --best                 # retrain the winner, measure it on the test set
+      agereg analyze                     # batch size and learning rate, measured
+      agereg report                      # report.html, a page to share
     """
     _State.debug = debug
 
