@@ -126,11 +126,15 @@ def cli(debug: bool) -> None:
 @click.option("--n-test", default=2500, show_default=True, type=click.IntRange(min=1))
 @click.option("--side", default=48, show_default=True, type=click.IntRange(min=2),
               help="Images are side x side pixels.")
-def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None:
-    """Write a synthetic stand-in for the course files (same shapes and dtypes)."""
+@click.option("--force", is_flag=True,
+              help="Replace existing data files (never the course files).")
+def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int, force: bool) -> None:
+    """Write a synthetic stand-in for the course files (same shapes and dtypes). Existing
+    files are never replaced without --force; the course files never."""
     from agereg.synth import write_synthetic
 
-    path = write_synthetic(out_dir, seed=seed, n_train=n_train, n_test=n_test, side=side)
+    path = write_synthetic(out_dir, seed=seed, n_train=n_train, n_test=n_test, side=side,
+                           force=force)
     err.print(escape(f"wrote a synthetic stand-in to {path}/ ({n_train} training and {n_test} test "
               f"images of {side}x{side}, seed {seed}); it is not real faces"))
 
@@ -147,13 +151,15 @@ def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int) -> None
               help="Write K cross-validation folds instead of a holdout split.")
 @click.option("--data", "data_dir", default="data", show_default=True, type=click.Path(),
               help="Dataset folder; split.json is written there.")
-def split(seed: int, val_fraction: float, folds: int | None, data_dir: str) -> None:
+@click.option("--force", is_flag=True, help="Replace an existing, different split.json.")
+def split(seed: int, val_fraction: float, folds: int | None, data_dir: str,
+          force: bool) -> None:
     """Write DATA/split.json: a seeded 80/20 train/validation split of the training files,
     or with --folds K, K cross-validation folds."""
     if folds is not None and click.get_current_context().get_parameter_source(
             "val_fraction") is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--folds and --val-fraction exclude each other")
-    path, s = pipeline.write_split(Path(data_dir), seed, val_fraction, folds)
+    path, s = pipeline.write_split(Path(data_dir), seed, val_fraction, folds, force)
     if s.k:
         sizes = sorted({len(f) for f in s.folds})
         err.print(escape(f"wrote {path}: {s.k} folds of {' or '.join(map(str, sizes))} rows "

@@ -29,7 +29,7 @@ from agereg.config import (
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
 from agereg.engine import State
-from agereg.errors import RunError, TrialsFailed
+from agereg.errors import RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, launch, prepare_arrays
 from agereg.plan import Group, for_folds, group_columns
@@ -151,11 +151,21 @@ def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log)
 
 
 def write_split(data_dir: Path, seed: int, val_fraction: float,
-                folds: int | None = None) -> tuple[Path, Split]:
+                folds: int | None = None, force: bool = False) -> tuple[Path, Split]:
+    """Write DATA/split.json; an existing, different split is replaced only with
+    ``force`` (runs made with it keep their own copy, but later searches would change)."""
     dataset = load_dataset(data_dir)
     n, sha = dataset.info.n_train, dataset.info.sha256["ytr"]
     split = make_folds(n, seed, folds, sha) if folds else make_split(n, seed, val_fraction, sha)
     path = data_dir / SPLIT_NAME
+    if path.exists() and not force:
+        try:
+            same = load_split(path, n, sha).to_dict() == split.to_dict()
+        except SplitError:
+            same = False  # damaged or for other data: still the user's file
+        if not same:
+            raise SplitError(f"{path}: exists and holds another split; agereg split never "
+                             "replaces it silently: pass --force to replace it")
     save_split(split, path)
     return path, split
 

@@ -18,7 +18,7 @@ from typing import IO
 
 import numpy as np
 
-from agereg.data import FILE_NAMES, MANIFEST_NAME
+from agereg.data import COURSE_SHA256, FILE_NAMES, MANIFEST_NAME, sha256_file
 from agereg.errors import DataError
 from agereg.fileio import atomic_write
 
@@ -292,14 +292,34 @@ def check_size(n_train: int, n_test: int, side: int) -> None:
             f"{have / 2**30:,.1f} GiB available; ask for fewer or smaller images")
 
 
+def _check_overwrite(folder: Path, force: bool) -> None:
+    """Refuse to destroy a user's data: an existing data file without ``force``, a course
+    file ever (a user who copied the course files into data/ first must not lose them)."""
+    existing = [folder / name for name in FILE_NAMES.values() if (folder / name).exists()]
+    if not existing:
+        return
+    if not force:
+        raise DataError(f"{existing[0]}: exists; agereg synth never writes over existing files: "
+                        "choose another --out, or pass --force to replace them")
+    for key, name in FILE_NAMES.items():
+        path = folder / name
+        if path.is_file() and sha256_file(path) == COURSE_SHA256[key]:
+            raise DataError(f"{path}: is one of the course files; agereg synth never "
+                            "overwrites them, even with --force: choose another --out")
+
+
 def write_synthetic(
     out_dir: str | os.PathLike[str],
     seed: int = 0,
     n_train: int = 5000,
     n_test: int = 2500,
     side: int = 48,
+    force: bool = False,
 ) -> Path:
     """Generate the synthetic dataset and write it as the four course ``.npy`` files.
+
+    Existing files are never written over without ``force``, and files recognised as the
+    course files (by SHA-256) never, even with it.
 
     Each file is written to a temporary file in ``out_dir`` and moved into place with
     ``os.replace``, so an interrupted run never leaves a truncated array behind. The
@@ -330,6 +350,7 @@ def write_synthetic(
             "choose another output folder"
         )
     check_size(n_train, n_test, side)
+    _check_overwrite(folder, force)
     arrays = dict(
         zip(("Xtr", "ytr", "Xte", "yte"), make_synthetic(seed, n_train, n_test, side), strict=True)
     )

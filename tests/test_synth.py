@@ -104,9 +104,14 @@ def test_write_synthetic_roundtrip(tmp_path, small: tuple[np.ndarray, ...]) -> N
     assert sorted(p.name for p in out.iterdir()) == sorted([*FILE_NAMES.values(), MANIFEST_NAME])
 
 
-def test_write_synthetic_overwrites_existing(tmp_path) -> None:
+def test_write_synthetic_overwrites_existing_only_with_force(tmp_path) -> None:
     write_synthetic(tmp_path, seed=1, **SMALL)
-    write_synthetic(tmp_path, seed=2, **SMALL)
+    before = (tmp_path / FILE_NAMES["Xtr"]).read_bytes()
+    with pytest.raises(DataError, match="exists; agereg synth never writes over existing "
+                                        "files: choose another --out, or pass --force"):
+        write_synthetic(tmp_path, seed=2, **SMALL)
+    assert (tmp_path / FILE_NAMES["Xtr"]).read_bytes() == before
+    write_synthetic(tmp_path, seed=2, force=True, **SMALL)
     ytr = np.load(tmp_path / FILE_NAMES["ytr"], allow_pickle=False)
     np.testing.assert_array_equal(ytr, make_synthetic(seed=2, **SMALL)[1])
     assert json.loads((tmp_path / MANIFEST_NAME).read_text(encoding="utf-8"))["seed"] == 2
@@ -172,7 +177,35 @@ def test_failed_rewrite_removes_old_manifest(tmp_path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(synth.np, "save", failing_save)
     with pytest.raises(DataError):
-        write_synthetic(tmp_path, seed=2, **SMALL)
+        write_synthetic(tmp_path, seed=2, force=True, **SMALL)
     # The old arrays survive, but no manifest claims the folder is complete.
     assert not (tmp_path / MANIFEST_NAME).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILE_NAMES.values())
+
+
+def test_course_files_are_never_overwritten_even_with_force(tmp_path, monkeypatch) -> None:
+    from agereg import data
+
+    write_synthetic(tmp_path, seed=1, **SMALL)
+    # pretend these bytes are the course files: their hashes become the course hashes
+    fake = {k: data.sha256_file(tmp_path / n) for k, n in FILE_NAMES.items()}
+    monkeypatch.setattr(synth, "COURSE_SHA256", fake)
+    before = {n: (tmp_path / n).read_bytes() for n in FILE_NAMES.values()}
+    with pytest.raises(DataError, match="is one of the course files; agereg synth never "
+                                        "overwrites them, even with --force"):
+        write_synthetic(tmp_path, seed=2, force=True, **SMALL)
+    assert {n: (tmp_path / n).read_bytes() for n in FILE_NAMES.values()} == before
+
+
+def test_split_never_replaces_a_different_split_without_force(data_copy) -> None:
+    from tests_helpers import run
+
+    args = ["split", "--data", str(data_copy)]
+    assert run([*args, "--seed", "1"])[0] == 0
+    first = (data_copy / "split.json").read_text()
+    assert run([*args, "--seed", "1"])[0] == 0  # the same split again: fine
+    code, _, err = run([*args, "--seed", "2"])
+    assert code == 2 and "exists and holds another split" in err and "--force" in err
+    assert (data_copy / "split.json").read_text() == first
+    assert run([*args, "--seed", "2", "--force"])[0] == 0
+    assert (data_copy / "split.json").read_text() != first
