@@ -233,7 +233,7 @@ def _evaluate(
                                   rec.loss),
         "noise": {"sigma2": noise.sigma2, "sigma": float(np.sqrt(noise.sigma2)),
                   "test_avg_loglik": noise.test_avg_loglik},
-        "files": _save_parameters(folder, fit),
+        "files": _save_parameters(folder, fit, _model_record(ctx, rec, fit, trained_on)),
         "notes": notes,
     }
     if plots:
@@ -358,13 +358,34 @@ def _ridge_reference(
     }
 
 
-def _save_parameters(folder: Path, fit: Fit) -> dict:
-    """Write the trained weights (D,) and bias (0-d) as float64 .npy files."""
+MODEL_NAME = "model.json"
+
+
+def _model_record(ctx: RunContext, rec: TrialRecord, fit: Fit, trained_on: str) -> dict:
+    """What a model is, so that it can be used and identified without agereg."""
+    info = ctx.dataset.info
+    return {
+        "predict": "age = images.reshape(len(images), -1).astype(float64) @ weights + bias",
+        "weights": "weights.npy", "bias": float(fit.b), "n_features": len(fit.w),
+        "image_shape": None if info.image_shape is None else list(info.image_shape),
+        "trial_id": rec.trial_id,
+        "trial": {"batch_size": rec.batch_size, "learning_rate": rec.learning_rate,
+                  "epochs": rec.epochs, "l2": rec.l2, "loss": rec.loss},
+        "trained_on": trained_on, "run": str(ctx.run_dir), "seed": ctx.cfg.seed,
+        "engine": ctx.cfg.execution.engine, "precision": ctx.cfg.execution.precision,
+        "data_sha256": info.sha256,
+    }  # fmt: skip
+
+
+def _save_parameters(folder: Path, fit: Fit, model: dict) -> dict:
+    """Write the trained weights (D,) and bias (0-d) as float64 .npy files, with the
+    model's record (model.json)."""
     from agereg.fileio import save_array
 
-    names = {"weights": "weights.npy", "bias": "bias.npy"}
+    names = {"weights": "weights.npy", "bias": "bias.npy", "model": MODEL_NAME}
     save_array(folder / names["weights"], np.asarray(fit.w, dtype=np.float64))
     save_array(folder / names["bias"], np.asarray(fit.b, dtype=np.float64))
+    write_json(folder / MODEL_NAME, model)
     return {**names, "pictures": []}
 
 

@@ -356,6 +356,46 @@ def _print_eval(res: dict) -> None:
         out.print(escape(line))
 
 
+# ---------------------------------------------------------------- predict
+
+
+@cli.command()
+@click.argument("images", type=click.Path(dir_okay=False))
+@click.option("--run", "run", default=None, type=click.Path(file_okay=False),
+              help="Run folder (default: the latest run).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--trial", default="best", show_default=True,
+              help="best (as the run's select rule picks) or a rank K.")
+@click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
+              help="Write the CSV there instead of stdout.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of CSV.")
+def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: str | None,
+            force: bool, as_json: bool) -> None:
+    """Predicted ages for the images in IMAGES (.npy: (N, H, W), (N, D) or one image) with
+    the run's best (or --trial K) model; CSV "index,predicted_age" on stdout or --out."""
+    from agereg.fileio import atomic_write_text
+    from agereg.predict import predict_images
+
+    if out_file is not None and Path(out_file).exists() and not force:
+        raise AgeregError(f"{out_file}: exists; agereg never writes over your files: choose "
+                          "another --out or pass --force")
+    p = predict_images(images, run, Path(runs_dir), trial, log=_log)
+    if as_json:
+        text = json.dumps({"run": str(p.run_dir), "rank": p.rank, "trial_id": p.trial_id,
+                           "model": str(p.folder), "n": len(p.ages),
+                           "predicted_age": [float(a) for a in p.ages]}, indent=2) + "\n"
+    else:
+        text = "index,predicted_age\n" + "".join(f"{i},{a!r}\n" for i, a in
+                                                  enumerate(p.ages.tolist()))
+    if out_file is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write_text(Path(out_file), text)
+    err.print(escape(f"{len(p.ages)} predictions with trial #{p.rank} ({p.trial_id}), model "
+                     f"in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
+
+
 # ---------------------------------------------------------------- analyze
 
 

@@ -137,6 +137,23 @@ def _load_x(path: Path) -> tuple[np.ndarray, tuple[int, ...] | None]:
     return X.reshape(X.shape[0], -1), image_shape
 
 
+def check_images(path: Path, d: int) -> np.ndarray:
+    """New images to predict, validated like a data file: an .npy of shape (N, H, W) or
+    (N, D), or a single image (H, W) or (D,), whose pixels per image are ``d``; numeric and
+    finite. Returns the (N, D) rows."""
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: not a regular file; give an .npy of images")
+    X = _load_array(path)
+    _check_numeric(X, path)
+    if X.size == d and (X.ndim == 1 or (X.ndim == 2 and X.shape[1] != d)):
+        X = X.reshape(1, d)  # one image, flat (D,) or (H, W)
+    if X.ndim not in (2, 3) or X.shape[0] == 0 or int(np.prod(X.shape[1:])) != d:
+        raise DataError(f"{path}: images of shape {X.shape} do not fit the run's data, "
+                        f"{d} pixels per image; give (N, {d}) or (N, H, W) with H x W = {d}")
+    _check_finite(X, path)
+    return np.asarray(X).reshape(X.shape[0], -1)
+
+
 def _load_y(path: Path) -> np.ndarray:
     y = _load_array(path)
     _check_numeric(y, path)

@@ -186,7 +186,7 @@ def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
     yte = np.load(run_dir.parent.parent / "data<&>" / "age_regression_yte.npy")
     assert 0.5 * np.mean((Xte @ w + b - yte) ** 2) == pytest.approx(res["test"]["fmse"],
                                                                     rel=1e-6)
-    assert res["files"] == {"weights": "weights.npy", "bias": "bias.npy",
+    assert res["files"] == {"weights": "weights.npy", "bias": "bias.npy", "model": "model.json",
                             "pictures": list(EXPECTED_SIZES)[:5]}
     for name, size in EXPECTED_SIZES.items():  # the grid's pictures in the run folder
         where = run_dir if name in GRID_PICTURES else folder

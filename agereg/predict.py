@@ -1,0 +1,87 @@
+"""``agereg predict``: predicted ages for new images with a run's trained model.
+
+The model is the selected (or named) trial's saved evaluation (``evals/<trial_id>/``:
+weights, bias, model.json); when the trial has none, it is evaluated first, as
+``agereg eval`` would, and the caller says so. Images are validated like data files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agereg.assessment import MODEL_NAME, evaluate_run, open_run
+from agereg.data import check_images
+from agereg.errors import DataError, RunError
+from agereg.evaluate import predict as linear_predict
+from agereg.pipeline import Log, quiet
+from agereg.records import rank, select
+from agereg.runs import RunLock, eval_folder, read_json, resolve_run
+
+
+@dataclass(frozen=True)
+class Prediction:
+    run_dir: Path
+    rank: int
+    trial_id: str
+    folder: Path  # where the model lives
+    trained_now: bool  # no evaluation had saved the model: it was evaluated first
+    ages: np.ndarray  # (N,)
+
+
+def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
+                   trial: str = "best", log: Log = quiet) -> Prediction:
+    """Predict ages for the images in ``images`` (an .npy of shape (N, H, W), (N, D), or
+    one image) with trial ``trial`` ("best": as the run's select rule picks; or a rank)."""
+    run_dir = resolve_run(run, runs_dir)
+    with RunLock(run_dir):
+        ctx = open_run(run_dir, runs_dir)
+    by = ctx.cfg.select_by
+    ranked = [r for r in rank(ctx.records, by) if r.status.has_losses()]
+    if not ranked:
+        raise RunError(f"{run_dir}: no finished trial to predict with; resume the search")
+    if trial == "best":
+        k = select(ranked, ctx.cfg.select, by).rank or 1
+    else:
+        try:
+            k = int(trial)
+        except ValueError:
+            raise RunError(f"--trial {trial!r}: give best or a rank (1, 2, ...)") from None
+        if not 1 <= k <= len(ranked):
+            raise RunError(f"--trial {k} is out of range: the run has {len(ranked)} finished "
+                           "trials")
+    rec = ranked[k - 1]
+    d = int(ctx.dataset.Xte.reshape(len(ctx.dataset.Xte), -1).shape[1])
+    X = check_images(Path(images), d)  # before any training: bad input costs nothing
+    folder = eval_folder(run_dir, rec.trial_id, refit=ctx.split.k > 0)
+    trained_now = not (folder / "weights.npy").is_file()
+    if trained_now:
+        log(f"trial #{k} has no saved model yet: evaluating it first, as `agereg eval "
+            f"--rank {k}` would")
+        outcome = evaluate_run(run_dir, runs_dir, rank=k, log=log)
+        folder = outcome.folder
+    w, b = _load_model(folder, d)
+    return Prediction(run_dir, k, rec.trial_id, folder, trained_now,
+                      linear_predict(np.asarray(X, dtype=np.float64), w, b))
+
+
+def _load_model(folder: Path, d: int) -> tuple[np.ndarray, float]:
+    """The saved weights and bias, checked against the record and the data's width."""
+    model = read_json(folder / MODEL_NAME, "evaluate the trial again with `agereg eval "
+                      "--force`") if (folder / MODEL_NAME).is_file() else {}
+    try:
+        w = np.load(folder / "weights.npy", allow_pickle=False)
+        b = np.load(folder / "bias.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{folder}: the saved model is unreadable ({exc}); evaluate the "
+                       "trial again with `agereg eval --force`") from None
+    if (w.dtype != np.float64 or w.shape != (d,) or b.shape != () or not np.isfinite(w).all()
+            or not np.isfinite(b) or model.get("n_features", d) != d):
+        raise RunError(f"{folder}: the saved model does not match the run's data ({d} "
+                       "features); evaluate the trial again with `agereg eval --force`")
+    return w, float(b)
+
+
+__all__ = ["DataError", "Prediction", "predict_images"]

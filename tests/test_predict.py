@@ -1,0 +1,85 @@
+"""`agereg predict`: the saved model predicts new images exactly as numpy would with its
+weights, trains (evaluates) the trial first when nothing saved it, and refuses bad images
+and overwrites in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests_helpers import run, search
+
+
+@pytest.fixture
+def searched(tiny_config: Path, tmp_path: Path) -> tuple[Path, Path]:
+    return search(tiny_config, tmp_path / "runs"), tmp_path / "runs"
+
+
+def test_predict_trains_first_then_reuses_the_saved_model(searched, data_copy: Path,
+                                                          tmp_path: Path):
+    run_dir, runs = searched
+    X = np.load(data_copy / "age_regression_Xte.npy")[:7]  # (7, 6, 6)
+    np.save(tmp_path / "new.npy", X)
+    code, out, err = run(["predict", str(tmp_path / "new.npy"), "--runs-dir", str(runs)])
+    assert code == 0, err
+    assert "has no saved model yet: evaluating it first" in err
+    lines = out.splitlines()
+    assert lines[0] == "index,predicted_age" and len(lines) == 8
+    (folder,) = (run_dir / "evals").iterdir()
+    model = json.loads((folder / "model.json").read_text())
+    w, b = np.load(folder / "weights.npy"), float(np.load(folder / "bias.npy"))
+    assert model["n_features"] == 36 and model["bias"] == b and model["image_shape"] == [6, 6]
+    assert model["trial_id"] == folder.name and model["data_sha256"]["Xtr"]
+    expected = X.reshape(7, -1).astype(np.float64) @ w + b  # what model.json says to do
+    got = [float(line.split(",")[1]) for line in lines[1:]]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # the second time the saved model is used as it is
+    code, out2, err = run(["predict", str(tmp_path / "new.npy"), "--runs-dir", str(runs),
+                           "--json"])
+    assert code == 0 and "evaluating it first" not in err
+    assert json.loads(out2)["predicted_age"] == got
+
+
+def test_predict_one_image_and_a_named_trial(searched, data_copy: Path, tmp_path: Path):
+    run_dir, _ = searched
+    X = np.load(data_copy / "age_regression_Xte.npy")
+    np.save(tmp_path / "one.npy", X[3])  # a single (6, 6) image
+    np.save(tmp_path / "flat.npy", X[3].reshape(-1))  # the same, flat
+    outs = []
+    for name in ("one.npy", "flat.npy"):
+        code, out, err = run(["predict", str(tmp_path / name), "--run", str(run_dir),
+                              "--trial", "2"])
+        assert code == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == 2
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda X: X[:2, :5, :5], "do not fit the run's data, 36 pixels per image"),
+    (lambda X: np.where(np.arange(36).reshape(6, 6) == 7, np.nan, X[:2]), "NaN or inf"),
+    (lambda X: X[:2].astype(object), "pickled Python objects"),
+])  # fmt: skip
+def test_bad_images_are_one_line_before_any_training(searched, data_copy: Path,
+                                                     tmp_path: Path, make, fragment):
+    run_dir, _ = searched
+    X = np.load(data_copy / "age_regression_Xte.npy")
+    np.save(tmp_path / "bad.npy", make(X), allow_pickle=True)
+    code, _, err = run(["predict", str(tmp_path / "bad.npy"), "--run", str(run_dir)])
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (run_dir / "evals").exists()  # nothing was trained for bad input
+
+
+def test_predict_never_overwrites_an_output_without_force(searched, data_copy: Path,
+                                                           tmp_path: Path):
+    run_dir, _ = searched
+    np.save(tmp_path / "new.npy", np.load(data_copy / "age_regression_Xte.npy")[:3])
+    target = tmp_path / "ages.csv"
+    target.write_text("mine\n")
+    args = ["predict", str(tmp_path / "new.npy"), "--run", str(run_dir), "--out", str(target)]
+    code, _, err = run(args)
+    assert code == 2 and "exists" in err and target.read_text() == "mine\n"
+    code, _, err = run([*args, "--force"])
+    assert code == 0 and target.read_text().startswith("index,predicted_age\n")
