@@ -45,6 +45,7 @@ from agereg.report import (
     eval_files,
     eval_lines,
     eval_table,
+    fmt,
     ranking_rows,
     selection_text,
     several_losses,
@@ -354,6 +355,43 @@ def _print_eval(res: dict) -> None:
         out.print(by_age)
     for line in eval_lines(res):
         out.print(escape(line))
+
+
+# ---------------------------------------------------------------- runs
+
+
+@cli.command(name="runs")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON on stdout.")
+def runs_(runs_dir: str, as_json: bool) -> None:
+    """List the run folders: name, start, data, strategy, status, trials, best validation
+    fMSE and evaluations; the latest run is marked with *."""
+    from agereg.catalog import list_runs
+
+    rows = list_runs(Path(runs_dir))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    table = Table(title=f"runs in {escape(runs_dir)} (* latest)", title_justify="left",
+                  box=None, pad_edge=False)
+    for col in ("folder", "data", "strategy", "status", "trials", "best val", "evals"):
+        table.add_column(col, justify="right" if col in ("trials", "best val", "evals")
+                         else "left", no_wrap=col == "folder")
+    for r in rows:
+        trials = "" if r.trials_done is None else (
+            f"{r.trials_done}/{r.trials_planned}" if r.trials_planned is not None
+            else str(r.trials_done))
+        data = {"synthetic": "synth"}.get(r.data or "", r.data or "")
+        table.add_row(escape(("* " if r.latest else "") + r.folder), escape(data),
+                      escape(r.strategy or ""), escape(r.status), trials,
+                      fmt(r.best_val_loss) if r.best_val_loss is not None else "",
+                      str(r.evaluated) if r.evaluated else "")
+    out.print(table)
+    for r in rows:
+        if r.problem:
+            err.print(f"[yellow]damaged[/]: {escape(r.problem)}")
+    if not rows:
+        err.print(escape(f"no runs in {runs_dir} yet; start one with `agereg search CONFIG`"))
 
 
 # ---------------------------------------------------------------- predict

@@ -256,7 +256,7 @@ def resume_search(
             base.check_split(split)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
                        resumed=True, **Extension.run_info(base))
-        set_latest(runs_dir, run_dir)
+        # runs/latest stays on the newest created run: resuming an older one does not move it
         if on_start:
             on_start(run_dir)
         return _run(cfg, dataset, split, run_dir, done, log, progress, base)

@@ -15,11 +15,13 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
     evals/<trial_id>[-refit]/   one folder per evaluation (eval.json, weights, pictures)
     .lock          held (flock) by the process writing the run
 
-``runs/latest`` is a one-line text file naming the newest run folder.
+``runs/latest`` is a symbolic link to the newest created run folder (a one-line text file
+naming it where links are not possible).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import errno
@@ -166,7 +168,19 @@ def write_run_info(run_dir: Path, status: str, **extra: object) -> None:
 
 
 def set_latest(runs_dir: Path, run_dir: Path) -> None:
-    atomic_write_text(runs_dir / LATEST_NAME, run_dir.name + "\n")
+    """Point ``runs/latest`` at a newly created run: a relative symbolic link (so that
+    ``cd runs/latest`` works), replaced atomically; a one-line text file naming the
+    folder where the filesystem has no links."""
+    link = runs_dir / LATEST_NAME
+    tmp = runs_dir / f".latest-{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(run_dir.name, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        atomic_write_text(link, run_dir.name + "\n")
 
 
 def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
@@ -174,7 +188,10 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
     if run is None or str(run) == "latest":
         latest = runs_dir / LATEST_NAME
         try:
-            name = read_regular(latest, 4 * KiB).decode("utf-8").strip()
+            if latest.is_symlink():
+                name = os.readlink(latest)
+            else:
+                name = read_regular(latest, 4 * KiB).decode("utf-8").strip()
         except FileNotFoundError:
             raise RunError(f"{latest}: no runs yet; start one with `agereg search CONFIG` "
                            "or name the run folder") from None

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from agereg.cli import cli, main
 from agereg.runs import CSV_COLUMNS
 
-from tests_helpers import read_results, run, search, without_seconds
+from tests_helpers import latest_run, read_results, run, search, without_seconds
 
 
 def test_search_then_eval(tiny_config: Path, tmp_path: Path):
@@ -22,7 +22,7 @@ def test_search_then_eval(tiny_config: Path, tmp_path: Path):
     code, out, err = run(["search", str(tiny_config), "--runs-dir", str(runs)])
     assert code == 0, err
     assert "best trials" in out and "results in" in err
-    run_dir = runs / (runs / "latest").read_text().strip()
+    run_dir = latest_run(runs)
     for name in ("config.yaml", "results.csv", "trials.jsonl", "best.json", "dataset.json",
                  "split.json", "run.json"):
         assert (run_dir / name).is_file(), name
@@ -85,7 +85,7 @@ def test_split_command_and_search_uses_it(tiny_config: Path, data_copy: Path, tm
     code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path / "r"),
                         "--quiet"])
     assert code == 0 and "takes precedence" in err
-    run_dir = tmp_path / "r" / (tmp_path / "r" / "latest").read_text().strip()
+    run_dir = latest_run(tmp_path / "r")
     assert json.loads((run_dir / "split.json").read_text())["seed"] == 9
     assert "seed: 9" in (run_dir / "config.yaml").read_text()
 

@@ -26,7 +26,7 @@ from agereg.pipeline import resume_search, start_search
 from agereg.plan import plan_groups
 from agereg.synth import write_synthetic
 
-from tests_helpers import read_results, run, search, without_seconds
+from tests_helpers import latest_run, read_results, run, search, without_seconds
 
 # Four groups of one to two seconds each on one core: long enough to kill a worker while
 # it trains, short enough for the whole module to take well under a minute.
@@ -173,7 +173,7 @@ def test_worker_deaths_beyond_allowed_failures_then_resume(
         lc.scheduler.allowed_failures = allowed
     assert "--resume" in str(info.value) and "\n" not in str(info.value)
     assert killed and killed[0] not in _alive_pids(client)
-    run_dir = runs / (runs / "latest").read_text().strip()
+    run_dir = latest_run(runs)
     partial = read_results(run_dir)
     assert 16 <= sum(r["status"] == "ok" for r in partial) < 64
     outcome = resume_search(run_dir, runs, overrides=lambda c: apply_overrides(

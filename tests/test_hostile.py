@@ -73,6 +73,8 @@ def write_file(rel: str, data: bytes) -> Callable[[World], None]:
     def damage(w: World) -> None:
         path = w.run_dir / rel if not rel.startswith("/") else w.root / rel[1:]
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            path.unlink()
         path.write_bytes(data)
     return damage
 
@@ -235,7 +237,8 @@ def test_hostile_input_is_one_line_exit_2_and_writes_nothing(case: Case, base: P
     shutil.copytree(base, root, symlinks=True)
     (root / "h.yaml").write_text(CONFIG.format(data=root / "data"))
     run_dir = next((root / "runs").glob("*-h"))
-    (root / "runs" / "latest").write_text(run_dir.name + "\n")
+    (root / "runs" / "latest").unlink()
+    (root / "runs" / "latest").write_text(run_dir.name + "\n")  # the text-file form
     world = World(root, run_dir)
     case.damage(world)
     args = case.args(world)

@@ -17,7 +17,7 @@ from agereg.evaluate import cumulative_score, error_by_decade, median_baseline
 from agereg.records import TrialRecord, trial_id
 from agereg.runs import CURVES_NAME, read_curves, read_log
 
-from tests_helpers import read_results, run, search
+from tests_helpers import latest_run, read_results, run, search
 
 # ---------------------------------------------------------------- the absolute loss
 
@@ -224,7 +224,7 @@ def test_no_curves_records_none_and_changes_no_number(tmp_path: Path, data_copy:
     code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "n"), "--quiet",
                         "--no-curves"])
     assert code == 0, err
-    off = tmp_path / "n" / (tmp_path / "n" / "latest").read_text().strip()
+    off = latest_run(tmp_path / "n")
     assert not (off / CURVES_NAME).exists()
 
     def strip(rows: list[dict]) -> list[dict]:

@@ -59,9 +59,8 @@ def wait_for_log_lines(runs: Path, proc: subprocess.Popen, timeout: float = 60) 
     """Wait until the run's trial log holds at least one record; return the count."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        latest = runs / "latest"
-        if latest.exists():
-            log = runs / latest.read_text().strip() / LOG_NAME
+        if (runs / "latest").exists():
+            log = latest_run(runs) / LOG_NAME
             if log.exists() and log.stat().st_size > 0:
                 return log.read_bytes().count(b"\n")
         assert proc.poll() is None, "the search ended before the first group finished"

@@ -19,7 +19,7 @@ from agereg.strategies.halving import Halving
 from agereg.strategies.random_search import RandomSearch
 from agereg.strategies.refine import Refine
 
-from tests_helpers import read_results, run, search, without_seconds
+from tests_helpers import latest_run, read_results, run, search, without_seconds
 
 # ---------------------------------------------------------------- a fake objective
 
@@ -237,7 +237,7 @@ def test_interrupt_and_resume_give_the_same_results(tmp_path: Path, data_copy: P
     monkeypatch.setattr(pipeline, "append_records", real)
     code, _, err = run(["search", "--resume", "--runs-dir", str(tmp_path / "cut"), "--quiet"])
     assert code == 0, err
-    resumed = tmp_path / "cut" / (tmp_path / "cut" / "latest").read_text().strip()
+    resumed = latest_run(tmp_path / "cut")
     assert without_seconds(read_results(resumed)) == without_seconds(read_results(whole))
 
 
@@ -251,7 +251,7 @@ def test_extend_reuses_logged_trials(tmp_path: Path, data_copy: Path):
                         str(small)])
     assert code == 0, err
     assert "12 trained now, 24 reused" in err
-    grown = runs / (runs / "latest").read_text().strip()
+    grown = latest_run(runs)
     assert grown != small
     fresh = search(bigger, tmp_path / "fresh")
     assert without_seconds(read_results(grown)) == without_seconds(read_results(fresh))

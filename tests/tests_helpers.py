@@ -18,7 +18,11 @@ def run(args: list[str]) -> tuple[int, str, str]:
 
 
 def latest_run(runs: Path) -> Path:
-    return runs / (runs / "latest").read_text().strip()
+    """The run runs/latest names (a symbolic link, or a text file without links)."""
+    import os
+
+    latest = runs / "latest"
+    return runs / (os.readlink(latest) if latest.is_symlink() else latest.read_text().strip())
 
 
 def search(config: Path, runs: Path, *extra: str) -> Path:

@@ -1,0 +1,50 @@
+"""Finding runs: `agereg runs`, and runs/latest as a link to the newest created run that a
+resume of an older run does not move back."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests_helpers import latest_run, run, search
+
+
+def test_latest_is_a_link_to_the_newest_created_run(tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    first = search(tiny_config, runs)
+    second = search(tiny_config, runs, "--n-jobs", "2")
+    assert (runs / "latest").is_symlink() and os.readlink(runs / "latest") == second.name
+    assert (runs / "latest" / "results.csv").is_file()  # `cd runs/latest` works
+    # resuming the older run does not move latest back to it
+    code, _, err = run(["search", "--resume", str(first), "--runs-dir", str(runs), "--quiet"])
+    assert code == 0, err
+    assert latest_run(runs) == second
+
+
+def test_runs_lists_every_run_and_marks_damage(tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    a = search(tiny_config, runs)
+    b = search(tiny_config, runs)
+    code, _, err = run(["eval", "--run", str(b), "--bootstrap", "0", "--no-plots"])
+    assert code == 0, err
+    (a / "run.json").write_text("{not json")
+    (runs / "notes").mkdir()  # not a run folder: not listed
+    code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["folder"] for r in rows] == [a.name, b.name]
+    assert rows[0]["status"] == "damaged" and "run.json" in rows[0]["problem"]
+    best = json.loads((b / "best.json").read_text())["best"]
+    assert rows[1]["status"] == "finished"
+    assert rows[1]["trials_done"] == rows[1]["trials_planned"] == 24
+    assert rows[1]["best_val_loss"] == best["val_loss"] and rows[1]["evaluated"] == 1
+    assert rows[1]["latest"] is True and rows[1]["data"] == "synthetic"
+    assert rows[1]["name"] == "tiny" and rows[1]["started"].startswith("20")
+    code, out, err = run(["runs", "--runs-dir", str(runs)])
+    assert code == 0 and f"* {b.name}" in out and "damaged:" in err
+
+
+def test_runs_in_a_missing_folder_is_one_line(tmp_path: Path):
+    code, _, err = run(["runs", "--runs-dir", str(tmp_path / "nowhere")])
+    assert code == 2 and "no runs folder here" in err and len(err.strip().splitlines()) == 1
