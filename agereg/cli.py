@@ -11,11 +11,13 @@ import json
 import re
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape as _rich_escape
 from rich.progress import (
@@ -274,12 +276,15 @@ def _started(run_dir: Path) -> None:
 def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> None:
     title = ("best trials by validation " + ("MAE" if by == "mae" else "fMSE") +
              " (train, val, test: fMSE; MAE: validation, years)")
-    table = Table(title=title, title_justify="left")
+    # no vertical rules: the ranking column's digits must fit 80 columns
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1, 0, 0))
     # report.ranking_columns, shorter so that the table fits 80 columns
     second = "loss" if several_losses(ranked) else "train"
     for col in ("#", "batch", "lr", "epochs", "l2", second, "val", "test", "MAE", "status"):
-        table.add_column(col, justify="left" if col in ("status", "loss") else "right")
-    for row in ranking_rows(ranked, top, short=True):
+        table.add_column(col, justify="left" if col in ("status", "loss") else "right",
+                         no_wrap=True)
+    for row in ranking_rows(ranked, top, short=True, by=by):
         table.add_row(*row)
     out.print(table)
 
@@ -511,12 +516,16 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach us even when started from a shell that ignores SIGINT for
     # background jobs: finished trials are saved and the run can be resumed.
     previous_int = signal.signal(signal.SIGINT, _on_sigint)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args[1:]:  # accepted after the subcommand too
+        args.remove("--debug")
+        args.insert(0, "--debug")
     try:
-        rv = cli.main(args=argv, prog_name="agereg", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="agereg", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except AgeregError as exc:
-        if _State.debug:
-            raise
+        if _State.debug:  # the traceback, and still the exit code of bad input
+            traceback.print_exc()
         err.print(f"[red]error[/]: {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
     except click.ClickException as exc:

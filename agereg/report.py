@@ -606,19 +606,53 @@ def several_losses(ranked: Sequence[TrialRecord]) -> bool:
 SHORT_LOSS = {"squared": "sq", "absolute": "abs"}
 
 
-def ranking_rows(ranked: Sequence[TrialRecord], top: int, short: bool = False
-                 ) -> list[list[str]]:
+def column_texts(values: Sequence[float | None], distinguish: bool = False) -> list[str]:
+    """One format for a whole column: fixed point with the same decimals when every value
+    lies in [1e-3, 1e5), else scientific with the same mantissa digits; 4 significant
+    digits for the largest value, and with ``distinguish`` as many more as it takes for
+    different values to print differently (ranks 1-3 of the homework grid all printed
+    88.86). '-' for a missing value."""
+    have = [float(v) for v in values if v is not None and math.isfinite(v)]
+    fixed = all(v == 0 or 1e-3 <= abs(v) < 1e5 for v in have)
+    top = max((abs(v) for v in have), default=1.0)
+    if not fixed:
+        start = 3
+    elif top < 1e3:  # losses and ages: at least two decimals
+        start = max(2, 3 - math.floor(math.log10(top))) if top > 0 else 2
+    else:
+        start = 0
+    distinct = sorted(set(have))
+    digits = start
+    while distinguish and digits < start + 8:
+        spec = f".{digits}f" if fixed else f".{digits}e"
+        if len({format(v, spec) for v in distinct}) == len(distinct):
+            break
+        digits += 1
+    spec = f".{digits}f" if fixed else f".{digits}e"
+    return ["-" if v is None or not math.isfinite(v) else format(float(v), spec)
+            for v in values]
+
+
+def ranking_rows(ranked: Sequence[TrialRecord], top: int, short: bool = False,
+                 by: str = "fmse") -> list[list[str]]:
     """Rows of :func:`ranking_columns`; with several training losses the loss takes the
-    train fMSE's place (the tables must fit 80 columns; ``short``: "sq", "abs")."""
+    train fMSE's place (the tables must fit 80 columns; ``short``: "sq", "abs"). Every
+    number column has one format; the ranking one (``by``) has the digits to tell its
+    rows apart."""
     losses = several_losses(ranked)
+    shown = list(ranked[:top])
 
     def loss(r: TrialRecord) -> str:
         return SHORT_LOSS.get(r.loss, r.loss) if short else r.loss
 
+    names = ("train_loss", "val_loss", "test_loss", "val_mae")
+    ranking = "val_mae" if by == "mae" else "val_loss"
+    cols = [column_texts([getattr(r, name) for r in shown], distinguish=name == ranking)
+            for name in names]
     return [[str(i), str(r.batch_size), f"{r.learning_rate:.4g}", str(r.epochs), f"{r.l2:.4g}",
-             loss(r) if losses else fmt(r.train_loss), fmt(r.val_loss), fmt(r.test_loss),
-             fmt(r.val_mae), r.status.value]
-            for i, r in enumerate(ranked[:top], 1)]
+             loss(r) if losses else cols[0][i - 1], cols[1][i - 1], cols[2][i - 1],
+             cols[3][i - 1], r.status.value]
+            for i, r in enumerate(shown, 1)]
 
 
 def ranking_columns(ranked: Sequence[TrialRecord]) -> tuple[str, ...]:
@@ -644,6 +678,7 @@ def render_html(
 ) -> str:
     """The whole report as one self-contained HTML page (pictures as data URIs)."""
     name = run_dir.name
+    by = "fmse" if selection is None else selection.by
     parts = [
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
@@ -677,7 +712,7 @@ def render_html(
         f"<h2>Ranking (top {min(top, done)} of {done} trials"
         f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
         f"<p>{_e(counts_text(counts))}.</p>\n",
-        _table(ranking_columns(ranked), ranking_rows(ranked, top)),
+        _table(ranking_columns(ranked), ranking_rows(ranked, top, by=by)),
     ]
     if pictures:
         parts += [_img(run_dir / p) for p in pictures]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from agereg.cli import cli, main
+from agereg.cli import cli
 from agereg.runs import CSV_COLUMNS
 
 from tests_helpers import latest_run, read_results, run, search, without_seconds
@@ -138,8 +138,8 @@ def test_usage_errors_exit_2(tmp_path: Path):
 
 
 def test_debug_shows_traceback(tmp_path: Path):
-    with pytest.raises(Exception, match=r"missing\.yaml"):
-        main(["--debug", "search", str(tmp_path / "missing.yaml")])
+    code, _, err = run(["--debug", "search", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "Traceback" in err and "missing.yaml" in err
 
 
 def test_help_lists_commands():
@@ -153,3 +153,23 @@ def test_python_dash_m(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "agereg", "--version"], capture_output=True,
                           text=True, cwd=tmp_path, check=False)
     assert proc.returncode == 0 and "agereg" in proc.stdout
+
+
+def test_debug_after_the_subcommand_shows_the_traceback_and_still_exits_2(tmp_path: Path):
+    code, _, err = run(["eval", "--run", str(tmp_path / "nowhere"), "--debug"])
+    assert code == 2
+    assert "Traceback" in err and "RunError" in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_ranking_numbers_tell_ranks_apart_in_one_format():
+    from agereg.report import column_texts
+
+    vals = [88.85888851, 88.85930041, 88.85930449, 88.86875, None]
+    texts = column_texts(vals, distinguish=True)
+    assert len(set(texts[:4])) == 4 and texts[4] == "-"
+    assert len({len(t.split(".")[1]) for t in texts[:4]}) == 1  # one format: same decimals
+    assert column_texts([88.86, 120.5]) == ["88.86", "120.50"]
+    assert column_texts([1234.5, 88.86]) == ["1234", "89"]
+    assert column_texts([0.05, 0.0123]) == ["0.05000", "0.01230"]
+    assert column_texts([3.0e5, 2.0]) == ["3.000e+05", "2.000e+00"]
