@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from agereg.config import Config
+from agereg.config import Config, Distribution
 from agereg.data import Dataset, load_dataset
 from agereg.engine import Arrays, Fit, train_group, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import (
     CS_THETAS,
+    RidgeBasis,
     cumulative_score,
     error_by_decade,
     mean_baseline,
@@ -188,6 +189,7 @@ def _evaluate(
     train_rows = arrays if k else refit_arrays(arrays) if refit else arrays
     where = (f"all {len(train_rows.y_fit)} training rows" if k else
              "train+validation" if refit else "as in the search")
+    basis = ridge_basis(ctx.run_dir, train_rows, "refit" if refit else "train", log)
     trained_on = (f"all {len(train_rows.y_fit)} training rows ({k}-fold run)" if k
                   else f"train+validation ({len(train_rows.y_fit)} rows)" if refit
                   else f"training split ({len(arrays.y_fit)} rows)")
@@ -230,7 +232,8 @@ def _evaluate(
         "bootstrap": _bootstrap(ctx, arrays, train_rows, ranked, rank, refit, pred_te, n_boot,
                                 notes, log),
         "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, trained_on, log,
-                                  rec.loss),
+                                  rec.loss, basis),
+        "ridge_path": _ridge_path_dict(ctx, train_rows, basis, refit or k > 0, ranked),
         "noise": {"sigma2": noise.sigma2, "sigma": float(np.sqrt(noise.sigma2)),
                   "test_avg_loglik": noise.test_avg_loglik},
         "files": _save_parameters(folder, fit, _model_record(ctx, rec, fit, trained_on)),
@@ -323,16 +326,13 @@ def _bootstrap(
 
 def _ridge_reference(
     train_rows: Arrays, l2: float, fit: Fit, test: dict[str, float], refit: bool,
-    trained_on: str, log: Log, loss: str = "squared",
+    trained_on: str, log: Log, loss: str = "squared", basis: RidgeBasis | None = None,
 ) -> dict:
     """The exact optimum of the trial's objective on the same training rows, and the SGD
     fit's gap to it (positive: SGD is worse)."""
     from agereg.evaluate import ridge_optimum
 
-    n, d = train_rows.X_fit.shape
-    slow = "; this takes a while" if d >= 1000 else ""  # an SVD-based solve, O(n d^2)
-    log(f"solving the exact ridge optimum ({n} x {d}, float64{slow})")
-    opt = ridge_optimum(train_rows, l2, fit)
+    opt = ridge_optimum(train_rows, l2, fit, basis)
     X_te = np.asarray(train_rows.X_te, dtype=np.float64)
     ridge_test = regression_metrics(train_rows.y_te, predict(X_te, opt.fit.w, opt.fit.b))
     # With refit the validation rows are training rows: no validation figures.
@@ -359,6 +359,67 @@ def _ridge_reference(
 
 
 MODEL_NAME = "model.json"
+RIDGE_CACHE = "ridge_basis_{kind}.npz"
+
+
+def ridge_basis(run_dir: Path, rows: Arrays, kind: str, log: Log) -> RidgeBasis:
+    """The eigendecomposition of the run's centred training matrix, computed once and
+    cached in the run folder (``ridge_basis_train.npz`` / ``_refit``); a cache that does
+    not match the rows (shape, labels) is recomputed, never trusted."""
+    import hashlib
+    import io
+
+    from agereg.fileio import atomic_write_bytes
+
+    X = np.asarray(rows.X_fit, dtype=np.float64)
+    y = np.asarray(rows.y_fit, dtype=np.float64)
+    stamp = hashlib.sha256(y.tobytes() + np.asarray(X.shape).tobytes()).hexdigest()
+    path = run_dir / RIDGE_CACHE.format(kind=kind)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["stamp"]) == stamp and z["M"].shape[0] == X.shape[1]:
+                return RidgeBasis(z["M"], z["s"], z["c"], z["x_mean"], float(z["y_mean"]),
+                                  int(z["n"]))
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # missing or damaged: computed again below
+    n, d = X.shape
+    log(f"eigendecomposition of the centred training matrix ({n} x {d}, float64; cached "
+        "for the next evaluation)")
+    basis = RidgeBasis.of(X, y)
+    buf = io.BytesIO()
+    np.savez(buf, M=basis.M, s=basis.s, c=basis.c, x_mean=basis.x_mean,
+             y_mean=basis.y_mean, n=basis.n, stamp=stamp)
+    atomic_write_bytes(path, buf.getvalue())
+    return basis
+
+
+def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: bool,
+                     ranked: list[TrialRecord]) -> dict:
+    """Validation and test fMSE of the exact ridge solution over the searched l2 range
+    and two decades beyond, the best ridge l2 and whether it beats every SGD trial."""
+    from agereg.evaluate import path_l2s, ridge_path
+
+    grid = ctx.cfg.grid.l2
+    searched = sorted({r.l2 for r in ranked}) if isinstance(grid, Distribution) else list(grid)
+    path = ridge_path(basis, rows, path_l2s(searched))
+    sgd_best = min((r.val_loss for r in ranked if r.val_loss is not None), default=None)
+    by_l2: dict[float, float] = {}
+    for r in ranked:
+        if r.val_loss is not None:
+            by_l2[r.l2] = min(by_l2.get(r.l2, r.val_loss), r.val_loss)
+    out: dict[str, Any] = {"l2": list(path.l2), "test_fmse": list(path.test_fmse),
+                           "val_fmse": None if no_val else list(path.val_fmse),
+                           "sgd_best_val_fmse": sgd_best,
+                           "sgd_val_by_l2": [[k, v] for k, v in sorted(by_l2.items())]}
+    if no_val:  # the validation rows trained the model: no honest choice of l2 here
+        out.update(best_l2=None, note="refit on the validation rows too: the path shows "
+                                      "test fMSE only, no l2 is chosen on it")
+        return out
+    i = path.best
+    out.update(best_l2=path.l2[i], best_val_fmse=path.val_fmse[i],
+               best_test_fmse=path.test_fmse[i],
+               beats_every_sgd_trial=sgd_best is not None and path.val_fmse[i] < sgd_best)
+    return out
 
 
 def _model_record(ctx: RunContext, rec: TrialRecord, fit: Fit, trained_on: str) -> dict:

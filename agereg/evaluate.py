@@ -207,13 +207,98 @@ class RidgeOptimum:
     objective_sgd: float
 
 
-def ridge_optimum(arrays: Arrays, l2: float, sgd: Fit) -> RidgeOptimum:
-    """Closed-form ridge on ``arrays.X_fit`` (float64, bias unregularised) for ``l2``.
+@dataclass(frozen=True)
+class RidgeBasis:
+    """One eigendecomposition of the centred training matrix ``A = X - mean(X)`` that
+    gives the exact ridge solution for every l2 at the cost of a matrix-vector product:
+
+    * primal (n >= D): ``A^T A = V diag(s) V^T``, ``c = V^T A^T yc``, and
+      ``w(l2) = V (c / (s + n l2))``;
+    * dual (D > n): ``A A^T = U diag(s) U^T``, ``c = U^T yc``, ``B = A^T U``, and
+      ``w(l2) = B (c / (s + n l2))``;
+
+    with ``b = mean(y) - mean(X) w``. For ``l2 = 0`` the directions with ``s`` below
+    ``1e-10 * s.max()`` are dropped: the minimum-norm least-squares solution."""
+
+    M: np.ndarray  # (D, r): V (primal) or A^T U (dual)
+    s: np.ndarray  # (r,) eigenvalues
+    c: np.ndarray  # (r,)
+    x_mean: np.ndarray  # (D,)
+    y_mean: float
+    n: int
+
+    @classmethod
+    def of(cls, X: np.ndarray, y: np.ndarray) -> RidgeBasis:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        n, d = X.shape
+        x_mean, y_mean = X.mean(axis=0), float(y.mean())
+        A, t = X - x_mean, y - y_mean
+        if n >= d:
+            s, V = np.linalg.eigh(A.T @ A)  # (D, D)
+            return cls(V, s, V.T @ (A.T @ t), x_mean, y_mean, n)
+        s, U = np.linalg.eigh(A @ A.T)  # (n, n)
+        return cls(A.T @ U, s, U.T @ t, x_mean, y_mean, n)
+
+    def solve(self, l2s: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """Weights ``(D, L)`` and biases ``(L,)`` for each l2."""
+        l2 = np.asarray(l2s, dtype=np.float64)
+        s = np.clip(self.s, 0.0, None)[:, None]  # (r, 1): rounding can make 0 negative
+        denom = s + self.n * l2[None, :]  # (r, L)
+        keep = denom > 1e-10 * max(float(s.max()), 1e-300)
+        coef = np.where(keep, self.c[:, None] / np.where(keep, denom, 1.0), 0.0)
+        W = self.M @ coef  # (D, r) @ (r, L) -> (D, L)
+        return W, self.y_mean - self.x_mean @ W
+
+
+@dataclass(frozen=True)
+class RidgePath:
+    """Validation and test fMSE of the exact ridge solution over a range of l2."""
+
+    l2: tuple[float, ...]
+    val_fmse: tuple[float, ...]
+    test_fmse: tuple[float, ...]
+
+    @property
+    def best(self) -> int:
+        """Index of the l2 with the lowest validation fMSE."""
+        return int(np.nanargmin(self.val_fmse))
+
+
+def ridge_path(basis: RidgeBasis, arrays: Arrays, l2s: Sequence[float]) -> RidgePath:
+    W, b = basis.solve(l2s)
+    val = fmse(np.asarray(arrays.X_val, dtype=np.float64), arrays.y_val, W, b)
+    test = fmse(np.asarray(arrays.X_te, dtype=np.float64), arrays.y_te, W, b)
+    return RidgePath(tuple(float(v) for v in l2s), tuple(float(v) for v in val),
+                     tuple(float(v) for v in test))
+
+
+def path_l2s(searched: Sequence[float], per_decade: int = 4, beyond: float = 2.0
+             ) -> list[float]:
+    """l2 values for a ridge path: log-spaced over the searched positive range extended
+    ``beyond`` decades each side (1e-6 ... 1e2 without any), every searched value, and 0
+    when it was searched."""
+    pos = [v for v in searched if v > 0]
+    lo, hi = (min(pos), max(pos)) if pos else (1e-6, 1e2)
+    a, b = np.log10(lo) - beyond, np.log10(hi) + beyond
+    grid = np.logspace(a, b, round((b - a) * per_decade) + 1)
+    values = sorted({float(f"{v:.6g}") for v in grid} | {float(v) for v in searched})
+    return values
+
+
+def ridge_optimum(arrays: Arrays, l2: float, sgd: Fit,
+                  basis: RidgeBasis | None = None) -> RidgeOptimum:
+    """Closed-form ridge on ``arrays.X_fit`` (float64, bias unregularised) for ``l2``,
+    from ``basis`` when given (the same solution, without another solve).
 
     With ``l2 = 0`` this is the minimum-norm least-squares solution, which may overfit.
     """
     X = np.asarray(arrays.X_fit, dtype=np.float64)
-    w, b = ridge_closed_form(X, arrays.y_fit, l2)
+    if basis is None:
+        w, b = ridge_closed_form(X, arrays.y_fit, l2)
+    else:
+        W, bs = basis.solve([l2])
+        w, b = W[:, 0], float(bs[0])
     losses = (
         float(fmse(X, arrays.y_fit, w, b)),
         float(fmse(np.asarray(arrays.X_val, dtype=np.float64), arrays.y_val, w, b)),

@@ -36,6 +36,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "val_vs_epochs": (7.0, 4.0),  # 700 x 400
     "cumulative_score": (5.0, 4.0),  # 500 x 400
     "error_by_age": (7.0, 4.0),  # 700 x 400
+    "ridge_path": (6.0, 4.0),  # 600 x 400
     "gradient_noise": (6.0, 4.0),  # 600 x 400
     "lr_vs_batch": (6.0, 4.0),  # 600 x 400
 }
@@ -376,4 +377,31 @@ def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: 
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         ax.set_title("best learning rate against batch size", fontsize=10)
+        return _png(fig)
+
+
+def ridge_path(path: dict) -> bytes:
+    """Validation and test fMSE of the exact ridge solution against l2 (log axis; l2 = 0
+    left out), with the SGD trials' best validation fMSE at each searched l2 overlaid."""
+    with _figure(SIZES["ridge_path"]) as (fig, axes):
+        ax = axes[0, 0]
+        l2 = np.asarray(path["l2"], dtype=np.float64)
+        pos = l2 > 0
+        if path.get("val_fmse") is not None:
+            ax.plot(l2[pos], np.asarray(path["val_fmse"])[pos], label="exact ridge: validation")
+        ax.plot(l2[pos], np.asarray(path["test_fmse"])[pos], linestyle="--",
+                label="exact ridge: test")
+        sgd = [(a, v) for a, v in path.get("sgd_val_by_l2", []) if a > 0]
+        if sgd:
+            ax.plot([a for a, _ in sgd], [v for _, v in sgd], "o", color="black",
+                    label="SGD trials: best validation at that l2")
+        if path.get("best_l2"):
+            ax.axvline(path["best_l2"], color="grey", linewidth=0.8,
+                       label=f"best ridge l2 {path['best_l2']:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("l2")
+        ax.set_ylabel("fMSE")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        ax.set_title("exact ridge solutions over l2, and the SGD trials", fontsize=10)
         return _png(fig)

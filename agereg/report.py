@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 REPORT_NAME = "report.html"
 GRID_PICTURES = ("heatmap_val.png", "val_vs_epochs.png")
 EVAL_PICTURES = ("weights.png", "worst_test.png", "pred_vs_true.png", "cumulative_score.png",
-                 "error_by_age.png")
+                 "error_by_age.png", "ridge_path.png")
 CAPTIONS = {
     "weights.png": "The trained weights as an image (red raises the predicted age, blue "
                    "lowers it; zero is white).",
@@ -57,6 +57,8 @@ CAPTIONS = {
                             "most theta years, against the median predictor's.",
     "error_by_age.png": "Test MAE and mean signed error (positive: predicted too old) per "
                         "decade of true age.",
+    "ridge_path.png": "Validation and test fMSE of the exact ridge solution against l2, "
+                      "with the SGD trials' best validation fMSE at each searched l2.",
     "gradient_noise.png": "Measured variance of minibatch gradients (dots) against the law "
                           "tr(Sigma)/B (N-B)/(N-1) (lines), at w = 0 and at the selected "
                           "trial.",
@@ -215,6 +217,9 @@ def draw_eval_pictures(
             cs["theta"], cs["share"], cs["median_predictor_share"], title))
         atomic_write_bytes(run_dir / "error_by_age.png", plots.error_by_age(res["by_decade"]))
         written += ["cumulative_score.png", "error_by_age.png"]
+        if res.get("ridge_path"):
+            atomic_write_bytes(run_dir / "ridge_path.png", plots.ridge_path(res["ridge_path"]))
+            written.append("ridge_path.png")
     return written, notes
 
 
@@ -335,6 +340,17 @@ def eval_lines(res: dict) -> list[str]:
             f"{val}test {fmt(ridge['gap_test_fmse'], True)} fMSE" + (
                 "" if ridge.get("objective_gap") is None else
                 f"; training objective gap {fmt(ridge['objective_gap'], True)}"))
+    path = res.get("ridge_path")
+    if path and path.get("best_l2") is not None:
+        verdict = ("better than every SGD trial" if path.get("beats_every_sgd_trial") else
+                   "not better than the best SGD trial")
+        lines.append(
+            f"exact ridge path over l2 {path['l2'][0]:.3g} ... {path['l2'][-1]:.3g}: the best "
+            f"l2 is {path['best_l2']:.3g}, validation fMSE {fmt(path['best_val_fmse'])} "
+            f"(test {fmt(path['best_test_fmse'])}), {verdict} (best SGD validation "
+            f"{fmt(path['sgd_best_val_fmse'])})")
+    elif path and path.get("note"):
+        lines.append(f"exact ridge path: {path['note']}")
     noise = res.get("noise")
     if noise:
         lines.append(

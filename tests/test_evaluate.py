@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,59 @@ def test_gaussian_noise_of_a_perfect_fit_has_no_loglik():
     y = np.arange(5.0)
     g = ev.gaussian_noise(y, y.copy(), y, y + 1)
     assert g.sigma2 == 0.0 and math.isnan(g.test_avg_loglik)
+
+
+# ---------------------------------------------------------------- the ridge path
+
+
+@pytest.mark.parametrize("n, d", [(40, 6), (10, 25)])  # primal and dual
+def test_ridge_basis_equals_the_closed_form_for_every_l2(n: int, d: int):
+    from agereg.engine import ridge_closed_form
+    from agereg.evaluate import RidgeBasis
+
+    rng = np.random.default_rng(n)
+    X, y = rng.normal(size=(n, d)), rng.normal(size=n)
+    basis = RidgeBasis.of(X, y)
+    l2s = [0.0, 1e-4, 0.3, 10.0]
+    W, b = basis.solve(l2s)
+    for j, l2 in enumerate(l2s):
+        w0, b0 = ridge_closed_form(X, y, l2)  # lstsq / dual solve: independent
+        np.testing.assert_allclose(W[:, j], w0, atol=1e-10)
+        assert b[j] == pytest.approx(b0, abs=1e-10)
+
+
+def test_ridge_path_picks_the_l2_with_the_lowest_validation_loss():
+    from agereg.engine import Arrays, fmse, ridge_closed_form
+    from agereg.evaluate import RidgeBasis, path_l2s, ridge_path
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(90, 12))
+    y = X @ rng.normal(size=12) + rng.normal(size=90) * 3
+    a = Arrays(X[:40], y[:40], X[40:70], y[40:70], X[70:], y[70:])
+    l2s = path_l2s([0.0, 1e-3, 1e-1])
+    assert l2s[0] == 0.0 and 1e-5 in l2s and 10.0 in l2s  # searched range +- 2 decades
+    path = ridge_path(RidgeBasis.of(a.X_fit, a.y_fit), a, l2s)
+    direct = [float(fmse(a.X_val, a.y_val, *ridge_closed_form(a.X_fit, a.y_fit, l2)))
+              for l2 in l2s]
+    np.testing.assert_allclose(path.val_fmse, direct, rtol=1e-9)
+    assert path.best == int(np.argmin(direct))
+
+
+def test_the_ridge_basis_is_cached_and_a_damaged_cache_is_recomputed(tmp_path: Path):
+    from agereg.assessment import ridge_basis
+    from agereg.engine import Arrays
+
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(30, 5)), rng.normal(size=30)
+    rows = Arrays(X, y, X, y, X, y)
+    said: list[str] = []
+    first = ridge_basis(tmp_path, rows, "train", said.append)
+    assert len(said) == 1 and (tmp_path / "ridge_basis_train.npz").is_file()
+    again = ridge_basis(tmp_path, rows, "train", said.append)
+    assert len(said) == 1 and np.array_equal(again.M, first.M)  # from the cache
+    other = Arrays(X, y + 1, X, y, X, y)  # other labels: the cache does not match
+    ridge_basis(tmp_path, other, "train", said.append)
+    assert len(said) == 2
+    (tmp_path / "ridge_basis_train.npz").write_bytes(b"not an npz")
+    ridge_basis(tmp_path, rows, "train", said.append)
+    assert len(said) == 3

@@ -33,6 +33,7 @@ EXPECTED_SIZES = {  # pixels at plots.DPI = 100
     "pred_vs_true.png": (500, 500),
     "cumulative_score.png": (500, 400),
     "error_by_age.png": (700, 400),
+    "ridge_path.png": (600, 400),
     "heatmap_val.png": (900, 400),  # two batch sizes: 2 x 4 in + 1 in for the colorbar
     "val_vs_epochs.png": (700, 400),
 }
@@ -40,7 +41,7 @@ EVAL_KEYS = {
     "run", "dataset", "trial", "refit", "trained_on", "engine", "precision", "train_fmse",
     "val_fmse", "search_val_fmse", "reproduced", "test", "baseline_test", "bootstrap",
     "ridge", "noise", "files", "notes", "folder", "selected_by", "baseline_median_test",
-    "cumulative_score", "by_decade",
+    "cumulative_score", "by_decade", "ridge_path",
 }
 
 CONFIG = """\
@@ -117,6 +118,9 @@ def test_each_picture_is_a_png_of_the_expected_size():
         "val_vs_epochs.png": plots.val_vs_epochs(top_curves(recs)),
         "cumulative_score.png": plots.cumulative_score(range(21), np.linspace(0, 1, 21)),
         "error_by_age.png": plots.error_by_age(error_by_decade(y, pred)),
+        "ridge_path.png": plots.ridge_path({"l2": [0.0, 1e-3, 1e-1], "val_fmse": [3, 2, 1],
+                                            "test_fmse": [3, 2, 2], "best_l2": 0.1,
+                                            "sgd_val_by_l2": [[1e-3, 2.5]]}),
     }
     assert set(pictures) == set(EXPECTED_SIZES)
     for name, data in pictures.items():
@@ -187,7 +191,7 @@ def test_eval_writes_the_metrics_parameters_and_pictures(evaluated: dict):
     assert 0.5 * np.mean((Xte @ w + b - yte) ** 2) == pytest.approx(res["test"]["fmse"],
                                                                     rel=1e-6)
     assert res["files"] == {"weights": "weights.npy", "bias": "bias.npy", "model": "model.json",
-                            "pictures": list(EXPECTED_SIZES)[:5]}
+                            "pictures": list(EXPECTED_SIZES)[:6]}
     for name, size in EXPECTED_SIZES.items():  # the grid's pictures in the run folder
         where = run_dir if name in GRID_PICTURES else folder
         assert png_size((where / name).read_bytes()) == size, name
@@ -232,9 +236,9 @@ def test_report_writes_a_self_contained_page(evaluated: dict):
     assert not re.search(r"<(script|link|iframe)\b", page, re.I)
     assert not re.search(r"\bhref\s*=", page, re.I)
     srcs = re.findall(r"\bsrc\s*=\s*\"([^\"]*)\"", page, re.I)
-    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
     sizes = [png_size(base64.b64decode(src.split(",", 1)[1])) for src in srcs]
-    assert sizes == [EXPECTED_SIZES[n] for n in (*GRID_PICTURES, *list(EXPECTED_SIZES)[:5])]
+    assert sizes == [EXPECTED_SIZES[n] for n in (*GRID_PICTURES, *list(EXPECTED_SIZES)[:6])]
     t = evaluated["eval"]["trial"]
     assert (f"best trial: <strong>batch_size {t['batch_size']}, learning_rate "
             f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g}</strong>") in page
@@ -271,7 +275,7 @@ def test_eval_json_without_bootstrap_or_plots_and_refit(evaluated: dict):
     code, out, err = run(["report", str(run_dir)])
     assert code == 0, err
     page = (run_dir / "report.html").read_text()
-    assert page.count("data:image/png") == 2 + 5 and page.count("<h3>trial #") == 3
+    assert page.count("data:image/png") == 2 + 6 and page.count("<h3>trial #") == 3
     assert out.count("files in ") == 3
 
 
