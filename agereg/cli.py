@@ -51,6 +51,7 @@ from agereg.report import (
     ranking_rows,
     selection_text,
     several_losses,
+    summary_dict,
     trial_text,
 )
 
@@ -196,10 +197,12 @@ def split(seed: int, val_fraction: float, folds: int | None, data_dir: str,
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--curves/--no-curves", default=None,
               help="Record learning curves (curves.csv; default: config execution.curves, on).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout instead of the table.")
 def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | None,
            precision: str | None, backend: str | None, scheduler: str | None,
            resume: str | None, extend: str | None, top: int, quiet: bool,
-           curves: bool | None) -> int:
+           curves: bool | None, as_json: bool) -> int:
     """Run CONFIG's search strategy (the grid by default) and rank the trials by
     validation loss."""
     if config is None and resume is None:
@@ -221,11 +224,18 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
             cfg = overrides(load_config(config))  # type: ignore[arg-type]
             outcome = pipeline.start_search(cfg, runs, log=_log, progress=progress,
                                             on_start=_started, extend=extend)
-    _print_ranking(outcome.ranked, top, outcome.summary.by)
-    if said := selection_text(outcome.summary.selection):
-        out.print(escape(said))
-    for notice in outcome.summary.notices:
-        out.print(f"[yellow]note[/]: {escape(notice)}")
+    summary = outcome.summary
+    if as_json:
+        doc = summary_dict(outcome.run_dir, outcome.ranked, summary.selection, summary.notices,
+                           top)
+        doc.update(computed=outcome.computed, reused=outcome.reused, seconds=outcome.seconds)
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_ranking(outcome.ranked, top, summary.by)
+        if said := selection_text(summary.selection):
+            out.print(escape(said))
+        for notice in summary.notices:
+            out.print(f"[yellow]note[/]: {escape(notice)}")
     reused = f", {outcome.reused} reused" if outcome.reused else ""
     err.print(escape(f"{len(outcome.ranked)} trials ({outcome.computed} trained now{reused}; "
               f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
@@ -482,10 +492,19 @@ def analyze(data_dir: str | None, run: str | None, runs_dir: str, batch_size: in
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
               help="Rows of the ranked table to print and to put in the report.")
-def report(run_dir: str | None, runs_dir: str, top: int) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout instead of the tables.")
+def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
     """Print the ranking (and test metrics, if evaluated) of RUN_DIR (default: the latest
     run) and write RUN_DIR/report.html, a self-contained page to share."""
     rep = build_report(run_dir, Path(runs_dir), top)
+    if as_json:
+        doc = summary_dict(rep.run_dir, rep.ranked, rep.selection, rep.notices, top)
+        doc.update(trials_planned=rep.trials_planned, report=str(rep.html_path),
+                   evaluations=[{"folder": str(e.folder), **e.result} for e in rep.evals],
+                   analysis=rep.analysis)
+        click.echo(json.dumps(doc, indent=2))
+        return
     _print_ranking(rep.ranked, top, rep.selection.by)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts

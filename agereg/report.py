@@ -552,6 +552,23 @@ def _img(path: Path) -> str:
             f"<figcaption>{_e(path.name)}: {_e(caption)}</figcaption></figure>\n")
 
 
+def summary_dict(run_dir: Path, ranked: Sequence[TrialRecord], selection: Selection,
+                 notices: Sequence[str], top: int) -> dict:
+    """A run's summary, machine-readable (`search --json`, `report --json`)."""
+    from agereg.runs import record_to_dict, selection_dict
+
+    best = selection.trial
+    return {
+        "run": str(run_dir),
+        "trials": len(ranked),
+        "counts": status_counts(list(ranked)),
+        "best": None if best is None else {**record_to_dict(best), "rank": selection.rank},
+        "selection": selection_dict(selection),
+        "top": [{**record_to_dict(r), "rank": i} for i, r in enumerate(ranked[:top], 1)],
+        "notices": list(notices),
+    }
+
+
 def selection_text(sel: Selection) -> str | None:
     """One sentence on the trial a ``one_se`` rule selected (None under ``best``)."""
     if sel.rule != "one_se" or sel.trial is None or sel.lowest is None:

@@ -48,3 +48,21 @@ def test_runs_lists_every_run_and_marks_damage(tiny_config: Path, tmp_path: Path
 def test_runs_in_a_missing_folder_is_one_line(tmp_path: Path):
     code, _, err = run(["runs", "--runs-dir", str(tmp_path / "nowhere")])
     assert code == 2 and "no runs folder here" in err and len(err.strip().splitlines()) == 1
+
+
+def test_search_and_report_json_agree_with_best_json(tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    code, out, err = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet",
+                          "--json", "--top", "3"])
+    assert code == 0, err
+    doc = json.loads(out)  # stdout holds the JSON document only
+    run_dir = latest_run(runs)
+    best = json.loads((run_dir / "best.json").read_text())
+    assert doc["run"] == str(run_dir) and doc["best"] == best["best"]
+    assert doc["counts"] == best["counts"] and len(doc["top"]) == 3
+    assert [t["rank"] for t in doc["top"]] == [1, 2, 3] and doc["computed"] == 24
+    code, out, err = run(["report", str(run_dir), "--json"])
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["best"] == best["best"] and rep["evaluations"] == [] and rep["analysis"] is None
+    assert rep["report"].endswith("report.html")
