@@ -409,6 +409,30 @@ def runs_(runs_dir: str, as_json: bool) -> None:
         err.print(escape(f"no runs in {runs_dir} yet; start one with `agereg search CONFIG`"))
 
 
+# ---------------------------------------------------------------- compare
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(file_okay=False))
+@click.argument("run_b", type=click.Path(file_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True,
+              type=click.IntRange(1, 1_000_000), help="Resamples of the paired bootstrap.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -> None:
+    """Compare two runs: their selected trials side by side, what differs in their
+    configs, and (when both were evaluated on the same test files) a paired bootstrap of
+    the test difference."""
+    from agereg.compare import compare_lines, compare_runs
+
+    doc = compare_runs(run_a, run_b, Path(runs_dir), n_boot)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for line in compare_lines(doc):
+        out.print(escape(line))
+
+
 # ---------------------------------------------------------------- predict
 
 

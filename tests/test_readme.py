@@ -45,6 +45,7 @@ def test_recipe_reproduces_results_csv(tiny_config: Path, data_copy: Path, tmp_p
 def test_readme_names_every_command():
     text = README.read_text()
     for cmd in ("agereg synth", "agereg split", "agereg search", "agereg eval",
-                "agereg analyze", "agereg predict", "agereg runs", "python -m pytest -q"):
+                "agereg analyze", "agereg predict", "agereg runs", "agereg compare",
+                "python -m pytest -q"):
         assert cmd in text
     assert "python -m pytest -q" in (README.parent / ".ci" / "run").read_text()

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tests_helpers import latest_run, run, search
 
 
@@ -66,3 +68,34 @@ def test_search_and_report_json_agree_with_best_json(tiny_config: Path, tmp_path
     rep = json.loads(out)
     assert rep["best"] == best["best"] and rep["evaluations"] == [] and rep["analysis"] is None
     assert rep["report"].endswith("report.html")
+
+
+def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    a = search(tiny_config, runs)
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_config.read_text().replace("l2: [0.0, 1.0e-2]", "l2: [0.1]"))
+    b = search(other, runs)
+    code, out, err = run(["compare", str(a), str(b), "--json"])
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["paired_test"] is None and "not evaluated" in doc["paired_note"]
+    assert {d["key"] for d in doc["config_differs"]} == {"grid.l2"}
+    for r in (a, b):
+        code, _, err = run(["eval", "--run", str(r), "--bootstrap", "0", "--no-plots"])
+        assert code == 0, err
+    code, out, err = run(["compare", str(a), str(b), "--json", "--bootstrap", "200"])
+    assert code == 0, err
+    p = json.loads(out)["paired_test"]
+    assert p["n_images"] == 60 and p["resamples"] == 200
+    assert p["observed_difference"] == pytest.approx(p["test_fmse"][0] - p["test_fmse"][1])
+    lo, hi = p["difference_ci"]
+    assert lo <= hi and 0 <= p["share_a_better"] <= 1
+    evals = {r: json.loads(next((r / "evals").iterdir()).joinpath("eval.json").read_text())
+             for r in (a, b)}
+    assert p["test_fmse"] == pytest.approx([evals[a]["test"]["fmse"],
+                                            evals[b]["test"]["fmse"]], rel=1e-9)
+    code, out, err = run(["compare", str(a), str(b)])
+    assert code == 0 and "configs differ in: grid.l2" in out and "A better in" in out
+    code, _, err = run(["compare", str(a), str(a)])
+    assert code == 2 and "two different runs" in err

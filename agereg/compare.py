@@ -1,0 +1,124 @@
+"""``agereg compare RUN_A RUN_B``: two runs' selected trials side by side, what differs in
+their configs, and, when both selected trials were evaluated on the same test files, a
+paired bootstrap of their test difference. Read-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agereg.assessment import RunContext, open_run
+from agereg.config import config_to_dict
+from agereg.errors import RunError
+from agereg.evaluate import bootstrap_test, predict
+from agereg.records import TrialRecord, rank, select
+from agereg.runs import eval_folder, record_to_dict, resolve_run
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
+    ranked = rank(ctx.records, ctx.cfg.select_by)
+    sel = select(ranked, ctx.cfg.select, ctx.cfg.select_by)
+    if sel.trial is None or sel.rank is None:
+        raise RunError(f"{ctx.run_dir}: no finished trial to compare; resume the search")
+    return sel.trial, sel.rank
+
+
+def _saved_model(ctx: RunContext, rec: TrialRecord) -> tuple[np.ndarray, float] | None:
+    folder = eval_folder(ctx.run_dir, rec.trial_id, refit=ctx.split.k > 0)
+    try:
+        w = np.load(folder / "weights.npy", allow_pickle=False)
+        b = float(np.load(folder / "bias.npy", allow_pickle=False))
+    except (OSError, ValueError, TypeError):
+        return None
+    return (w, b) if w.ndim == 1 and np.isfinite(w).all() and np.isfinite(b) else None
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
+                 n_boot: int = 1000) -> dict[str, Any]:
+    """The comparison as a JSON-ready document."""
+    ctxs = [open_run(resolve_run(r, runs_dir), runs_dir) for r in (run_a, run_b)]
+    if ctxs[0].run_dir.resolve() == ctxs[1].run_dir.resolve():
+        raise RunError(f"{ctxs[0].run_dir}: give two different runs to compare")
+    picked = [_selected(c) for c in ctxs]
+    a_cfg, b_cfg = (_flatten(config_to_dict(c.cfg)) for c in ctxs)
+    differs = [{"key": k, "a": a_cfg.get(k), "b": b_cfg.get(k)}
+               for k in sorted(set(a_cfg) | set(b_cfg)) if a_cfg.get(k) != b_cfg.get(k)]
+    doc: dict[str, Any] = {
+        "runs": [str(c.run_dir) for c in ctxs],
+        "selected": [{**record_to_dict(rec), "rank": k, "rule": c.cfg.select,
+                      "by": c.cfg.select_by} for (rec, k), c in zip(picked, ctxs, strict=True)],
+        "config_differs": differs,
+        "same_training_data": ctxs[0].dataset.info.sha256.get("ytr") ==
+                              ctxs[1].dataset.info.sha256.get("ytr"),
+        "paired_test": None,
+    }
+    same_test = all(ctxs[0].dataset.info.sha256.get(k) == ctxs[1].dataset.info.sha256.get(k)
+                    for k in ("Xte", "yte"))
+    models = [_saved_model(c, rec) for c, (rec, _) in zip(ctxs, picked, strict=True)]
+    if not same_test:
+        doc["paired_note"] = "the runs used different test files: no paired comparison"
+    elif any(m is None for m in models):
+        doc["paired_note"] = ("not evaluated: run `agereg eval --best --run RUN` on both "
+                              "for a paired bootstrap of the test difference")
+    else:
+        X_te = np.asarray(ctxs[0].dataset.Xte, dtype=np.float64).reshape(
+            len(ctxs[0].dataset.yte), -1)
+        y_te = np.asarray(ctxs[0].dataset.yte, dtype=np.float64)
+        preds = [predict(X_te, m[0], m[1]) for m in models if m is not None]
+        if preds[0].shape != y_te.shape or preds[1].shape != y_te.shape:
+            doc["paired_note"] = "the saved models do not fit the test images"
+        else:
+            boot = bootstrap_test(y_te, preds[0], preds[1], n_boot, seed=0)
+            assert boot.paired is not None
+            doc["paired_test"] = {
+                "n_images": len(y_te), "resamples": n_boot, "seed": 0,
+                "test_fmse": [float(np.mean(0.5 * (p - y_te) ** 2)) for p in preds],
+                "test_mae": [float(np.mean(np.abs(p - y_te))) for p in preds],
+                "observed_difference": boot.paired.observed_difference,
+                "difference_ci": list(boot.paired.difference_ci),
+                "share_a_better": boot.paired.share_better,
+            }
+    return doc
+
+
+def compare_lines(doc: dict[str, Any]) -> list[str]:
+    """The comparison as sentences for the terminal."""
+    lines = []
+    for name, run, sel in zip("AB", doc["runs"], doc["selected"], strict=True):
+        lines.append(
+            f"{name}: {run}: #{sel['rank']} ({sel['rule']}) batch_size {sel['batch_size']}, "
+            f"learning_rate {sel['learning_rate']:g}, epochs {sel['epochs']}, l2 {sel['l2']:g}"
+            f"{'' if sel.get('loss', 'squared') == 'squared' else ', ' + sel['loss'] + ' loss'}"
+            f": validation fMSE {sel['val_loss']:.6g}, test fMSE {sel['test_loss']:.6g}")
+    if doc["config_differs"]:
+        lines.append("configs differ in: " + "; ".join(
+            f"{d['key']} {d['a']!r} vs {d['b']!r}" for d in doc["config_differs"]))
+    else:
+        lines.append("the configs are the same")
+    if not doc["same_training_data"]:
+        lines.append("note: the runs trained on different training files")
+    p = doc["paired_test"]
+    if p is None:
+        lines.append(doc.get("paired_note", "no paired comparison"))
+    else:
+        lo, hi = p["difference_ci"]
+        lines.append(
+            f"paired bootstrap on the same {p['n_images']} test images ({p['resamples']} "
+            f"resamples, seed 0): test fMSE {p['test_fmse'][0]:.4g} (A) vs "
+            f"{p['test_fmse'][1]:.4g} (B); A minus B {p['observed_difference']:+.4g} "
+            f"[{lo:+.4g}, {hi:+.4g}]; A better in {p['share_a_better']:.0%} of resamples")
+    return lines
