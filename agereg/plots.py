@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
-from matplotlib.colors import Colormap, LogNorm, Normalize
+from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
@@ -43,9 +43,10 @@ SIZES: dict[str, tuple[float, float]] = {
 HEATMAP_PANEL = (4.0, 4.0)  # per batch size; plus HEATMAP_EXTRA_WIDTH for the colorbar
 HEATMAP_EXTRA_WIDTH = 1.0
 HEATMAP_MAX_COLUMNS = 4
-# Colours span at most this factor above the best loss: a nearly diverged trial with a
-# loss of 1e188 would otherwise paint every sensible cell the same colour.
-HEATMAP_COLOUR_RANGE = 1e3
+# Colours span at most this factor above the best loss: the scale is spent where the good
+# cells are (a nearly diverged trial with a loss of 1e188, or a row of untrained 860s,
+# would otherwise paint every sensible cell the same colour); worse cells get the top one.
+HEATMAP_COLOUR_RANGE = 2.0
 # With more distinct values on an axis (random draws), cells are drawn as points on log
 # axes instead: a heatmap of 60 x 60 mostly empty cells is unreadable.
 HEATMAP_MAX_VALUES = 12
@@ -149,6 +150,7 @@ class GridCells:
     l2s: tuple[float, ...]
     values: np.ndarray  # (S, L, R) float64
     bad: np.ndarray  # (S, L, R) bool
+    epochs: np.ndarray | None = None  # (S, L, R) int: the epoch count of each cell's value
 
 
 def _norm(values: np.ndarray) -> Normalize:
@@ -161,7 +163,7 @@ def _norm(values: np.ndarray) -> Normalize:
     if hi <= lo:
         return Normalize(lo, lo + 1.0)
     if lo > 0:
-        return LogNorm(lo, min(hi, lo * HEATMAP_COLOUR_RANGE))
+        return Normalize(lo, min(hi, lo * HEATMAP_COLOUR_RANGE))
     return Normalize(lo, hi)
 
 
@@ -195,18 +197,21 @@ def heatmap_val(cells: GridCells) -> bytes:
             for j, k in zip(*np.nonzero(cells.bad[i]), strict=True):
                 ax.add_patch(Rectangle((k - 0.5, j - 0.5), 1, 1, color="0.7"))
                 ax.text(k, j, "x", ha="center", va="center", color="0.2", fontsize=11)
-            if annotate:
+            if annotate:  # the value and, below it, the epoch count that reached it
                 for j, k in zip(*np.nonzero(np.isfinite(cells.values[i])), strict=True):
                     val = float(cells.values[i, j, k])
-                    ax.text(k, j, f"{val:.3g}", ha="center", va="center", fontsize=7,
+                    text = f"{val:.4g}"
+                    if cells.epochs is not None and cells.epochs[i, j, k] > 0:
+                        text += f"\n{int(cells.epochs[i, j, k])} ep"
+                    ax.text(k, j, text, ha="center", va="center", fontsize=8,
                             color="white" if norm(val) < 0.5 else "black")
             if best is not None and best[0] == i:
                 ax.add_patch(Rectangle((best[2] - 0.5, best[1] - 0.5), 1, 1, fill=False,
-                                       edgecolor="black", linewidth=2.5))
-            ax.set_xticks(range(len(cells.l2s)), [f"{x:g}" for x in cells.l2s], fontsize=7,
+                                       edgecolor="red", linewidth=3.5))
+            ax.set_xticks(range(len(cells.l2s)), [f"{x:g}" for x in cells.l2s], fontsize=9,
                           rotation=45)
             ax.set_yticks(range(len(cells.learning_rates)),
-                          [f"{x:g}" for x in cells.learning_rates], fontsize=7)
+                          [f"{x:g}" for x in cells.learning_rates], fontsize=9)
             ax.set_xlabel("l2")
             ax.set_ylabel("learning rate")
             ax.set_title(f"batch size {bs}", fontsize=10)
@@ -214,9 +219,11 @@ def heatmap_val(cells: GridCells) -> bytes:
             finite = cells.values[np.isfinite(cells.values)]
             clipped = bool(finite.size) and norm.vmax is not None and \
                 float(finite.max()) > float(norm.vmax)
-            fig.colorbar(im, ax=list(axes.flat), label="validation fMSE (min over epochs)",
+            fig.colorbar(im, ax=list(axes.flat),
+                         label=f"validation fMSE (top: >= {HEATMAP_COLOUR_RANGE:g} x best)",
                          extend="max" if clipped else "neither")
-        fig.suptitle("validation fMSE (grey x: diverged or failed; frame: best)", fontsize=10)
+        fig.suptitle("validation fMSE at the best epoch count per cell (grey x: diverged or "
+                     "failed; red frame: best)", fontsize=11)
         return _png(fig)
 
 

@@ -13,6 +13,7 @@ import base64
 import html
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,8 +65,9 @@ CAPTIONS = {
                           "trial.",
     "lr_vs_batch.png": "The run's best learning rate per batch size against the linear and "
                        "square-root rules, and the full-batch limit 2/lambda_max.",
-    "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size (best "
-                       "epoch count per cell; grey x: diverged or failed).",
+    "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size, at the "
+                       "best epoch count of each cell (written under the value); grey x: "
+                       "diverged or failed; red frame: the best cell.",
     "val_vs_epochs.png": "Validation fMSE after every epoch (the learning curves; dots: the "
                          "searched epoch counts) for the best configurations.",
 }
@@ -90,13 +92,16 @@ def grid_cells(records: Iterable[TrialRecord]) -> GridCells:
     l2s = tuple(sorted({r.l2 for r in recs}))
     shape = (len(bss), len(lrs), len(l2s))
     values = np.full(shape, np.nan)
+    epochs = np.zeros(shape, dtype=np.int64)
     seen = np.zeros(shape, dtype=bool)
     for r in recs:
         cell = (bss.index(r.batch_size), lrs.index(r.learning_rate), l2s.index(r.l2))
         seen[cell] = True
-        if r.status.has_losses() and r.val_loss is not None and math.isfinite(r.val_loss):
-            values[cell] = np.fmin(values[cell], r.val_loss)
-    return GridCells(bss, lrs, l2s, values, seen & np.isnan(values))
+        if r.status.has_losses() and r.val_loss is not None and math.isfinite(r.val_loss) \
+                and not r.val_loss >= values[cell]:  # NaN: first value; else a better one
+            values[cell] = r.val_loss
+            epochs[cell] = r.epochs
+    return GridCells(bss, lrs, l2s, values, seen & np.isnan(values), epochs)
 
 
 def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
@@ -530,8 +535,18 @@ img { max-width: 100%; }
 """
 
 
+# An absolute path of the user's machine (/home/ana/projects/data): the page is meant to
+# be sent, so it shows only the last component ("…/data").
+_ABSOLUTE = re.compile(r"(?<![\w.~])/(?:[^\s/'\",;:)]+/)+([^\s/'\",;:)]+)/?")
+
+
+def _redact(text: str) -> str:
+    return _ABSOLUTE.sub(lambda m: "…/" + m.group(1), text)
+
+
 def _e(v: object) -> str:
-    return html.escape(str(v), quote=True)
+    """Text for the page: absolute paths shortened, HTML escaped."""
+    return html.escape(_redact(str(v)), quote=True)
 
 
 def _table(columns: Sequence[str], rows: Iterable[Sequence[object]], left: int = 0) -> str:
@@ -717,7 +732,8 @@ def render_html(
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
         f"<title>agereg report: {_e(name)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
         f"<h1>agereg report: {_e(name)}</h1>\n",
-        f"<p class=\"note\">run folder {_e(run_dir)}; status {_e(info.get('status', '?'))}; "
+        f"<p class=\"note\">run folder {_e(run_dir.name)}; status "
+        f"{_e(info.get('status', '?'))}; "
         f"written by agereg {_e(__version__)}</p>\n",
         "<h2>Dataset</h2>\n",
         _table(["field", "value"], [

@@ -243,6 +243,8 @@ def test_report_writes_a_self_contained_page(evaluated: dict):
     assert (f"best trial: <strong>batch_size {t['batch_size']}, learning_rate "
             f"{t['learning_rate']:g}, epochs {t['epochs']}, l2 {t['l2']:g}</strong>") in page
     assert "data&lt;&amp;&gt;" in page and "data<&>" not in page  # escaped
+    assert str(root) not in page and str(run_dir) not in page  # no absolute path in it
+    assert "…/data&lt;&amp;&gt;" in page  # only the last component
     assert page.count("<tr>") >= 3 + 1 + 8  # ranking rows, dataset rows, eval rows
 
 
