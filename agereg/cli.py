@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +25,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from agereg import __version__, interrupts, pipeline
 from agereg.assessment import evaluate_run
@@ -248,30 +251,42 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
 
 
 class _progress:
-    """A rich progress bar on stderr, fed by the pipeline's (done, total) callback."""
+    """A rich progress bar on stderr, fed by the pipeline's callback: trials done (moving
+    with every epoch of the running groups), diverged so far, the best validation fMSE so
+    far, elapsed time and an estimate of the time left."""
 
     def __init__(self, quiet: bool) -> None:
         self.bar = None if quiet else Progress(
-            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+            TextColumn("training"), BarColumn(), _TrialsColumn(), TextColumn("trials"),
+            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err, transient=True,
         )  # fmt: skip
         self.task: TaskID | None = None
+        self.lock = threading.Lock()  # the pipeline reports from a polling thread too
 
-    def __enter__(self) -> Callable[[int, int], None] | None:
+    def __enter__(self) -> Callable[[float, int, str], None] | None:
         return None if self.bar is None else self.update
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: float, total: int, note: str = "") -> None:
         # Started on the first update, once training begins: an input error before it
         # leaves stderr with its one-line message and nothing else.
         assert self.bar is not None
-        if self.task is None:
-            self.bar.start()
-            self.task = self.bar.add_task("trials", total=total)
-        self.bar.update(self.task, completed=done)
+        with self.lock:
+            if self.task is None:
+                self.bar.start()
+                self.task = self.bar.add_task("trials", total=total, note=note)
+            self.bar.update(self.task, completed=done, total=total, note=escape(note))
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None and self.task is not None:
             self.bar.stop()
+
+
+class _TrialsColumn(MofNCompleteColumn):
+    """``57/256``: whole trials, although the bar moves with every epoch."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{int(task.completed)}/{int(task.total or 0)}", style="progress.download")
 
 
 def _log(msg: str) -> None:

@@ -25,7 +25,7 @@ every requested epoch count in a single pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -266,9 +266,10 @@ def ridge_closed_form(X: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarr
 
 def train_reference(
     arrays: Arrays, seed: int, batch_size: int, lr: float, l2: float, epochs: int,
-    loss: str = "squared",
+    loss: str = "squared", on_epoch: Callable[[int], None] | None = None,
 ) -> Fit:
-    """Train one trial with a plain per-minibatch loop: the statement of the contract."""
+    """Train one trial with a plain per-minibatch loop: the statement of the contract.
+    ``on_epoch(e)`` is called after each epoch (progress; it never changes a number)."""
     X, y = arrays.X_fit, arrays.y_fit
     dtype = X.dtype.type
     n, d = arrays.n_fit, X.shape[1]
@@ -291,6 +292,8 @@ def train_reference(
                 g_w, g_b = gradient(X_S, derivative(loss, r), w, l2_)
                 w = w - lr_ * g_w
                 b = b - lr_ * g_b
+            if on_epoch is not None:
+                on_epoch(epoch)
         sc = _scores(arrays, w, b)
     if not (np.isfinite(sc.fmse).all() and np.isfinite(w).all() and np.isfinite(b)
             and sc.fmse[0] <= limit):
@@ -339,6 +342,7 @@ def train_group(
     start: State | None = None,
     loss: str = "squared",
     curves: bool = False,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> GroupResult:
     """Train K = len(lrs) columns of one batch size and loss together and record every
     epoch count.
@@ -464,6 +468,8 @@ def train_group(
                 W -= G
             if len(alive) == 0:
                 break
+            if on_epoch is not None:
+                on_epoch(epoch)
             k = len(alive)
             t = epoch - first - 1
             i = record_at.get(epoch)

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,20 +171,54 @@ def _record(trial_key: TrialKey, fit: Fit | None, seconds: float, fold: int | No
                        best_epoch=best_epoch or None, loss=loss)
 
 
+def _progress_writer(path: str | None, total: int) -> Callable[[int], None] | None:
+    """A callback that records a group's progress, ``done total``, in a small file that
+    the parent polls (worker processes and dask workers cannot call back directly)."""
+    if path is None or total <= 0:
+        return None
+    done = [0]
+
+    def advance(_: int) -> None:
+        done[0] += 1
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write(f"{done[0]} {total}\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # progress is best effort: it never stops a group
+
+    return advance
+
+
+def read_progress(path: Path) -> float:
+    """The fraction of its epochs a group has trained (0 when unknown)."""
+    try:
+        done, total = (int(x) for x in path.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        return 0.0
+    return min(1.0, done / total) if total > 0 else 0.0
+
+
 def run_group_on(
     arrays: Arrays, group: Group, seed: int, engine: str, start: State | None = None,
-    keep_state: bool = False, curves: bool = False,
+    keep_state: bool = False, curves: bool = False, progress_file: str | None = None,
 ) -> GroupOutcome:
     """Train every trial of ``group`` (from ``start`` if given, else from zero: the numbers
-    are the same); a crash becomes ``failed`` records, not an exception."""
+    are the same); a crash becomes ``failed`` records, not an exception. With
+    ``progress_file``, the epochs trained so far are written there after every epoch."""
     t0 = time.perf_counter()
     try:
         if engine == "reference":
-            return GroupOutcome(group, _reference(arrays, group, seed))
+            total = sum(t.epochs for t in group.trials())
+            return GroupOutcome(group, _reference(arrays, group, seed,
+                                                  _progress_writer(progress_file, total)))
+        first = 0 if start is None else start.epoch
         res = train_group(
             arrays, seed, group.batch_size, [c[0] for c in group.columns],
             [c[1] for c in group.columns], group.epochs, start=start, curves=curves,
             loss=group.loss,
+            on_epoch=_progress_writer(progress_file, group.epochs[-1] - first),
         )
     except Exception as exc:  # a failed group is data: record it, keep the search going
         seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
@@ -211,12 +245,13 @@ def run_group_on(
     return GroupOutcome(group, records, res.state if keep_state else None, res.curves)
 
 
-def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
+def _reference(arrays: Arrays, group: Group, seed: int,
+               on_epoch: Callable[[int], None] | None = None) -> list[TrialRecord]:
     records = []
     for t in group.trials():
         t0 = time.perf_counter()
         fit = train_reference(arrays, seed, t.batch_size, t.learning_rate, t.l2, t.epochs,
-                              t.loss)
+                              t.loss, on_epoch)
         records.append(_record(t.key(), None if fit.diverged else fit,
                                time.perf_counter() - t0, group.fold))
     return records
@@ -225,6 +260,7 @@ def _reference(arrays: Arrays, group: Group, seed: int) -> list[TrialRecord]:
 def run_group(
     ref: ArraysRef, group: Group, seed: int, engine: str, parent_pid: int | None = None,
     start: State | None = None, keep_state: bool = False, curves: bool = False,
+    progress_file: str | None = None,
 ) -> GroupOutcome:
     """The joblib task. One BLAS thread, always: the same kernels, so the same numbers,
     whatever ``n_jobs`` is, and workers x threads never exceeds the cores."""
@@ -232,7 +268,7 @@ def run_group(
         _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
         return run_group_on(load_arrays(ref, group.fold), group, seed, engine, start,
-                            keep_state, curves)
+                            keep_state, curves, progress_file)
 
 
 _WATCHING_PARENT = False
@@ -278,9 +314,11 @@ def launch(
     starts: Sequence[State | None] | None = None,
     keep_state: bool = False,
     curves: bool = False,
+    progress_files: Sequence[str | None] | None = None,
 ) -> Iterator[GroupOutcome]:
     """Yield each group's outcome as soon as it finishes (in completion order).
-    ``starts[i]`` is the state group ``i`` continues from (None: from zero)."""
+    ``starts[i]`` is the state group ``i`` continues from (None: from zero);
+    ``progress_files[i]`` where group ``i`` records its epochs (see :func:`read_progress`)."""
     from joblib import Parallel, delayed
 
     if not groups:
@@ -297,9 +335,10 @@ def launch(
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
         starts = starts or [None] * len(groups)
+        files = progress_files or [None] * len(groups)
         results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid(), st, keep_state,
-                                              curves)
-                           for g, st in zip(groups, starts, strict=True))
+                                              curves, pf)
+                           for g, st, pf in zip(groups, starts, files, strict=True))
         try:
             # not `yield from`: the interrupt must be noted before joblib starts aborting
             for outcome in results:  # noqa: UP028

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from agereg.data import Dataset, DatasetInfo, load_dataset
 from agereg.engine import State
 from agereg.errors import RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
-from agereg.launcher import ArraysRef, launch, prepare_arrays
+from agereg.launcher import ArraysRef, launch, prepare_arrays, read_progress
 from agereg.plan import Group, for_folds, group_columns
 from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord, combine_folds
 from agereg.runs import (
@@ -58,7 +59,8 @@ from agereg.split import SPLIT_NAME, Split, load_split, make_folds, make_split, 
 from agereg.strategies import Proposal, Strategy, make_strategy
 
 Log = Callable[[str], None]
-Progress = Callable[[int, int], None]  # (trials done, trials planned)
+# (trials done, fractional while groups train; trials planned; "2 diverged, best 88.86")
+Progress = Callable[[float, int, str], None]
 
 
 def quiet(_: str) -> None:
@@ -361,6 +363,7 @@ class _Sweep:
                  cache: dict[TrialKey, TrialRecord] | None) -> None:
         self.cfg, self.dataset, self.split, self.run_dir = cfg, dataset, split, run_dir
         self.log, self.progress, self.cache = log, progress, cache or {}
+        self.lock = threading.Lock()
         # a failed trial is not done: a resumed search trains it again
         self.results: dict[TrialKey, TrialRecord] = {
             r.key(): r for r in done if r.status is not Status.FAILED}
@@ -395,10 +398,23 @@ class _Sweep:
 
     def _append(self, records: list[TrialRecord]) -> None:
         append_records(self.run_dir, records)  # durable before it counts as done
-        for r in records:
-            self.results[r.key()] = r
-        if self.progress:
-            self.progress(len(self.results), max(self.n_planned, len(self.results)))
+        with self.lock:  # the progress thread reads results
+            for r in records:
+                self.results[r.key()] = r
+        self._report(0.0)
+
+    def _report(self, partial: float) -> None:
+        """Tell the progress callback: trials done (plus ``partial``, the trials' share of
+        the epochs the running groups have trained), diverged so far, best so far."""
+        if not self.progress:
+            return
+        with self.lock:
+            finished = list(self.results.values())
+        done = len(finished)
+        diverged = sum(r.status is Status.DIVERGED for r in finished)
+        vals = [r.val_loss for r in finished if r.val_loss is not None]
+        note = f"{diverged} diverged" + (f", best val {min(vals):.6g}" if vals else "")
+        self.progress(done + partial, max(self.n_planned, done), note)
 
     def _complete(self, keys: set[TrialKey]) -> int:
         """Combine the trials whose every fold is in; returns how many."""
@@ -459,12 +475,13 @@ class _Sweep:
             self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,
                                       self.run_dir / ".work")
         ex = self.cfg.execution
+        files = self._progress_files(todo)
         stream = launch(self.ref, todo, self.cfg.seed, ex.engine, self.cfg.n_jobs, ex.backend,
                         ex.scheduler, [self._start(g) for g in todo], keep_state=continues,
-                        curves=ex.curves)
+                        curves=ex.curves, progress_files=files)
         # closing() stops the workers at once if anything (Ctrl-C, SIGTERM, a full disk)
         # interrupts the loop, rather than whenever the generator is collected.
-        with contextlib.closing(stream):  # type: ignore[type-var]
+        with contextlib.closing(stream), self._polling(todo, files):  # type: ignore[type-var]
             for outcome in stream:
                 if outcome.curves is not None:  # before the records that they explain
                     g = outcome.group
@@ -495,6 +512,46 @@ class _Sweep:
                     raise stop  # on_error: stop
                 if outcome.state is not None:
                     self._keep(outcome.group, outcome.state)
+
+    def _progress_files(self, groups: list[Group]) -> list[str | None]:
+        """Where each group records its epochs (in .work, which workers see)."""
+        if not self.progress or self.ref is None:
+            return [None] * len(groups)
+        folder = Path(self.ref.folder) / "progress"
+        folder.mkdir(exist_ok=True)
+        names = [folder / f"g{g.index}-f{g.fold}-{id(g)}.txt" for g in groups]
+        for n in names:
+            n.unlink(missing_ok=True)
+        return [str(n.resolve()) for n in names]
+
+    @contextlib.contextmanager
+    def _polling(self, groups: list[Group], files: list[str | None]) -> Iterator[None]:
+        """While groups train, report the epochs they have trained to the progress callback
+        ten times a second from a background thread (the bar moves within a group, epoch
+        by epoch, not only when a group ends)."""
+        if not self.progress or not any(files):
+            yield
+            return
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(0.1):  # rich redraws 10 times a second
+                partial = 0.0
+                for g, f in zip(groups, files, strict=True):
+                    with self.lock:
+                        pending = self._pending(g)
+                    if f is not None and pending:
+                        k = len(pending) if g.fold is None else len(pending) / self.split.k
+                        partial += read_progress(Path(f)) * k
+                self._report(partial)
+
+        thread = threading.Thread(target=poll, name="agereg-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def _start(self, group: Group) -> State | None:
         """The saved parameters a group continues from; None (train from zero, the same
@@ -535,8 +592,7 @@ def _run(
     if sweep.results:
         log(f"resuming: {len(sweep.results)} trials already done")
     t0 = time.perf_counter()
-    if progress:
-        progress(len(sweep.results), max(sweep.n_planned, len(sweep.results)))
+    sweep._report(0.0)
     status = "interrupted"
     summary: RunSummary | None = None
     try:
