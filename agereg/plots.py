@@ -37,6 +37,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "cumulative_score": (5.0, 4.0),  # 500 x 400
     "error_by_age": (7.0, 4.0),  # 700 x 400
     "ridge_path": (6.0, 4.0),  # 600 x 400
+    "halving_rungs": (6.0, 4.0),  # 600 x 400
     "gradient_noise": (6.0, 4.0),  # 600 x 400
     "lr_vs_batch": (6.0, 4.0),  # 600 x 400
 }
@@ -167,8 +168,10 @@ def _norm(values: np.ndarray) -> Normalize:
     return Normalize(lo, hi)
 
 
-def heatmap_val(cells: GridCells) -> bytes:
-    """One heatmap of validation fMSE over learning_rate x l2 per batch size.
+def heatmap_val(cells: GridCells, points: bool = False) -> bytes:
+    """One heatmap of validation fMSE over learning_rate x l2 per batch size (with
+    ``points``, or more than HEATMAP_MAX_VALUES values on an axis: one point per
+    configuration on log axes, the view of random and refine).
 
     Grey cells with an x: every trial diverged or failed. White: not run. A black frame
     marks the best cell overall. Colours are log-scaled when all losses are positive.
@@ -186,7 +189,7 @@ def heatmap_val(cells: GridCells) -> bytes:
         for ax in axes.flat[n:]:
             ax.set_axis_off()
         im = None
-        scatter = max(len(cells.learning_rates), len(cells.l2s)) > HEATMAP_MAX_VALUES
+        scatter = points or max(len(cells.learning_rates), len(cells.l2s)) > HEATMAP_MAX_VALUES
         for i, (ax, bs) in enumerate(zip(axes.flat, cells.batch_sizes, strict=False)):
             if scatter:
                 im = _scatter_panel(ax, cells, i, norm, cmap, best)
@@ -283,11 +286,14 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
         elif positive and hi > 10 * lo:  # a log axis only where the range needs one
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        marks = sorted({m for c in curves for m in c.marks})
+        if 0 < len(marks) <= 12:  # ticks at the searched epoch counts
+            ax.set_xticks(marks)
         ax.set_xlabel("epochs")
         ax.set_ylabel("validation fMSE")
         ax.set_title(f"validation fMSE of the best {len(curves)} configurations", fontsize=10)
-        if curves:
-            ax.legend(fontsize=8, loc="best")
+        if curves:  # see-through: lines that run together stay visible behind it
+            ax.legend(fontsize=8, loc="best", framealpha=0.6)
         ax.grid(True, alpha=0.3)
         return _png(fig)
 
@@ -411,4 +417,38 @@ def ridge_path(path: dict) -> bytes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         ax.set_title("exact ridge solutions over l2, and the SGD trials", fontsize=10)
+        return _png(fig)
+
+
+def halving_rungs(records: Sequence) -> bytes:
+    """Validation fMSE of each configuration at each rung (epoch count) it reached: the
+    survivors of the last rung in colour, the configurations stopped earlier in grey."""
+    by_column: dict[tuple, list] = {}
+    for r in records:
+        if r.val_loss is not None:
+            by_column.setdefault(r.column(), []).append((r.epochs, r.val_loss))
+    last = max((e for pts in by_column.values() for e, _ in pts), default=0)
+    with _figure(SIZES["halving_rungs"]) as (fig, axes):
+        ax = axes[0, 0]
+        for column, pts in sorted(by_column.items(), key=lambda kv: len(kv[1])):
+            pts.sort()
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            survived = xs[-1] == last
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2 if survived else 0.6,
+                    color=None if survived else "0.75", alpha=1.0 if survived else 0.7,
+                    label=f"batch {column[0]}, lr {column[1]:.3g}, l2 {column[2]:.3g}"
+                    if survived else None, zorder=3 if survived else 1)
+        rungs = sorted({e for pts in by_column.values() for e, _ in pts})
+        if rungs:
+            ax.set_xticks(rungs)
+        finite = [y for pts in by_column.values() for _, y in pts]
+        if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
+            ax.set_yscale("log")
+        ax.set_xlabel("epochs (rungs)")
+        ax.set_ylabel("validation fMSE")
+        ax.grid(True, alpha=0.3)
+        if any(ax.get_legend_handles_labels()[1]):
+            ax.legend(fontsize=7, loc="best")
+        ax.set_title("successive halving: configurations by rung (grey: stopped)",
+                     fontsize=10)
         return _png(fig)

@@ -68,6 +68,8 @@ CAPTIONS = {
     "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size, at the "
                        "best epoch count of each cell (written under the value); grey x: "
                        "diverged or failed; red frame: the best cell.",
+    "halving_rungs.png": "Successive halving: each configuration's validation fMSE at each "
+                         "rung it reached; the survivors of the last rung in colour.",
     "val_vs_epochs.png": "Validation fMSE after every epoch (the learning curves; dots: the "
                          "searched epoch counts) for the best configurations.",
 }
@@ -157,21 +159,28 @@ def _mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], column: Config3
 
 
 def draw_grid_pictures(
-    run_dir: Path, records: Sequence[TrialRecord], only_missing: bool = False
+    run_dir: Path, records: Sequence[TrialRecord], only_missing: bool = False,
+    strategy: str = "grid",
 ) -> list[str]:
     """Write heatmap_val.png and val_vs_epochs.png from the trial log (with
-    ``only_missing``, only those missing or older than the log); returns the names
-    written (none when the log is empty)."""
+    ``only_missing``, only those missing or older than the log), and the strategy's own
+    view: the heat map as points for random and refine (their values are not a grid),
+    and halving_rungs.png for halving. Returns the names written (none for an empty
+    log)."""
     from agereg import plots
 
     if not records:
         return []
-    todo = [n for n in GRID_PICTURES if not (only_missing and _fresh(run_dir / n, run_dir))]
+    names = [*GRID_PICTURES, *(["halving_rungs.png"] if strategy == "halving" else [])]
+    todo = [n for n in names if not (only_missing and _fresh(run_dir / n, run_dir))]
     if not todo:
         return []
     curves = read_curves(run_dir)  # every input is read (and checked) before any write
     if "heatmap_val.png" in todo:
-        atomic_write_bytes(run_dir / "heatmap_val.png", plots.heatmap_val(grid_cells(records)))
+        atomic_write_bytes(run_dir / "heatmap_val.png", plots.heatmap_val(
+            grid_cells(records), points=strategy in ("random", "refine")))
+    if "halving_rungs.png" in todo:
+        atomic_write_bytes(run_dir / "halving_rungs.png", plots.halving_rungs(records))
     if "val_vs_epochs.png" in todo:
         atomic_write_bytes(run_dir / "val_vs_epochs.png",
                            plots.val_vs_epochs(top_curves(records, curves=curves)))
@@ -419,8 +428,9 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     evals = read_evaluations(run_dir)
     analysis = read_analysis(run_dir)
     selection = select(ranked, cfg.select, cfg.select_by)
-    drawn = draw_grid_pictures(run_dir, ranked, only_missing=True)
-    pictures = [n for n in GRID_PICTURES if (run_dir / n).is_file()]
+    drawn = draw_grid_pictures(run_dir, ranked, only_missing=True,
+                               strategy=cfg.search.strategy)
+    pictures = [n for n in (*GRID_PICTURES, "halving_rungs.png") if (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
     notices = edge_notices(ranked, cfg.select_by)

@@ -358,3 +358,17 @@ def test_refine_tries_a_smaller_batch_when_the_smallest_wins():
     res = drive(Refine(grid_big_wins, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
                 lambda bs, lr, ep, l2: -bs + lr)
     assert {k[0] for k in res} == {8, 16}
+
+
+def test_the_report_shows_the_strategys_own_view(tmp_path: Path, data_copy: Path):
+    runs = tmp_path / "runs"
+    halv = search(write_config(tmp_path, data_copy, "{strategy: halving, eta: 3}", name="h"),
+                  runs)
+    code, _, err = run(["report", str(halv)])
+    assert code == 0, err
+    assert "halving_rungs.png" in err and (halv / "halving_rungs.png").is_file()
+    page = (halv / "report.html").read_text()
+    assert "halving_rungs.png: Successive halving" in page
+    grid_run = search(write_config(tmp_path, data_copy, "{strategy: grid}", name="g"), runs)
+    code, _, err = run(["report", str(grid_run)])
+    assert code == 0 and not (grid_run / "halving_rungs.png").exists()
