@@ -448,6 +448,34 @@ def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -
         out.print(escape(line))
 
 
+# ---------------------------------------------------------------- export
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--mlflow", "to_mlflow", is_flag=True, required=True,
+              help="Export to MLflow (the one target so far; needs agereg[mlflow]).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000 "
+                   "(default: MLflow's own, MLFLOW_TRACKING_URI).")
+@click.option("--experiment", default="agereg", show_default=True)
+@click.option("--force", is_flag=True, help="Export again a run exported before.")
+def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: str | None,
+           experiment: str, force: bool) -> None:
+    """Export RUN_DIR (default: the latest run) to MLflow: one parent run, one child run
+    per configuration with its losses at every recorded epoch count, report.html as an
+    artifact."""
+    from agereg.export import export_mlflow
+
+    if not to_mlflow:
+        raise click.UsageError("give --mlflow (the one export target)")
+    res = export_mlflow(run_dir, Path(runs_dir), tracking_uri, experiment, force)
+    err.print(escape(f"exported to MLflow ({res['tracking_uri']}): experiment "
+                     f"{res['experiment']!r}, parent run {res['parent_run_id']} with "
+                     f"{res['child_runs']} child runs"))
+
+
 # ---------------------------------------------------------------- predict
 
 

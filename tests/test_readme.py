@@ -46,6 +46,7 @@ def test_readme_names_every_command():
     text = README.read_text()
     for cmd in ("agereg synth", "agereg split", "agereg search", "agereg eval",
                 "agereg analyze", "agereg predict", "agereg runs", "agereg compare",
+                "agereg export",
                 "python -m pytest -q"):
         assert cmd in text
     assert "python -m pytest -q" in (README.parent / ".ci" / "run").read_text()

@@ -1,0 +1,63 @@
+"""`agereg export RUN --mlflow` against a local MLflow tracking URI (an SQLite file in a
+temporary folder): the parent run, one child per configuration with its losses at every
+recorded epoch count, report.html as an artifact, and no second export without --force.
+CI installs the mlflow extra and sets AGEREG_REQUIRE_MLFLOW, so there it cannot skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agereg.runs import read_log
+
+from tests_helpers import run, search
+
+if os.environ.get("AGEREG_REQUIRE_MLFLOW"):
+    import mlflow
+else:
+    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+
+
+@pytest.mark.slow
+def test_export_to_a_local_tracking_uri(tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    run_dir = search(tiny_config, runs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
+                        "--experiment", "tiny"])
+    assert code == 0, err
+    assert "parent run" in err and "with 12 child runs" in err
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tiny")
+    found = client.search_runs([exp.experiment_id])
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 12  # 2 x 3 x 2 (bs, lr, l2) columns
+    parent = parents[0]
+    assert parent.data.params["grid.batch_size"] == "[8, 32]"
+    assert parent.data.tags["agereg.run"] == str(run_dir.resolve())
+    assert parent.data.tags["count.diverged"] == "8"
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "report.html" in artifacts
+    records = {(r.batch_size, r.learning_rate, r.l2, r.epochs): r for r in read_log(run_dir)}
+    checked = 0
+    for child in children:
+        p = child.data.params
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        key = (int(p["batch_size"]), float(p["learning_rate"]), float(p["l2"]))
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        for m in history:  # the step is the epoch count
+            assert m.value == records[(*key, m.step)].val_loss
+            checked += 1
+        for ep in (1, 3):
+            status = child.data.tags[f"status.epochs_{ep}"]
+            assert status == records[(*key, ep)].status.value
+    assert checked == 16  # the finished trials
+    code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
+                        "--experiment", "tiny"])
+    assert code == 2 and "already exported" in err and "--force" in err
+    code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
+                        "--experiment", "tiny", "--force"])
+    assert code == 0, err
