@@ -307,8 +307,9 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
     # report.ranking_columns, shorter so that the table fits 80 columns
     second = "loss" if several_losses(ranked) else "train"
     for col in ("#", "batch", "lr", "epochs", "l2", second, "val", "test", "MAE", "status"):
+        # a number too wide folds onto a second line; it is never cut
         table.add_column(col, justify="left" if col in ("status", "loss") else "right",
-                         no_wrap=True)
+                         overflow="fold")
     for row in ranking_rows(ranked, top, short=True, by=by):
         table.add_row(*row)
     out.print(table)

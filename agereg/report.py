@@ -687,8 +687,14 @@ def column_texts(values: Sequence[float | None], distinguish: bool = False) -> l
             break
         digits += 1
     spec = f".{digits}f" if fixed else f".{digits}e"
-    return ["-" if v is None or not math.isfinite(v) else format(float(v), spec)
+    return ["-" if v is None or not math.isfinite(v) else _compact(format(float(v), spec))
             for v in values]
+
+
+def _compact(text: str) -> str:
+    """``3.457e+05`` -> ``3.457e5``, ``1.2e-07`` -> ``1.2e-7``: exponents that fit."""
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if e else text
 
 
 def ranking_rows(ranked: Sequence[TrialRecord], top: int, short: bool = False,

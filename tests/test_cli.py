@@ -172,4 +172,23 @@ def test_ranking_numbers_tell_ranks_apart_in_one_format():
     assert column_texts([88.86, 120.5]) == ["88.86", "120.50"]
     assert column_texts([1234.5, 88.86]) == ["1234", "89"]
     assert column_texts([0.05, 0.0123]) == ["0.05000", "0.01230"]
-    assert column_texts([3.0e5, 2.0]) == ["3.000e+05", "2.000e+00"]
+    assert column_texts([3.0e5, 2.0]) == ["3.000e5", "2.000e0"]
+
+
+def test_the_ranking_table_fits_80_columns_and_never_cuts_an_exponent():
+    from rich.console import Console
+
+    from agereg import cli
+    from agereg.records import TrialRecord
+
+    recs = [TrialRecord(640, 3e-08, 64, 1e-07, 3.456789e5 + i * 0.37, 3.456789e5 + i * 0.0123,
+                        2.1e6 + i, "ok", 0.1, val_mae=123.456 + i) for i in range(3)]
+    console = Console(width=80, record=True)
+    saved, cli.out = cli.out, console
+    try:
+        cli._print_ranking(recs, 3)
+    finally:
+        cli.out = saved
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "…" not in text and "3.4567890e5" in text and "2.100e6" in text
