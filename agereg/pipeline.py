@@ -29,7 +29,7 @@ from agereg.config import (
     search_budget,
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
-from agereg.engine import State
+from agereg.engine import PANEL, State
 from agereg.errors import RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, launch, prepare_arrays, read_progress
@@ -57,6 +57,11 @@ from agereg.runs import (
 )
 from agereg.split import SPLIT_NAME, Split, load_split, make_folds, make_split, save_split
 from agereg.strategies import Proposal, Strategy, make_strategy
+
+# A search whose groups need less than this on one core runs in this process: starting
+# worker processes (about 0.4 s) would cost more than two cores save.
+IN_PROCESS_SECONDS = 0.5
+ENGINE_FLOPS = 2e10  # one core, the batched engine's 16-wide products (measured 17-20e9)
 
 Log = Callable[[str], None]
 # (trials done, fractional while groups train; trials planned; "2 diverged, best 88.86")
@@ -476,7 +481,12 @@ class _Sweep:
                                       self.run_dir / ".work")
         ex = self.cfg.execution
         files = self._progress_files(todo)
-        stream = launch(self.ref, todo, self.cfg.seed, ex.engine, self.cfg.n_jobs, ex.backend,
+        n_jobs = self.cfg.n_jobs
+        if ex.backend == "loky" and self._estimated_seconds(todo) < IN_PROCESS_SECONDS:
+            # starting worker processes would cost more than the work: train here (the
+            # numbers are the same for any n_jobs)
+            n_jobs = 1
+        stream = launch(self.ref, todo, self.cfg.seed, ex.engine, n_jobs, ex.backend,
                         ex.scheduler, [self._start(g) for g in todo], keep_state=continues,
                         curves=ex.curves, progress_files=files)
         # closing() stops the workers at once if anything (Ctrl-C, SIGTERM, a full disk)
@@ -512,6 +522,17 @@ class _Sweep:
                     raise stop  # on_error: stop
                 if outcome.state is not None:
                     self._keep(outcome.group, outcome.state)
+
+    def _estimated_seconds(self, groups: list[Group]) -> float:
+        """A rough single-core time for the groups: two (rows, D) x (D, 16) products per
+        panel and epoch at ENGINE_FLOPS."""
+        d = int(np.prod(self.dataset.Xtr.shape[1:]))
+        n = len(self.split.fold(0)[0]) if self.split.k else len(self.split.train)
+        flops = 0.0
+        for g in groups:
+            panels = -(-len(g.columns) // PANEL)
+            flops += 4.0 * n * d * PANEL * panels * (g.epochs[-1] - g.start_epoch)
+        return flops / ENGINE_FLOPS
 
     def _progress_files(self, groups: list[Group]) -> list[str | None]:
         """Where each group records its epochs (in .work, which workers see)."""

@@ -255,3 +255,21 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path: Path, monkeypa
         fileio.atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left
+
+
+def test_small_searches_train_in_process(tiny_config: Path, tmp_path: Path, monkeypatch):
+    import agereg.pipeline as pipeline
+
+    seen = []
+    real = pipeline.launch
+
+    def spy(ref, groups, seed, engine, n_jobs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(n_jobs)
+        return real(ref, groups, seed, engine, n_jobs, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "launch", spy)
+    search(tiny_config, tmp_path / "runs", "--n-jobs", "2")
+    assert seen == [1]  # 120 rows of 36 pixels: worker start-up would cost more than this
+    monkeypatch.setattr(pipeline, "IN_PROCESS_SECONDS", 0.0)
+    search(tiny_config, tmp_path / "runs", "--n-jobs", "2")
+    assert seen == [1, 2]
