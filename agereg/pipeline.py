@@ -62,6 +62,7 @@ from agereg.strategies import Proposal, Strategy, make_strategy
 # worker processes (about 0.4 s) would cost more than two cores save.
 IN_PROCESS_SECONDS = 0.5
 ENGINE_FLOPS = 2e10  # one core, the batched engine's 16-wide products (measured 17-20e9)
+STEP_SECONDS = 3e-5  # the fixed cost of one minibatch step of one panel (numpy calls)
 
 Log = Callable[[str], None]
 # (trials done, fractional while groups train; trials planned; "2 diverged, best 88.86")
@@ -525,14 +526,18 @@ class _Sweep:
 
     def _estimated_seconds(self, groups: list[Group]) -> float:
         """A rough single-core time for the groups: two (rows, D) x (D, 16) products per
-        panel and epoch at ENGINE_FLOPS."""
+        panel and epoch at ENGINE_FLOPS, plus STEP_SECONDS of numpy calls per panel and
+        minibatch step."""
         d = int(np.prod(self.dataset.Xtr.shape[1:]))
         n = len(self.split.fold(0)[0]) if self.split.k else len(self.split.train)
-        flops = 0.0
+        seconds = 0.0
         for g in groups:
             panels = -(-len(g.columns) // PANEL)
-            flops += 4.0 * n * d * PANEL * panels * (g.epochs[-1] - g.start_epoch)
-        return flops / ENGINE_FLOPS
+            epochs = g.epochs[-1] - g.start_epoch
+            steps = epochs * -(-n // g.batch_size)  # small batches: many numpy calls
+            seconds += (4.0 * n * d * PANEL * panels * epochs / ENGINE_FLOPS
+                        + steps * panels * STEP_SECONDS)
+        return seconds
 
     def _progress_files(self, groups: list[Group]) -> list[str | None]:
         """Where each group records its epochs (in .work, which workers see)."""
