@@ -59,7 +59,8 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
             mlflow.set_tracking_uri(tracking_uri)
         client = MlflowClient()
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            experiment, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
         key = str(run_dir.resolve())
         earlier = client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{key}'")
         if earlier and not force:
@@ -92,6 +93,16 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
                        "check --tracking-uri") from None
     return {"experiment": experiment, "experiment_id": exp_id, "parent_run_id": pid,
             "child_runs": children, "tracking_uri": mlflow.get_tracking_uri()}
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a new experiment in a local SQLite store go next to its database
+    (``<db folder>/mlartifacts``), not into ``./mlruns`` of whatever the current folder
+    is; other stores keep MLflow's default."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.resolve().parent / "mlartifacts").as_uri()
+    return None
 
 
 def _children(client: Any, exp_id: str, parent_id: str, records: list[TrialRecord],

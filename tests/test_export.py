@@ -21,7 +21,11 @@ else:
 
 
 @pytest.mark.slow
-def test_export_to_a_local_tracking_uri(tiny_config: Path, tmp_path: Path):
+def test_export_to_a_local_tracking_uri(tiny_config: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # nothing may land in the current folder
     runs = tmp_path / "runs"
     run_dir = search(tiny_config, runs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -41,6 +45,8 @@ def test_export_to_a_local_tracking_uri(tiny_config: Path, tmp_path: Path):
     assert parent.data.tags["count.diverged"] == "8"
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "report.html" in artifacts
+    assert list(work.iterdir()) == []  # no ./mlruns: artifacts live next to the database
+    assert list((tmp_path / "mlartifacts").rglob("report.html"))
     records = {(r.batch_size, r.learning_rate, r.l2, r.epochs): r for r in read_log(run_dir)}
     checked = 0
     for child in children:
