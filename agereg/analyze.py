@@ -8,7 +8,6 @@ pictures), where ``agereg report`` finds it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from agereg.fileio import atomic_write_bytes
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, quiet
 from agereg.records import rank, select
-from agereg.runs import RunLock, resolve_run, write_json
+from agereg.runs import RunLock, json_safe, resolve_run, write_json
 from agereg.split import SPLIT_NAME, load_split, make_split
 
 ANALYSIS_DIR = "analysis"
@@ -149,7 +148,7 @@ def analyze(
         "yaml": "learning_rate: [" + ", ".join(_yaml_number(v) for v in values) + "]",
         "rule": "top = 0.5 x lr_limit / (1 + B_simple / B), then 3 decades down",
     }  # fmt: skip
-    result = _json_safe(result)
+    result = json_safe(result)  # type: ignore[assignment]
     if ctx is not None:
         _write(ctx.run_dir, result)
     return result
@@ -164,16 +163,6 @@ def _yaml_number(v: float) -> str:
         mantissa = mantissa if "." in mantissa else mantissa + ".0"
         return f"{mantissa}e{int(exponent):+03d}"
     return text
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def _write(run_dir: Path, result: dict[str, Any]) -> None:

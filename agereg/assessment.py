@@ -36,6 +36,7 @@ from agereg.runs import (
     EvalStaging,
     RunLock,
     eval_folder,
+    json_safe,
     read_json,
     read_log,
     read_plan,
@@ -252,7 +253,9 @@ def _evaluate(
         notes += skipped
     else:
         notes.append("no pictures drawn (--no-plots)")
-    return _json_safe(result)
+    safe = json_safe(result)
+    assert isinstance(safe, dict)
+    return safe
 
 
 def _refit(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
@@ -449,18 +452,3 @@ def _save_parameters(folder: Path, fit: Fit, model: dict) -> dict:
     save_array(folder / names["bias"], np.asarray(fit.b, dtype=np.float64))
     write_json(folder / MODEL_NAME, model)
     return {**names, "pictures": []}
-
-
-def _json_safe(d: dict) -> dict:
-    """``d`` with every non-finite float, at any depth, replaced by None (JSON has no NaN)."""
-
-    def clean(v: object) -> object:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        if isinstance(v, float) and not np.isfinite(v):
-            return None
-        return v
-
-    return {k: clean(v) for k, v in d.items()}

@@ -11,22 +11,11 @@ from typing import Any
 import numpy as np
 
 from agereg.assessment import RunContext, open_run
-from agereg.config import config_to_dict
+from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
 from agereg.records import TrialRecord, rank, select
 from agereg.runs import eval_folder, record_to_dict, resolve_run
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
@@ -54,7 +43,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
     if ctxs[0].run_dir.resolve() == ctxs[1].run_dir.resolve():
         raise RunError(f"{ctxs[0].run_dir}: give two different runs to compare")
     picked = [_selected(c) for c in ctxs]
-    a_cfg, b_cfg = (_flatten(config_to_dict(c.cfg)) for c in ctxs)
+    a_cfg, b_cfg = (flat_config(c.cfg) for c in ctxs)
     differs = [{"key": k, "a": a_cfg.get(k), "b": b_cfg.get(k)}
                for k in sorted(set(a_cfg) | set(b_cfg)) if a_cfg.get(k) != b_cfg.get(k)]
     doc: dict[str, Any] = {

@@ -317,6 +317,21 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     }
 
 
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """The config as ``{"grid.batch_size": [...], "split.seed": 0, ...}``."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+
+    walk(config_to_dict(cfg), "")
+    return out
+
+
 def _axis_to_yaml(axis: Axis) -> object:
     if isinstance(axis, Distribution):
         return {axis.kind: [axis.low, axis.high]}

@@ -16,23 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agereg.config import config_to_dict
+from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.records import Config3, TrialRecord, rank, select, status_counts
 from agereg.runs import read_curves, read_log, resolve_run, stored_config
 
 TAG = "agereg.run"  # on the parent: the run folder it was exported from
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = str(v)[:500]  # MLflow's parameter values are bounded
-    return out
 
 
 def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | None,
@@ -72,7 +61,8 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
                                    tags={TAG: key, "agereg.strategy": cfg.search.strategy})
         pid = parent.info.run_id
         now = int(time.time() * 1000)
-        params = [Param(k, v) for k, v in _flatten(config_to_dict(cfg)).items()]
+        # MLflow's parameter values are bounded strings
+        params = [Param(k, str(v)[:500]) for k, v in flat_config(cfg).items()]
         metrics = []
         if sel.trial is not None:
             for name in ("train_loss", "val_loss", "test_loss", "val_mae", "test_mae"):

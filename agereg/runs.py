@@ -133,6 +133,18 @@ class RunLock:
             self._fd = None
 
 
+def json_safe(v: object) -> object:
+    """``v`` with every non-finite float, at any depth, replaced by None (JSON has no
+    NaN); tuples become lists."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
 def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
