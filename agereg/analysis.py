@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agereg.config import Distribution, Grid
 from agereg.records import TrialRecord
 
 CHUNK = 2048  # rows per block of the per-example computations
@@ -79,6 +80,22 @@ def top_eigenvalue(X: np.ndarray, l2: float = 0.0, tol: float = 1e-8,
         v = w / np.linalg.norm(w)
         w = _hessian_matvec(X, l2, v)
     return Eigen(lam, i, residual)
+
+
+def lr_notice(grid: Grid, lr_limit: float) -> str | None:
+    """One line naming the learning rates of a grid at or above the full-batch limit
+    (None when all are below)."""
+    axis = grid.learning_rate
+    if isinstance(axis, Distribution):
+        over = [axis.high] if axis.high >= lr_limit else []
+    else:
+        over = [lr for lr in axis if lr >= lr_limit]
+    if not over:
+        return None
+    shown = ", ".join(f"{lr:g}" for lr in over)
+    return (f"learning rate {shown} >= 2 / lambda_max = {lr_limit:.3g} (the Hessian's "
+            "largest eigenvalue on the training rows): will diverge with full-batch descent; "
+            "minibatches diverge earlier (`agereg analyze` for a range)")
 
 
 # ---------------------------------------------------------------- gradient noise

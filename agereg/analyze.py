@@ -20,7 +20,7 @@ from agereg.analysis import (
     suggest_learning_rates,
     top_eigenvalue,
 )
-from agereg.config import Distribution, Grid
+from agereg.config import Distribution
 from agereg.data import load_dataset
 from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes
@@ -33,22 +33,6 @@ from agereg.split import SPLIT_NAME, load_split, make_split
 ANALYSIS_DIR = "analysis"
 ANALYSIS_NAME = "analysis.json"
 PICTURES = ("gradient_noise.png", "lr_vs_batch.png")
-
-
-def lr_notice(grid: Grid, lr_limit: float) -> str | None:
-    """One line naming the learning rates of a grid at or above the full-batch limit
-    (None when all are below)."""
-    axis = grid.learning_rate
-    if isinstance(axis, Distribution):
-        over = [axis.high] if axis.high >= lr_limit else []
-    else:
-        over = [lr for lr in axis if lr >= lr_limit]
-    if not over:
-        return None
-    shown = ", ".join(f"{lr:g}" for lr in over)
-    return (f"learning rate {shown} >= 2 / lambda_max = {lr_limit:.3g} (the Hessian's "
-            "largest eigenvalue on the training rows): will diverge with full-batch descent; "
-            "minibatches diverge earlier (`agereg analyze` for a range)")
 
 
 def _noise_dict(noise: Noise) -> dict[str, Any]:

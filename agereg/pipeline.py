@@ -149,8 +149,7 @@ def split_for(cfg: Config, dataset: Dataset, log: Log) -> tuple[Split, Config]:
 def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log) -> None:
     """Say in one line which learning rates exceed the full-batch stability limit
     2 / lambda_max of the training rows (a few power iterations); never refuse to run."""
-    from agereg.analysis import top_eigenvalue
-    from agereg.analyze import lr_notice
+    from agereg.analysis import lr_notice, top_eigenvalue
 
     X = np.asarray(dataset.Xtr[split.train], dtype=np.float64)  # (N, D)
     notice = lr_notice(cfg.grid, top_eigenvalue(X, tol=1e-4).lr_limit)
