@@ -247,8 +247,9 @@ def _evaluate(
         written, skipped = report.draw_eval_pictures(
             folder, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
             pred_te, title, result)
+        # the grid's pictures depend on the log only: drawn when missing or stale
         report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records, ctx.cfg.select_by),
-                                  strategy=ctx.cfg.search.strategy)
+                                  only_missing=True, strategy=ctx.cfg.search.strategy)
         result["files"]["pictures"] = written
         notes += skipped
     else:
