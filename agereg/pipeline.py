@@ -426,6 +426,8 @@ class _Sweep:
         k = self.split.k
         ready = [key for key in sorted(keys) if key not in self.results
                  and all((key, f) in self.folds for f in range(k))]
+        if not ready:
+            return 0
         self._append([dataclasses.replace(
             combine_folds([self.folds[(key, f)] for f in range(k)]),
             best_epoch=self._best_epoch(key)) for key in ready])
