@@ -94,14 +94,33 @@ def retrain(ctx: RunContext, arrays: Arrays, rec: TrialRecord) -> Fit:
     return fit
 
 
+def _train_columns(cfg: Config, arrays: Arrays, recs: list[TrialRecord]) -> list[Fit]:
+    """Train several trials as the search did. Trials of one batch size and loss share one
+    call of the batched engine: its products are 16 columns wide whatever trains beside a
+    column, so two trials cost what one does, and each gets exactly its own numbers."""
+    first = recs[0]
+    same = all((r.batch_size, r.loss) == (first.batch_size, first.loss) for r in recs)
+    if cfg.execution.engine == "reference" or len(recs) == 1 or not same:
+        return [_train_column(cfg, arrays, r) for r in recs]
+    res = train_group(arrays, cfg.seed, first.batch_size, [r.learning_rate for r in recs],
+                      [r.l2 for r in recs], sorted({r.epochs for r in recs}),
+                      snapshots=[(k, r.epochs) for k, r in enumerate(recs)], loss=first.loss)
+    found = res.snapshots or {}
+    return [found.get((k, r.epochs)) or _diverged_fit(arrays) for k, r in enumerate(recs)]
+
+
+def _diverged_fit(arrays: Arrays) -> Fit:
+    return Fit(np.full(arrays.X_fit.shape[1], np.nan), float("nan"), (float("nan"),) * 3,
+               True)
+
+
 def _train_column(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
     if cfg.execution.engine == "reference":
         return train_reference(arrays, cfg.seed, rec.batch_size, rec.learning_rate, rec.l2,
                                rec.epochs, rec.loss)
     res = train_group(arrays, cfg.seed, rec.batch_size, [rec.learning_rate], [rec.l2],
                       (rec.epochs,), snapshot=(0, rec.epochs), loss=rec.loss)
-    return res.snapshot or Fit(np.full(arrays.X_fit.shape[1], np.nan), float("nan"),
-                               (float("nan"),) * 3, True)
+    return res.snapshot or _diverged_fit(arrays)
 
 
 def refit_arrays(arrays: Arrays) -> Arrays:
@@ -194,9 +213,22 @@ def _evaluate(
     trained_on = (f"all {len(train_rows.y_fit)} training rows ({k}-fold run)" if k
                   else f"train+validation ({len(train_rows.y_fit)} rows)" if refit
                   else f"training split ({len(arrays.y_fit)} rows)")
-    log(f"training trial #{rank} again ({where})")
-    fit = (_refit(ctx.cfg, train_rows, rec) if refit
-           else retrain(ctx, arrays, rec))
+    # the runner-up of the paired comparison trains in the same call when it can
+    vs_rank = 2 if rank == 1 else 1
+    other = ranked[vs_rank - 1] if n_boot and vs_rank <= len(ranked) else None
+    log(f"training trial #{rank} again ({where})" + (
+        "" if other is None else f", with #{vs_rank} for the paired comparison"))
+    if not refit:
+        for r in (rec, *([other] if other else [])):
+            group_of(ctx, r)  # every trial retrained must be one this run trained
+    fits = _train_columns(ctx.cfg, train_rows, [rec, *([other] if other else [])])
+    fit = fits[0]
+    if fit.diverged:
+        raise RunError(f"trial {rec.key()} diverged when trained again ({where}); "
+                       + ("evaluate without --refit or pick another trial with --rank"
+                          if refit else "the data or the numerical libraries changed "
+                          "since the search"))
+    fit_vs = fits[1] if other is not None else None
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
     notes: list[str] = []
@@ -230,8 +262,8 @@ def _evaluate(
                 arrays.y_te, np.full_like(arrays.y_te, float(np.median(train_rows.y_fit)))),
         },
         "by_decade": error_by_decade(arrays.y_te, pred_te),
-        "bootstrap": _bootstrap(ctx, arrays, train_rows, ranked, rank, refit, pred_te, n_boot,
-                                notes, log),
+        "bootstrap": _bootstrap(ctx, arrays, ranked, rank, pred_te, n_boot, notes, log,
+                                fit_vs),
         "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, trained_on, log,
                                   rec.loss, basis),
         "ridge_path": _ridge_path_dict(ctx, train_rows, basis, refit or k > 0, ranked),
@@ -259,15 +291,6 @@ def _evaluate(
     return safe
 
 
-def _refit(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
-    """Train the trial's hyperparameters on training + validation rows."""
-    fit = _train_column(cfg, arrays, rec)
-    if fit.diverged:
-        raise RunError(f"trial {rec.key()} diverged when refit on train+validation; "
-                       "evaluate without --refit or pick another trial with --rank")
-    return fit
-
-
 def _trial_dict(rec: TrialRecord, rank: int) -> dict:
     return {"rank": rank, "batch_size": rec.batch_size, "learning_rate": rec.learning_rate,
             "epochs": rec.epochs, "l2": rec.l2, "loss": rec.loss}
@@ -276,17 +299,16 @@ def _trial_dict(rec: TrialRecord, rank: int) -> dict:
 def _bootstrap(
     ctx: RunContext,
     arrays: Arrays,
-    train_rows: Arrays,
     ranked: list[TrialRecord],
     rank: int,
-    refit: bool,
     pred_te: np.ndarray,
     n_boot: int,
     notes: list[str],
     log: Log,
+    fit_vs: Fit | None,
 ) -> dict | None:
     """Bootstrap of the test fMSE, paired with the runner-up (the best, when evaluating
-    another rank) trained the same way; seeded by the run's config seed."""
+    another rank), ``fit_vs``, trained the same way; seeded by the run's config seed."""
     from agereg.evaluate import bootstrap_test
 
     if n_boot == 0:
@@ -297,15 +319,10 @@ def _bootstrap(
     if vs_rank > len(ranked):
         notes.append("no runner-up: the run has a single finished trial, so there is no "
                      "paired comparison")
+    elif fit_vs is None or fit_vs.diverged:
+        notes.append(f"no paired comparison: trial #{vs_rank} diverged when trained again")
     else:
-        other = ranked[vs_rank - 1]
-        log(f"training trial #{vs_rank} for the paired comparison")
-        try:
-            fit_vs = (_refit(ctx.cfg, train_rows, other) if refit
-                      else retrain(ctx, arrays, other))
-            pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
-        except RunError as exc:
-            notes.append(f"no paired comparison: {exc}")
+        pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
     log(f"bootstrap: {n_boot} resamples of {len(arrays.y_te)} test images")
     boot = bootstrap_test(arrays.y_te, pred_te, pred_vs, n_boot, ctx.cfg.seed)
     paired = None

@@ -133,6 +133,7 @@ class GroupResult:
     mae: np.ndarray | None = None  # (E, K, 3)
     best_epoch: np.ndarray | None = None  # (E, K) int
     curves: Curves | None = None
+    snapshots: dict[tuple[int, int], Fit] | None = None  # (column, epoch) -> its Fit
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ def train_group(
     loss: str = "squared",
     curves: bool = False,
     on_epoch: Callable[[int], None] | None = None,
+    snapshots: Sequence[tuple[int, int]] = (),
 ) -> GroupResult:
     """Train K = len(lrs) columns of one batch size and loss together and record every
     epoch count.
@@ -354,8 +356,9 @@ def train_group(
 
     ``start`` continues from a saved :class:`State` (epoch ``start.epoch``, columns in the
     order of ``lrs``; non-finite columns count as diverged); the result's ``state`` holds
-    the parameters after the last epoch. ``snapshot=(k, epoch)`` also returns the
-    parameters of column ``k`` after ``epoch`` epochs. ``curves`` records the validation
+    the parameters after the last epoch. ``snapshots`` lists (column, epoch) pairs whose
+    parameters and figures to return (``result.snapshots``); ``snapshot=(k, epoch)`` is
+    one such pair, returned as ``result.snapshot``. ``curves`` records the validation
     fMSE and MAE after every epoch (one more product with the validation rows per epoch)
     and the running mean of each epoch's minibatch fMSE (free), and each recorded trial's
     best epoch.
@@ -376,7 +379,8 @@ def train_group(
     val_se = np.full((E, K, 2), np.nan)
     best_epoch = np.zeros((E, K), dtype=np.int64)
     diverged = np.ones((E, K), dtype=bool)
-    kept: Fit | None = None
+    wanted = [*snapshots, *([snapshot] if snapshot is not None else [])]
+    kept_all: dict[tuple[int, int], Fit] = {}
     curve = (np.full((T, K), np.nan), np.full((T, K), np.nan), np.full((T, K), np.nan))
     best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
         np.array(start.best_val, dtype=np.float64)
@@ -500,14 +504,17 @@ def train_group(
             val_se[i, alive[finite]] = SE[:, finite].T
             best_epoch[i, alive[finite]] = best_at[alive[finite]]
             diverged[i, alive[finite]] = False
-            if snapshot is not None and snapshot[1] == epoch:
-                where = np.flatnonzero(alive == snapshot[0])
+            for col, ep in wanted:
+                if ep != epoch:
+                    continue
+                where = np.flatnonzero(alive == col)
                 if where.size and finite[where[0]]:
                     j = where[0]
-                    kept = Fit(Wk[j].astype(np.float64), float(b.reshape(-1)[j]),
-                               (float(L[0, j]), float(L[1, j]), float(L[2, j])), False,
-                               (float(SE[0, j]), float(SE[1, j])),
-                               (float(A[0, j]), float(A[1, j]), float(A[2, j])))
+                    kept_all[(col, ep)] = Fit(
+                        Wk[j].astype(np.float64), float(b.reshape(-1)[j]),
+                        (float(L[0, j]), float(L[1, j]), float(L[2, j])), False,
+                        (float(SE[0, j]), float(SE[1, j])),
+                        (float(A[0, j]), float(A[1, j]), float(A[2, j])))
         if len(alive):
             k = len(alive)
             end_W[:, alive] = _unpack(W)[:k].T
@@ -515,5 +522,6 @@ def train_group(
     state = State(epochs[-1], end_W, end_b, best_val if curves else None,
                   best_at if curves else None)
     recorded = Curves(np.arange(first + 1, epochs[-1] + 1), *curve) if curves else None
+    kept = kept_all.get(snapshot) if snapshot is not None else None
     return GroupResult(epochs, losses, diverged, kept, state, val_se, mae,
-                       best_epoch, recorded)
+                       best_epoch, recorded, kept_all)

@@ -342,3 +342,21 @@ def test_homework_grid_ranks_1_to_12_reproduce_on_smaller_data(tmp_path: Path):
         assert res["reproduced"] is True, (k, res["val_fmse"], res["search_val_fmse"])
         assert res["val_fmse"] == res["search_val_fmse"]
     assert len(list((run_dir / "evals").iterdir())) == 12  # every evaluation kept
+
+
+def test_trials_trained_together_get_exactly_their_own_numbers(tmp_path: Path,
+                                                               data_copy: Path):
+    from agereg.assessment import _train_column, _train_columns
+
+    run_dir = search(write(tmp_path, data_copy, "{seed: 1, val_fraction: 0.25}"),
+                     tmp_path / "runs")
+    ctx = open_run(run_dir, tmp_path / "runs")
+    arrays = in_memory(ctx.dataset, ctx.split, "float64")
+    finished = [r for r in rank(ctx.records) if r.status is Status.OK]
+    pair = [r for r in finished if r.batch_size == finished[0].batch_size][:2]
+    assert len(pair) == 2 and pair[0].key() != pair[1].key()
+    together = _train_columns(ctx.cfg, arrays, pair)
+    for rec, fit in zip(pair, together, strict=True):
+        alone = _train_column(ctx.cfg, arrays, rec)
+        assert fit.losses == alone.losses == (rec.train_loss, rec.val_loss, rec.test_loss)
+        assert np.array_equal(fit.w, alone.w) and fit.b == alone.b
