@@ -1,0 +1,93 @@
+"""Benchmark scale (issue "Closer to the floor"): a search on a large stand-in must keep
+its memory flat in the number of workers (the prepared arrays are memory-mapped, one copy
+in the page cache) and its time linear in the rows.
+
+Runs the homework grid in float32 on DATA (make it with `agereg synth --out DIR
+--n-train 200000`) with --n-jobs 1 and 2, sampling every 0.2 s the summed PSS
+(proportional set size: shared pages split between the processes that map them, so the
+sum is the memory really used) of agereg and its workers.
+
+    python benchmarks/bench_scale.py DATA
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+GRID = """\
+name: scale
+data: {{dir: {data}}}
+execution: {{precision: float32}}
+grid:
+  batch_size: [160, 200, 400, 640]
+  learning_rate: [3.0e-8, 3.0e-6, 3.0e-5, 3.0e-3]
+  epochs: [16, 32, 48, 64]
+  l2: [1.0e-7, 1.0e-5, 1.0e-3, 1.0e-1]
+"""
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "agereg", "search", str(config), "--quiet",
+                             "--n-jobs", str(n_jobs), "--runs-dir", str(runs)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], sum(pss(p) for p in tree(proc.pid)))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    proc.wait()
+    wall = time.perf_counter() - t0
+    stop.set()
+    t.join()
+    return wall, peak[0]
+
+
+def main() -> None:
+    data = Path(sys.argv[1]).resolve()
+    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    config = tmp / "scale.yaml"
+    config.write_text(GRID.format(data=data))
+    for n_jobs in (1, 2):
+        wall, peak = run(config, n_jobs, tmp / "runs")
+        print(f"{data.name}: --n-jobs {n_jobs}: {wall:.1f} s, peak summed PSS "
+              f"{peak / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
