@@ -23,22 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_startup import median_wall
 
 from agereg.analysis import top_eigenvalue
 from agereg.data import load_dataset
 from agereg.synth import write_synthetic
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "grid.yaml"
-
-
-def wall(args: list[str], cwd: Path, repeat: int) -> float:
-    """The median wall time of a command, run ``repeat`` times."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        subprocess.run(args, cwd=cwd, check=True, capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -53,8 +44,8 @@ def main() -> None:
     subprocess.run([*agereg, "search", str(CONFIG), "--quiet"], cwd=tmp, check=True,
                    capture_output=True)
     print(f"median of {args.repeat} whole-process runs:")
-    data_only = wall([*agereg, "analyze", "--data", "data"], tmp, args.repeat)
-    with_run = wall([*agereg, "analyze"], tmp, args.repeat)
+    data_only = median_wall([*agereg, "analyze", "--data", "data"], tmp, args.repeat)
+    with_run = median_wall([*agereg, "analyze"], tmp, args.repeat)
     print(f"  analyze --data:  {data_only:.2f} s")
     print(f"  analyze --run:   {with_run:.2f} s")
     ds = load_dataset(tmp / "data")

@@ -42,6 +42,21 @@ HOMEWORK = Grid(
 )
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
 class PeakRSS:
     """Peak resident memory of this process plus its descendants, sampled every 20 ms."""
 
@@ -49,20 +64,6 @@ class PeakRSS:
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def _tree(pid: int) -> list[int]:
-        out, todo = [], [pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            try:
-                for task in os.listdir(f"/proc/{p}/task"):
-                    with open(f"/proc/{p}/task/{task}/children") as f:
-                        todo.extend(int(c) for c in f.read().split())
-            except OSError:
-                pass
-        return out
 
     @staticmethod
     def _rss(pid: int) -> int:
@@ -77,7 +78,7 @@ class PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(self._rss(p) for p in self._tree(os.getpid())))
+            self.peak = max(self.peak, sum(self._rss(p) for p in process_tree(os.getpid())))
             time.sleep(0.02)
 
     def __enter__(self) -> PeakRSS:

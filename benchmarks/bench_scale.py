@@ -12,13 +12,14 @@ sum is the memory really used) of agereg and its workers.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench_engine import process_tree
 
 GRID = """\
 name: scale
@@ -30,20 +31,6 @@ grid:
   epochs: [16, 32, 48, 64]
   l2: [1.0e-7, 1.0e-5, 1.0e-3, 1.0e-1]
 """
-
-
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 def pss(pid: int) -> int:
@@ -66,7 +53,7 @@ def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
 
     def sample() -> None:
         while not stop.wait(0.2):
-            peak[0] = max(peak[0], sum(pss(p) for p in tree(proc.pid)))
+            peak[0] = max(peak[0], sum(pss(p) for p in process_tree(proc.pid)))
 
     t = threading.Thread(target=sample, daemon=True)
     t0 = time.perf_counter()

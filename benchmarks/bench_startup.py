@@ -67,6 +67,7 @@ OPTUNA = textwrap.dedent("""\
 
 
 def median_wall(args: list[str], cwd: Path, repeat: int) -> float:
+    """The median wall time of a command, run ``repeat`` times."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
