@@ -444,6 +444,24 @@ def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: b
     return out
 
 
+def load_model(folder: Path, d: int) -> tuple[np.ndarray, float]:
+    """A saved model's weights (D,) and bias, checked against its model.json and the
+    data's width ``d``: read back, so validated; one line naming the folder otherwise."""
+    model = read_json(folder / MODEL_NAME, "evaluate the trial again with `agereg eval "
+                      "--force`") if (folder / MODEL_NAME).is_file() else {}
+    try:
+        w = np.load(folder / "weights.npy", allow_pickle=False)
+        b = np.load(folder / "bias.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{folder}: the saved model is unreadable ({exc}); evaluate the "
+                       "trial again with `agereg eval --force`") from None
+    if (w.dtype != np.float64 or w.shape != (d,) or b.shape != () or not np.isfinite(w).all()
+            or not np.isfinite(b) or model.get("n_features", d) != d):
+        raise RunError(f"{folder}: the saved model does not match the run's data ({d} "
+                       "features); evaluate the trial again with `agereg eval --force`")
+    return w, float(b)
+
+
 def _model_record(ctx: RunContext, rec: TrialRecord, fit: Fit, trained_on: str) -> dict:
     """What a model is, so that it can be used and identified without agereg."""
     info = ctx.dataset.info

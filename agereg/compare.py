@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agereg.assessment import RunContext, open_run
+from agereg.assessment import RunContext, load_model, open_run
 from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
@@ -27,13 +27,16 @@ def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
 
 
 def _saved_model(ctx: RunContext, rec: TrialRecord) -> tuple[np.ndarray, float] | None:
+    """The selected trial's saved model (None when it was not evaluated, or its files do
+    not hold a usable model)."""
     folder = eval_folder(ctx.run_dir, rec.trial_id, refit=ctx.split.k > 0)
-    try:
-        w = np.load(folder / "weights.npy", allow_pickle=False)
-        b = float(np.load(folder / "bias.npy", allow_pickle=False))
-    except (OSError, ValueError, TypeError):
+    if not (folder / "weights.npy").exists():
         return None
-    return (w, b) if w.ndim == 1 and np.isfinite(w).all() and np.isfinite(b) else None
+    d = int(np.prod(ctx.dataset.Xte.shape[1:]))
+    try:
+        return load_model(folder, d)
+    except RunError:
+        return None
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
@@ -67,20 +70,19 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
         X_te = np.asarray(ctxs[0].dataset.Xte, dtype=np.float64).reshape(
             len(ctxs[0].dataset.yte), -1)
         y_te = np.asarray(ctxs[0].dataset.yte, dtype=np.float64)
+        # load_model checked each against its run's width, and both runs share the
+        # test files: the predictions fit the test labels
         preds = [predict(X_te, m[0], m[1]) for m in models if m is not None]
-        if preds[0].shape != y_te.shape or preds[1].shape != y_te.shape:
-            doc["paired_note"] = "the saved models do not fit the test images"
-        else:
-            boot = bootstrap_test(y_te, preds[0], preds[1], n_boot, seed=0)
-            assert boot.paired is not None
-            doc["paired_test"] = {
-                "n_images": len(y_te), "resamples": n_boot, "seed": 0,
-                "test_fmse": [float(np.mean(0.5 * (p - y_te) ** 2)) for p in preds],
-                "test_mae": [float(np.mean(np.abs(p - y_te))) for p in preds],
-                "observed_difference": boot.paired.observed_difference,
-                "difference_ci": list(boot.paired.difference_ci),
-                "share_a_better": boot.paired.share_better,
-            }
+        boot = bootstrap_test(y_te, preds[0], preds[1], n_boot, seed=0)
+        assert boot.paired is not None
+        doc["paired_test"] = {
+            "n_images": len(y_te), "resamples": n_boot, "seed": 0,
+            "test_fmse": [float(np.mean(0.5 * (p - y_te) ** 2)) for p in preds],
+            "test_mae": [float(np.mean(np.abs(p - y_te))) for p in preds],
+            "observed_difference": boot.paired.observed_difference,
+            "difference_ci": list(boot.paired.difference_ci),
+            "share_a_better": boot.paired.share_better,
+        }
     return doc
 
 

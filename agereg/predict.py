@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agereg.assessment import MODEL_NAME, evaluate_run, open_run
+from agereg.assessment import evaluate_run, load_model, open_run
 from agereg.data import check_images
 from agereg.errors import DataError, RunError
 from agereg.evaluate import predict as linear_predict
 from agereg.pipeline import Log, quiet
 from agereg.records import rank, select
-from agereg.runs import RunLock, eval_folder, read_json, resolve_run
+from agereg.runs import RunLock, eval_folder, resolve_run
 
 
 @dataclass(frozen=True)
@@ -62,26 +62,9 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
             f"--rank {k}` would")
         outcome = evaluate_run(run_dir, runs_dir, rank=k, log=log)
         folder = outcome.folder
-    w, b = _load_model(folder, d)
+    w, b = load_model(folder, d)
     return Prediction(run_dir, k, rec.trial_id, folder, trained_now,
                       linear_predict(np.asarray(X, dtype=np.float64), w, b))
-
-
-def _load_model(folder: Path, d: int) -> tuple[np.ndarray, float]:
-    """The saved weights and bias, checked against the record and the data's width."""
-    model = read_json(folder / MODEL_NAME, "evaluate the trial again with `agereg eval "
-                      "--force`") if (folder / MODEL_NAME).is_file() else {}
-    try:
-        w = np.load(folder / "weights.npy", allow_pickle=False)
-        b = np.load(folder / "bias.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{folder}: the saved model is unreadable ({exc}); evaluate the "
-                       "trial again with `agereg eval --force`") from None
-    if (w.dtype != np.float64 or w.shape != (d,) or b.shape != () or not np.isfinite(w).all()
-            or not np.isfinite(b) or model.get("n_features", d) != d):
-        raise RunError(f"{folder}: the saved model does not match the run's data ({d} "
-                       "features); evaluate the trial again with `agereg eval --force`")
-    return w, float(b)
 
 
 __all__ = ["DataError", "Prediction", "predict_images"]
