@@ -43,19 +43,17 @@ from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
     NO_EVAL,
+    EvalText,
     analysis_lines,
     build_report,
     counts_text,
-    decade_table,
+    describe_eval,
     eval_files,
-    eval_lines,
-    eval_table,
     fmt,
     ranking_rows,
     selection_text,
     several_losses,
     summary_dict,
-    trial_text,
 )
 
 EXIT_USAGE = 2
@@ -348,7 +346,7 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:
-        _print_eval(res)
+        _print_eval(describe_eval(res, outcome.folder / "eval.json"))
     if outcome.existing:
         err.print(escape(f"already evaluated: shown from {outcome.folder}/ (computed earlier; "
                          "--force computes it again)"))
@@ -359,32 +357,29 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
     err.print(escape(f"wrote {', '.join(eval_files(res))} in {outcome.folder}/"))
 
 
-def _print_eval(res: dict) -> None:
-    """The content of an eval.json: the trial, the metrics table and the other findings."""
-    t = res["trial"]
-    out.print(f"[bold]trial #{t['rank']}[/]: " + escape(
-        f"{trial_text(t)} ({res['engine']}, {res['precision']}); data: {res['dataset']}"))
-    if res["refit"] and not str(res["trained_on"]).startswith("all "):
-        out.print(escape(f"refit on {res['trained_on']}: the validation rows were used for "
-                         "training"))
-    columns, rows = eval_table(res)
+def _print_eval(t: EvalText) -> None:
+    """An evaluation as :func:`agereg.report.describe_eval` reads it: the trial, the
+    metrics table, the error by age and the other findings."""
+    out.print(f"[bold]{escape(t.label)}[/]: " + escape(
+        f"{t.trial} ({t.engine}); data: {t.dataset}"))
+    if t.refit_note:
+        out.print(escape(t.refit_note))
     table = Table(caption="mean, median: the constant predictors (training mean, median); "
                           "ridge: the exact optimum of the trial's l2", caption_justify="left")
-    for col in columns:
+    for col in t.columns:
         table.add_column(escape(col), justify="right", no_wrap=True)
-    for row in rows:
+    for row in t.rows:
         table.add_row(*(escape(c) for c in row))
     out.print(table)
-    columns, rows = decade_table(res)
-    if rows:
+    if t.decade_rows:
         by_age = Table(title="test error by decade of true age (signed: + predicted too old)",
                        title_justify="left")
-        for col in columns:
+        for col in t.decade_columns:
             by_age.add_column(escape(col), justify="right", no_wrap=True)
-        for row in rows:
+        for row in t.decade_rows:
             by_age.add_row(*(escape(c) for c in row))
         out.print(by_age)
-    for line in eval_lines(res):
+    for line in t.lines:
         out.print(escape(line))
 
 
@@ -587,7 +582,7 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
     if not rep.evals:
         out.print(escape(NO_EVAL))
     for ev in rep.evals:
-        _print_eval(ev.result)
+        _print_eval(ev.text)
         out.print(escape(f"(files in {ev.folder}/)"))
     if rep.drawn:
         err.print(escape(f"drew {', '.join(rep.drawn)} from the trial log"))

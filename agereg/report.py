@@ -393,10 +393,12 @@ def eval_files(res: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation of the run: its folder, its eval.json and the pictures it drew."""
+    """One evaluation of the run: its folder, its eval.json, how it reads (checked) and
+    the pictures it drew."""
 
     folder: Path
     result: dict
+    text: EvalText
     pictures: list[str]
 
 
@@ -473,10 +475,10 @@ def read_evaluations(run_dir: Path) -> list[Evaluation]:
     for folder in folders:
         path = folder / EVAL_NAME
         res = read_json(path, "recompute it with `agereg eval --force`")
-        check_eval(res, path)
+        text = describe_eval(res, path)  # read back: checked as it is described
         listed = (res.get("files") or {}).get("pictures") or []
-        evals.append(Evaluation(folder, res, [n for n in EVAL_PICTURES
-                                              if n in listed and (folder / n).is_file()]))
+        evals.append(Evaluation(folder, res, text, [n for n in EVAL_PICTURES
+                                                    if n in listed and (folder / n).is_file()]))
     evals.sort(key=lambda e: (bool(e.result.get("refit")), e.result["trial"]["rank"]))
     return evals
 
@@ -487,9 +489,16 @@ _TRIAL_KEYS: dict[str, type] = {"rank": int, "batch_size": int, "learning_rate":
 
 @dataclass(frozen=True)
 class EvalText:
-    """An eval.json as the terminal and the page show it: the metrics table, the table
-    of error by age, and the sentences."""
+    """An eval.json as the terminal and the page show it: the heading, its setting, the
+    metrics table, the table of error by age, and the sentences."""
 
+    label: str  # "trial #1"
+    trial: str  # "batch_size 160, learning_rate 0.003, epochs 48, l2 0.001"
+    refit: bool
+    engine: str  # "batched, float64"
+    trained_on: str  # "the training split (4000 rows)"
+    dataset: str
+    refit_note: str | None  # said when the validation rows trained the model
     columns: list[str]
     rows: list[list[str]]
     decade_columns: list[str]
@@ -506,19 +515,21 @@ def describe_eval(res: dict, path: Path) -> EvalText:
             v = trial[key]
             if isinstance(v, bool) or not isinstance(v, kind if kind is int else int | float):
                 raise TypeError(key)
-        trial_text(trial)
+        trained_on = str(res.get("trained_on"))
+        refit = bool(res.get("refit"))
         columns, rows = eval_table(res)
         dec_columns, dec_rows = decade_table(res)
-        return EvalText(columns, rows, dec_columns, dec_rows, [str(x) for x in eval_lines(res)])
+        return EvalText(
+            f"trial #{trial['rank']}", trial_text(trial), refit,
+            f"{res.get('engine')}, {res.get('precision')}", _rows(trained_on),
+            str(res.get("dataset")),
+            f"refit on {trained_on}: the validation rows were used for training"
+            if refit and not trained_on.startswith("all ") else None,
+            columns, rows, dec_columns, dec_rows, [str(x) for x in eval_lines(res)])
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise RunError(f"{path}: not an agereg evaluation ({type(exc).__name__}: "
                        f"{' '.join(str(exc).split())[:80]}); delete it or recompute it with "
                        "`agereg eval --force`") from None
-
-
-def check_eval(res: dict, path: Path) -> None:
-    """Raise :class:`RunError` unless ``res`` is an eval.json the report can show."""
-    describe_eval(res, path)
 
 
 def _read_text(path: Path) -> str:
@@ -785,22 +796,18 @@ def render_html(
     if not evals:
         parts.append(f"<p>No evaluation in this run folder: {_e(NO_EVAL)}.</p>\n")
     for ev in evals:
-        res = ev.result
-        columns, rows = eval_table(res)
+        t = ev.text
         where = ev.folder.relative_to(run_dir) if ev.folder != run_dir else Path(".")
-        parts.append(f"<h3>trial #{_e(res['trial']['rank'])}: {_e(trial_text(res['trial']))}"
-                     f"{' (refit)' if res.get('refit') else ''}</h3>\n"
-                     f"<p class=\"note\">{_e(res.get('engine'))}, {_e(res.get('precision'))}; "
-                     f"trained on {_e(_rows(str(res.get('trained_on'))))}; files in "
+        refit = " (refit)" if t.refit else ""
+        parts.append(f"<h3>{_e(t.label)}: {_e(t.trial)}{refit}</h3>\n<p class=\"note\">"
+                     f"{_e(t.engine)}; trained on {_e(t.trained_on)}; files in "
                      f"{_e(where)}/</p>\n")
-        parts.append(_table(columns, rows, left=1))
-        dec_columns, dec_rows = decade_table(res)
-        if dec_rows:
+        parts.append(_table(t.columns, t.rows, left=1))
+        if t.decade_rows:
             parts.append("<p>Test error by decade of true age (signed: prediction minus "
                          "truth, positive means predicted too old):</p>\n")
-            parts.append(_table(dec_columns, dec_rows, left=1))
-        parts.append("<ul>\n" + "".join(f"<li>{_e(s)}</li>\n" for s in eval_lines(res))
-                     + "</ul>\n")
+            parts.append(_table(t.decade_columns, t.decade_rows, left=1))
+        parts.append("<ul>\n" + "".join(f"<li>{_e(x)}</li>\n" for x in t.lines) + "</ul>\n")
         parts += [_img(ev.folder / p) for p in ev.pictures]
     if analysis is not None:
         lines, pics = analysis
