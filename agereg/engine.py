@@ -453,8 +453,9 @@ def train_group(
                 # limit; NaN compares false, so non-finite residuals fail it too
                 sq = np.einsum("pmk,pmk->pk", r, r)  # (P, m, PANEL) -> (P, PANEL)
                 ok = (sq <= 2 * m * limit).reshape(-1)[: len(alive)]  # (k,)
-                running += sq.reshape(-1) / (2 * m)
-                steps += 1
+                if curves:  # the epoch's running training loss: only for the curves
+                    running += sq.reshape(-1) / (2 * m)
+                    steps += 1
                 if not ok.all():
                     alive = alive[ok]
                     if len(alive) == 0:
@@ -463,7 +464,8 @@ def train_group(
                     dr = r if squared else _pack(_unpack(dr)[: len(ok)][ok])
                     b, lr, decay = (_pack_vec(v.reshape(-1)[: len(ok)][ok], fill)
                                     for v, fill in ((b, 0), (lr, 0), (decay, 1)))
-                    running = _pack_vec(running[: len(ok)][ok], 0).reshape(-1)
+                    if curves:
+                        running = _pack_vec(running[: len(ok)][ok], 0).reshape(-1)
                     R, _, Dr = buffers(len(W))
                 for p in range(len(W)):
                     b[p] -= lr[p] * dr[p].mean(axis=0)  # (m, PANEL) -> (PANEL,)
