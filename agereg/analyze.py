@@ -106,7 +106,8 @@ def analyze(
         if chosen is not None:
             log(f"training the selected trial (#{ranked.index(chosen) + 1}) to measure the "
                 "noise at its solution")
-            trained = in_memory(dataset, split, ctx.cfg.execution.precision)
+            precision = ctx.cfg.execution.precision
+            trained = arrays if precision == "float64" else in_memory(dataset, split, precision)
             fit = _train_column(ctx.cfg, trained, chosen)  # as the search trained it
             if not fit.diverged:
                 at_sol = gradient_noise(X, y, fit.w, fit.b, chosen.l2, seed, draws)

@@ -535,7 +535,7 @@ class _Sweep:
         panel and epoch at ENGINE_FLOPS, plus STEP_SECONDS of numpy calls per panel and
         minibatch step."""
         d = int(np.prod(self.dataset.Xtr.shape[1:]))
-        n = len(self.split.fold(0)[0]) if self.split.k else len(self.split.train)
+        n = self.split.n - len(self.split.folds[0]) if self.split.k else len(self.split.train)
         seconds = 0.0
         for g in groups:
             panels = -(-len(g.columns) // PANEL)

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -524,8 +525,6 @@ class EvalStaging:
         self.path = target.parent / f".staging-{target.name}-{os.getpid()}"
 
     def __enter__(self) -> Path:
-        import shutil
-
         try:
             if self.target.parent.is_symlink():  # never write through a planted link
                 raise RunError(f"{self.target.parent}: is a symbolic link; agereg never "
@@ -540,8 +539,6 @@ class EvalStaging:
         return self.path
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        import shutil
-
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
