@@ -26,7 +26,6 @@ from agereg.errors import RunError
 from agereg.fileio import atomic_write_bytes
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, quiet
-from agereg.records import rank, select
 from agereg.runs import RunLock, json_safe, resolve_run, write_json
 from agereg.split import SPLIT_NAME, load_split, make_split
 
@@ -101,11 +100,11 @@ def analyze(
              "stable_full_batch": lr < eig.lr_limit}
             for lr in (grid.learning_rate if not isinstance(grid.learning_rate, Distribution)
                        else (grid.learning_rate.low, grid.learning_rate.high))]
-        ranked = rank(ctx.records, ctx.cfg.select_by)
-        chosen = select(ranked, ctx.cfg.select, ctx.cfg.select_by).trial
+        selection = ctx.summary().selection
+        chosen = selection.trial
         if chosen is not None:
-            log(f"training the selected trial (#{ranked.index(chosen) + 1}) to measure the "
-                "noise at its solution")
+            log(f"training the selected trial (#{selection.rank}) to measure the noise at "
+                "its solution")
             precision = ctx.cfg.execution.precision
             trained = arrays if precision == "float64" else in_memory(dataset, split, precision)
             fit = _train_column(ctx.cfg, trained, chosen)  # as the search trained it

@@ -29,7 +29,7 @@ from agereg.evaluate import (
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group
-from agereg.records import TrialRecord, select
+from agereg.records import RunSummary, TrialRecord
 from agereg.records import rank as rank_records
 from agereg.runs import (
     EVAL_NAME,
@@ -56,6 +56,11 @@ class RunContext:
     split: Split
     records: list[TrialRecord]
     plan: dict[str, list[Group]]  # the stored plan, by stage
+
+    def summary(self) -> RunSummary:
+        """The trials ranked by the run's ``select_by``, and the one its ``select`` picks."""
+        return RunSummary(rank_records(self.records, self.cfg.select_by), len(self.records),
+                          rule=self.cfg.select, by=self.cfg.select_by)
 
 
 def open_run(run: str | Path | None, runs_dir: Path) -> RunContext:
@@ -169,13 +174,14 @@ def evaluate_run(
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
         ctx = open_run(run_dir, runs_dir)
-        by = ctx.cfg.select_by
-        ranked = [r for r in rank_records(ctx.records, by) if r.status.has_losses()]
+        summary = ctx.summary()
+        ranked = [r for r in summary.ranked if r.status.has_losses()]
+        selected = summary.selection.rank or 1
         if not ranked:
             raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, "
                            "failed or not run yet); resume the search or widen the grid")
         if rank is None:
-            rank = select(ranked, ctx.cfg.select, by).rank or 1
+            rank = selected
         if not 1 <= rank <= len(ranked):
             raise RunError(f"--rank {rank} is out of range: the run has {len(ranked)} "
                            "finished trials")
@@ -189,15 +195,16 @@ def evaluate_run(
             describe_eval(found, folder / EVAL_NAME)  # read back: input, validated
             return EvalOutcome(found, folder, existing=True)
         with EvalStaging(folder) as staging:
-            result = _evaluate(ctx, ranked, rank, refit, n_boot, plots, staging, log)
+            result = _evaluate(ctx, ranked, rank, selected, refit, n_boot, plots, staging,
+                               log)
             result["folder"] = str(folder.relative_to(ctx.run_dir))
             write_json(staging / EVAL_NAME, result)
     return EvalOutcome(result, folder)
 
 
 def _evaluate(
-    ctx: RunContext, ranked: list[TrialRecord], rank: int, refit: bool, n_boot: int,
-    plots: bool, folder: Path, log: Log,
+    ctx: RunContext, ranked: list[TrialRecord], rank: int, selected: int, refit: bool,
+    n_boot: int, plots: bool, folder: Path, log: Log,
 ) -> dict:
     from agereg import report
     from agereg.evaluate import gaussian_noise
@@ -236,7 +243,6 @@ def _evaluate(
         notes.append(f"cross-validated run ({k} folds): the trial was refit on all "
                      f"{len(train_rows.y_fit)} training rows, so there is no validation "
                      "figure to reproduce; its validation loss is the mean over the folds")
-    chosen = select(ranked, ctx.cfg.select, ctx.cfg.select_by)
     noise = gaussian_noise(train_rows.y_fit, predict(train_rows.X_fit, fit.w, fit.b),
                            arrays.y_te, pred_te)
     result: dict[str, Any] = {
@@ -244,7 +250,7 @@ def _evaluate(
         "dataset": ctx.dataset.info.description,
         "trial": _trial_dict(rec, rank),
         "refit": refit,
-        "selected_by": ctx.cfg.select if chosen.rank == rank else None,
+        "selected_by": ctx.cfg.select if rank == selected else None,
         "trained_on": trained_on,
         "engine": ctx.cfg.execution.engine,
         "precision": ctx.cfg.execution.precision,

@@ -14,13 +14,12 @@ from agereg.assessment import RunContext, load_model, open_run
 from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
-from agereg.records import TrialRecord, rank, select
+from agereg.records import TrialRecord
 from agereg.runs import eval_folder, record_to_dict, resolve_run
 
 
 def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
-    ranked = rank(ctx.records, ctx.cfg.select_by)
-    sel = select(ranked, ctx.cfg.select, ctx.cfg.select_by)
+    sel = ctx.summary().selection
     if sel.trial is None or sel.rank is None:
         raise RunError(f"{ctx.run_dir}: no finished trial to compare; resume the search")
     return sel.trial, sel.rank

@@ -17,7 +17,6 @@ from agereg.data import check_images
 from agereg.errors import DataError, RunError
 from agereg.evaluate import predict as linear_predict
 from agereg.pipeline import Log, quiet
-from agereg.records import rank, select
 from agereg.runs import RunLock, eval_folder, resolve_run
 
 
@@ -38,12 +37,12 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):
         ctx = open_run(run_dir, runs_dir)
-    by = ctx.cfg.select_by
-    ranked = [r for r in rank(ctx.records, by) if r.status.has_losses()]
+    summary = ctx.summary()
+    ranked = [r for r in summary.ranked if r.status.has_losses()]
     if not ranked:
         raise RunError(f"{run_dir}: no finished trial to predict with; resume the search")
     if trial == "best":
-        k = select(ranked, ctx.cfg.select, by).rank or 1
+        k = summary.selection.rank or 1
     else:
         try:
             k = int(trial)
