@@ -14,7 +14,7 @@ import numpy as np
 
 from agereg.config import Config, Distribution
 from agereg.data import Dataset, load_dataset
-from agereg.engine import Arrays, Fit, train_group, train_reference
+from agereg.engine import Arrays, Fit, diverged_fit, train_group, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import (
     CS_THETAS,
@@ -111,12 +111,8 @@ def _train_columns(cfg: Config, arrays: Arrays, recs: list[TrialRecord]) -> list
                       [r.l2 for r in recs], sorted({r.epochs for r in recs}),
                       snapshots=[(k, r.epochs) for k, r in enumerate(recs)], loss=first.loss)
     found = res.snapshots or {}
-    return [found.get((k, r.epochs)) or _diverged_fit(arrays) for k, r in enumerate(recs)]
-
-
-def _diverged_fit(arrays: Arrays) -> Fit:
-    return Fit(np.full(arrays.X_fit.shape[1], np.nan), float("nan"), (float("nan"),) * 3,
-               True)
+    d = arrays.X_fit.shape[1]
+    return [found.get((k, r.epochs)) or diverged_fit(d) for k, r in enumerate(recs)]
 
 
 def _train_column(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
@@ -125,7 +121,7 @@ def _train_column(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
                                rec.epochs, rec.loss)
     res = train_group(arrays, cfg.seed, rec.batch_size, [rec.learning_rate], [rec.l2],
                       (rec.epochs,), snapshot=(0, rec.epochs), loss=rec.loss)
-    return res.snapshot or _diverged_fit(arrays)
+    return res.snapshot or diverged_fit(arrays.X_fit.shape[1])
 
 
 def refit_arrays(arrays: Arrays) -> Arrays:

@@ -289,7 +289,7 @@ def train_reference(
                 r = X_S @ w + b - y[rows].astype(X.dtype)  # (B,)
                 # not (a <= b): a NaN compares false, so it counts as exploded too
                 if not float(np.dot(r, r)) <= 2 * len(r) * limit:  # 0.5 mean(r^2) <= limit
-                    return _diverged(d)
+                    return diverged_fit(d)
                 g_w, g_b = gradient(X_S, derivative(loss, r), w, l2_)
                 w = w - lr_ * g_w
                 b = b - lr_ * g_b
@@ -298,14 +298,15 @@ def train_reference(
         sc = _scores(arrays, w, b)
     if not (np.isfinite(sc.fmse).all() and np.isfinite(w).all() and np.isfinite(b)
             and sc.fmse[0] <= limit):
-        return _diverged(d)
+        return diverged_fit(d)
     tr, va, te = (float(v) for v in sc.fmse)
     return Fit(w.astype(np.float64), float(b), (tr, va, te), False,
                (float(sc.se[0]), float(sc.se[1])), (float(sc.mae[0]), float(sc.mae[1]),
                                                     float(sc.mae[2])))
 
 
-def _diverged(d: int) -> Fit:
+def diverged_fit(d: int) -> Fit:
+    """The record of a diverged trial with D weights: everything NaN."""
     return Fit(np.full(d, np.nan), float("nan"), NAN3, True)
 
 
