@@ -44,6 +44,7 @@ from agereg.runs import (
     append_plan,
     append_records,
     create_run_dir,
+    mean_curve,
     read_curves,
     read_json,
     read_log,
@@ -442,16 +443,10 @@ class _Sweep:
         """A K-fold trial's best epoch: the lowest mean over folds of the validation fMSE
         among epochs 1 ... its epochs (None without curves)."""
         bs, lr, ep, l2, loss = key
-        best: tuple[float, int] | None = None
-        per_fold = [self.curves.get((bs, lr, l2, loss, f), {}) for f in range(self.split.k)]
-        for e in range(1, ep + 1):
-            vals = [c.get(e, (None, None, None))[1] for c in per_fold]
-            if any(v is None for v in vals):
-                return None  # curves off, or a fold diverged on the way
-            mean = sum(vals) / len(vals)  # type: ignore[arg-type]
-            if best is None or mean < best[0]:
-                best = (mean, e)
-        return None if best is None else best[1]
+        mean = mean_curve(self.curves, (bs, lr, l2, loss), range(self.split.k))
+        if any(e not in mean for e in range(1, ep + 1)):
+            return None  # curves off, or a fold diverged on the way
+        return min(range(1, ep + 1), key=lambda e: (mean[e], e))
 
     def _prune(self, proposal: Proposal) -> None:
         pruned = [self.results[k].with_status(Status.PRUNED) for k in proposal.prune

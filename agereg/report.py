@@ -35,6 +35,7 @@ from agereg.runs import (
     CurveKey,
     CurvePoint,
     evaluations,
+    mean_curve,
     read_curves,
     read_json,
     read_log,
@@ -130,7 +131,7 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
         bs, lr, l2, loss = column
         rs = sorted(by_config[column], key=lambda r: r.epochs)
         label = f"batch {bs}, lr {lr:g}, l2 {l2:g}" + (f", {loss}" if several else "")
-        full = _mean_curve(curves or {}, column)
+        full = mean_curve(curves or {}, column)
         if full:
             epochs = tuple(sorted(full))
             out.append(Curve(label, epochs, tuple(full[e] for e in epochs),
@@ -139,22 +140,6 @@ def top_curves(records: Iterable[TrialRecord], k: int = TOP_CURVES,
         val = tuple(r.val_loss if r.status.has_losses() and r.val_loss is not None
                     else math.nan for r in rs)
         out.append(Curve(label, tuple(r.epochs for r in rs), val))
-    return out
-
-
-def _mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], column: Config3
-                ) -> dict[int, float]:
-    """Validation fMSE by epoch of a column, the mean over its folds (epochs that every
-    fold recorded)."""
-    per_fold = [pts for key, pts in curves.items() if key[:4] == column]
-    if not per_fold:
-        return {}
-    epochs = set.intersection(*(set(p) for p in per_fold))
-    out = {}
-    for e in epochs:
-        vals = [p[e][1] for p in per_fold]
-        if all(v is not None for v in vals):
-            out[e] = math.fsum(vals) / len(vals)  # type: ignore[arg-type]
     return out
 
 

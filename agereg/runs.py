@@ -32,7 +32,7 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from agereg.fileio import (
 )
 from agereg.plan import Group
 from agereg.records import (
+    Config3,
     RunSummary,
     Selection,
     Status,
@@ -603,6 +604,28 @@ def read_curves(run_dir: Path) -> dict[CurveKey, dict[int, CurvePoint]]:
         except (ValueError, UnicodeDecodeError):
             raise RunError(f"{path}:{i}: corrupt curve row; delete the file (the trials are "
                            "unaffected) or start a new run") from None
+    return out
+
+
+def mean_curve(curves: dict[CurveKey, dict[int, CurvePoint]], column: Config3,
+               folds: Sequence[int | None] | None = None) -> dict[int, float]:
+    """Validation fMSE by epoch of a column, the mean over its folds (``math.fsum / K``),
+    at the epochs every fold recorded. With ``folds``, exactly those folds count: any of
+    them without a curve gives nothing."""
+    if folds is None:
+        per_fold = [pts for key, pts in curves.items() if key[:4] == column]
+    else:
+        found = [curves.get((*column, f)) for f in folds]
+        if any(p is None for p in found):
+            return {}
+        per_fold = [p for p in found if p is not None]
+    if not per_fold:
+        return {}
+    out = {}
+    for e in set.intersection(*(set(p) for p in per_fold)):
+        vals = [p[e][1] for p in per_fold]
+        if all(v is not None for v in vals):
+            out[e] = math.fsum(vals) / len(vals)  # type: ignore[arg-type]
     return out
 
 
