@@ -45,6 +45,7 @@ from agereg.runs import (
 )
 from agereg.split import SPLIT_NAME, Split, load_split
 
+MAX_BOOTSTRAP = 1_000_000  # resamples: their (resamples, 2) means stay 16 MB
 
 @dataclass(frozen=True)
 class RunContext:
@@ -164,9 +165,9 @@ def evaluate_run(
     place only when complete; an existing one is returned as it is unless ``force``.
     The run stays locked meanwhile, so a search cannot write it while it is evaluated.
     """
-    if not 0 <= n_boot <= 1_000_000:
+    if not 0 <= n_boot <= MAX_BOOTSTRAP:
         raise RunError(f"--bootstrap {n_boot}: give a number of resamples from 0 (none) to "
-                       "1,000,000")
+                       f"{MAX_BOOTSTRAP:,}")
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
         ctx = open_run(run_dir, runs_dir)

@@ -35,8 +35,16 @@ from rich.table import Table
 from rich.text import Text
 
 from agereg import __version__, interrupts, pipeline
-from agereg.assessment import evaluate_run
-from agereg.config import BACKENDS, ENGINES, PRECISIONS, Config, apply_overrides, load_config
+from agereg.assessment import MAX_BOOTSTRAP, evaluate_run
+from agereg.config import (
+    BACKENDS,
+    ENGINES,
+    MAX_SEED,  # what a config accepts, so a run's own stored config loads back
+    PRECISIONS,
+    Config,
+    apply_overrides,
+    load_config,
+)
 from agereg.errors import AgeregError
 from agereg.fileio import NotReadable, read_regular
 from agereg.launcher import note_interrupt
@@ -57,7 +65,6 @@ from agereg.report import (
 )
 
 EXIT_USAGE = 2
-MAX_SEED = 2**63 - 1  # what a config accepts, so a run's own stored config loads back
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -326,7 +333,7 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--refit", is_flag=True, help="Retrain on training + validation rows first.")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True,
-              type=click.IntRange(0, 1_000_000),
+              type=click.IntRange(0, MAX_BOOTSTRAP),
               help="Bootstrap resamples of the test set for the confidence intervals and the "
                    "paired comparison with the runner-up (seeded by the run's seed; 0: none).")
 @click.option("--no-plots", is_flag=True, help="Do not draw the pictures.")
@@ -428,7 +435,7 @@ def runs_(runs_dir: str, as_json: bool) -> None:
 @click.argument("run_b", type=click.Path(file_okay=False))
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True,
-              type=click.IntRange(1, 1_000_000), help="Resamples of the paired bootstrap.")
+              type=click.IntRange(1, MAX_BOOTSTRAP), help="Resamples of the paired bootstrap.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -> None:
     """Compare two runs: their selected trials side by side, what differs in their

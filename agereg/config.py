@@ -76,6 +76,7 @@ _STRATEGY_KEYS = {
 
 # Integers end up in numpy seeds, joblib and run metadata; anything outside int64 is a typo.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+MAX_SEED = _INT_MAX  # a seed, a count or an index read back must fit what a config accepts
 # Plain ASCII decimal numbers only: float() would also take "1_0", "infinity", "nan"
 # and digits of other scripts.
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)

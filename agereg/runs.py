@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agereg import __version__, interrupts
-from agereg.config import LOSSES, Config, load_config
+from agereg.config import LOSSES, MAX_SEED, Config, load_config
 from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import (
@@ -282,7 +282,7 @@ def _parse_record(line: str) -> TrialRecord:
     stored_id = d.pop("trial_id", None)
     rec = TrialRecord(**d)
     for count in (rec.batch_size, rec.epochs):  # as a config allows: 1 ... 2^63 - 1
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count < 2**63:
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SEED:
             raise ValueError("batch_size and epochs must be positive 64-bit integers")
     for value in (rec.learning_rate, rec.l2, rec.seconds):
         if isinstance(value, bool) or not isinstance(value, int | float) or \

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agereg.config import MAX_SEED
 from agereg.errors import SplitError
 from agereg.fileio import NotReadable, atomic_write_text, read_regular
 
@@ -118,7 +119,7 @@ def _indices(value: object, key: str, n: int, path: Path) -> np.ndarray:
 
 def _seed_ok(seed: object) -> bool:
     """A seed a config accepts too (so a run's resolved config loads back)."""
-    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63
+    return isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED
 
 
 def parse_split(raw: object, path: Path) -> Split:
