@@ -19,7 +19,14 @@ from agereg.runs import FOLD_LOG_NAME, read_log
 from agereg.split import load_split, make_folds
 from agereg.synth import write_synthetic
 
-from tests_helpers import latest_run, read_results, run, search, without_seconds
+from tests_helpers import (
+    interrupt_at_call,
+    latest_run,
+    read_results,
+    run,
+    search,
+    without_seconds,
+)
 
 CONFIG = """\
 name: {name}
@@ -245,19 +252,10 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(
 
     config = write(tmp_path, data_copy, extra="search: {strategy: halving, eta: 2}")
     whole = search(config, tmp_path / "whole")
-    real = pipeline.append_fold_records
-    calls = {"n": 0}
-
-    def interrupting(run_dir, records):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == cut + 1:
-            raise KeyboardInterrupt
-        real(run_dir, records)
-
-    monkeypatch.setattr(pipeline, "append_fold_records", interrupting)
+    calls = interrupt_at_call(monkeypatch, pipeline, "append_fold_records", cut + 1)
     code, _, _ = run(["search", str(config), "--runs-dir", str(tmp_path / "cut"), "--quiet"])
     assert code == 130
-    monkeypatch.setattr(pipeline, "append_fold_records", real)
+    monkeypatch.setattr(pipeline, "append_fold_records", calls["real"])
     code, _, err = run(["search", "--resume", "--runs-dir", str(tmp_path / "cut"), "--quiet"])
     assert code == 0, err
     resumed = latest_run(tmp_path / "cut")

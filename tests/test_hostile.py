@@ -18,7 +18,7 @@ import pytest
 from agereg import interrupts
 from agereg.runs import RunLock
 
-from tests_helpers import run
+from tests_helpers import interrupt_at_call, run
 
 CONFIG = """\
 name: h
@@ -302,20 +302,14 @@ def test_a_second_interrupt_waits_for_the_summaries(tmp_path: Path, data_copy: P
     import agereg.pipeline as pipeline
 
     (tmp_path / "h.yaml").write_text(CONFIG.format(data=data_copy))
-    real_append, real_summaries = pipeline.append_records, pipeline.write_summaries
-    calls = {"append": 0}
-
-    def first_interrupt(run_dir, records):  # type: ignore[no-untyped-def]
-        calls["append"] += 1
-        if calls["append"] == 2:
-            raise KeyboardInterrupt  # the first Ctrl-C, after one group is logged
-        real_append(run_dir, records)
+    real_summaries = pipeline.write_summaries
+    # the first Ctrl-C, after one group is logged
+    interrupt_at_call(monkeypatch, pipeline, "append_records", 2)
 
     def second_interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
         interrupts.deliver(KeyboardInterrupt())  # the second, while summaries are written
         return real_summaries(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "append_records", first_interrupt)
     monkeypatch.setattr(pipeline, "write_summaries", second_interrupt)
     code, _, err = run(["search", str(tmp_path / "h.yaml"), "--runs-dir",
                         str(tmp_path / "runs"), "--quiet"])

@@ -19,7 +19,14 @@ from agereg.strategies.halving import Halving
 from agereg.strategies.random_search import RandomSearch
 from agereg.strategies.refine import Refine
 
-from tests_helpers import latest_run, read_results, run, search, without_seconds
+from tests_helpers import (
+    interrupt_at_call,
+    latest_run,
+    read_results,
+    run,
+    search,
+    without_seconds,
+)
 
 # ---------------------------------------------------------------- a fake objective
 
@@ -219,22 +226,13 @@ def test_interrupt_and_resume_give_the_same_results(tmp_path: Path, data_copy: P
 
     config = write_config(tmp_path, data_copy, search_)
     whole = search(config, tmp_path / "whole")
-    real = pipeline.append_records
-    calls = {"n": 0}
-
-    def interrupting(run_dir, records):
-        calls["n"] += 1
-        if calls["n"] == cut + 1:
-            raise KeyboardInterrupt
-        real(run_dir, records)
-
-    monkeypatch.setattr(pipeline, "append_records", interrupting)
+    calls = interrupt_at_call(monkeypatch, pipeline, "append_records", cut + 1)
     code, _, _ = run(["search", str(config), "--runs-dir", str(tmp_path / "cut"), "--quiet"])
     if code == 0:  # the search appended fewer times than the cut: nothing to resume
         assert calls["n"] <= cut
         return
     assert code == 130
-    monkeypatch.setattr(pipeline, "append_records", real)
+    monkeypatch.setattr(pipeline, "append_records", calls["real"])
     code, _, err = run(["search", "--resume", "--runs-dir", str(tmp_path / "cut"), "--quiet"])
     assert code == 0, err
     resumed = latest_run(tmp_path / "cut")

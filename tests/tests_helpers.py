@@ -38,3 +38,20 @@ def read_results(run_dir: Path) -> list[dict]:
 
 def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def interrupt_at_call(monkeypatch, module, name: str, call: int) -> dict:  # type: ignore[no-untyped-def]
+    """Make the ``call``-th call of ``module.name`` raise KeyboardInterrupt, as a Ctrl-C
+    landing there; earlier calls go through. Returns ``{"n": calls so far, "real": the
+    function}`` so the test can put it back."""
+    real = getattr(module, name)
+    calls = {"n": 0, "real": real}
+
+    def interrupting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupting)
+    return calls
