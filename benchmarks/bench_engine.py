@@ -11,6 +11,15 @@ and prints wall time, trials per second, peak RSS (the process and all its worke
 sampled from /proc) and speed-up ratios; then the float32 deviation from float64, and
 scaling with grid size (256 -> 2,560 trials) and with N (5,000 -> 50,000 rows).
 
+The floor: in the same run it measures this machine's one-thread rate for the engine's
+product shapes (a (rows, D) block times the (D, 16) panel, and the block's transpose times
+the (rows, 16) residuals, cache-hot, for each block size the grid's batch sizes use), and
+prints the fraction of that floor that the search reaches on all cores: the floor is the
+grid's training FLOP (two products per panel, row and epoch) divided by the rate times the
+number of cores. The fraction is given for the whole search (start-up, scoring, curves and
+log included) and for the engine alone (each group trained in-process on one thread, the
+sum divided by the cores).
+
     python benchmarks/bench_engine.py                 # everything (reference takes minutes)
     python benchmarks/bench_engine.py --reference-quarter  # a quarter of the reference
                                                            # trials, extrapolated (marked)
@@ -31,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid
+from agereg.engine import PANEL, ROW_BLOCK, Arrays, train_group
 from agereg.pipeline import start_search
 from agereg.synth import write_synthetic
 
@@ -110,6 +120,87 @@ def row(name: str, wall: float, n: int, rss: int, ref: float | None) -> str:
     return f"{name:<34} {wall:9.2f} s {n / wall:10.1f} {rss / 2**20:10.0f} MiB {speed}"
 
 
+def block_rows(batch_size: int, n: int) -> int:
+    """The engine's block: a minibatch split into near-equal blocks of <= ROW_BLOCK rows."""
+    rows = min(batch_size, n)
+    return -(-rows // -(-rows // ROW_BLOCK))
+
+
+def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
+                 gather_from: int = 0) -> float:
+    """One thread's FLOP/s for the engine's two products at one block size: cache-hot, or
+    with each block first gathered in a random order from ``gather_from`` rows (what a
+    minibatch step has to do)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((max(rows, gather_from), d)).astype(dtype)
+    xs = np.ascontiguousarray(X[:rows])
+    W = rng.random((d, PANEL)).astype(dtype) * 1e-3
+    R, G = np.empty((rows, PANEL), dtype), np.empty((d, PANEL), dtype)
+    order = rng.permutation(len(X))
+    best = 0.0
+    for _ in range(3):
+        reps, t0 = 0, time.perf_counter()
+        while (el := time.perf_counter() - t0) < seconds / 3:
+            for i in range(20):
+                if gather_from:
+                    lo = (reps + i) * rows % (len(X) - rows + 1)
+                    np.take(X, order[lo : lo + rows], axis=0, out=xs, mode="clip")
+                np.matmul(xs, W, out=R)
+                np.matmul(xs.T, R, out=G)
+            reps += 20
+        best = max(best, 4 * rows * d * PANEL * reps / el)
+    return best
+
+
+def floor_report(data: Path, walls: dict[str, float]) -> None:
+    """The fraction of this machine's floor that the homework grid reaches."""
+    from threadpoolctl import threadpool_limits
+
+    from agereg.data import load_dataset
+    from agereg.split import load_split
+
+    cores = os.cpu_count() or 1
+    ds = load_dataset(data)
+    split = load_split(data / "split.json", ds.info.n_train, ds.info.sha256["ytr"])
+    n, d = len(split.train), int(np.prod(ds.Xtr.shape[1:]))
+    cols = len(HOMEWORK.learning_rate) * len(HOMEWORK.l2)
+    panels = -(-cols // PANEL)
+    flop = {bs: 4 * n * d * PANEL * panels * max(HOMEWORK.epochs) for bs in HOMEWORK.batch_size}
+    total = sum(flop.values())
+    print(f"\nfloor: {total / 1e9:.0f} GFLOP of training products ({len(flop)} batch sizes x "
+          f"{panels} panel of {PANEL} columns x {max(HOMEWORK.epochs)} epochs x {n} rows x "
+          f"D={d}; two products per row); {cores} cores")
+    for precision, dtype in (("float64", np.float64), ("float32", np.float32)):
+        with threadpool_limits(1, user_api="blas"):
+            rates = {bs: product_rate(block_rows(bs, n), d, dtype) for bs in flop}
+            floor = sum(flop[bs] / rates[bs] for bs in flop) / cores
+            X = np.asarray(ds.Xtr, dtype=dtype).reshape(len(ds.ytr), d)
+            y = np.asarray(ds.ytr, dtype=np.float64)
+            arrays = Arrays(np.ascontiguousarray(X[split.train]), y[split.train],
+                            np.ascontiguousarray(X[split.val]), y[split.val],
+                            np.asarray(ds.Xte, dtype=dtype).reshape(-1, d),
+                            np.asarray(ds.yte, dtype=np.float64))
+            lrs = [lr for lr in HOMEWORK.learning_rate for _ in HOMEWORK.l2]
+            l2s = [l2 for _ in HOMEWORK.learning_rate for l2 in HOMEWORK.l2]
+            engine = 0.0
+            for bs in flop:
+                t0 = time.perf_counter()
+                train_group(arrays, 0, bs, lrs, l2s, HOMEWORK.epochs, curves=True)
+                engine += time.perf_counter() - t0
+            gathered = {bs: product_rate(block_rows(bs, n), d, dtype, gather_from=n)
+                        for bs in flop}
+        shown = ", ".join(f"{block_rows(bs, n)} rows {rates[bs] / 1e9:.1f}" for bs in flop)
+        print(f"  {precision}: one thread, cache-hot: {shown} GFLOP/s -> floor "
+              f"{floor:.2f} s on {cores} cores")
+        shown = ", ".join(f"{gathered[bs] / 1e9:.1f}" for bs in flop)
+        print(f"    the same products with each block gathered from the {n} training rows "
+              f"first: {shown} GFLOP/s")
+        print(f"    whole search {walls[precision]:.2f} s: {100 * floor / walls[precision]:.0f}% "
+              f"of the floor; engine alone {engine / cores:.2f} s "
+              f"({engine:.2f} s of groups on one thread / {cores}): "
+              f"{100 * floor * cores / engine:.0f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference-quarter", action="store_true",
@@ -155,6 +246,8 @@ def main() -> None:
     for precision in ("float64", "float32"):
         wall, rss, _ = results[precision]
         print(row(f"batched, {precision}", wall, n, rss, ref_wall))
+
+    floor_report(data, {p: results[p][0] for p in results})
 
     v64, v32 = results["float64"][2], results["float32"][2]
     both = [k for k in v64 if v64[k] is not None and v32.get(k) is not None]
