@@ -132,7 +132,7 @@ class SearchConfig:
     seed: int | None = None  # None: the top-level seed
     eta: int = 3
     rounds: int = 3
-    points: int = 5
+    points: int = 4
     tol: float = 1e-3
 
 
@@ -530,9 +530,9 @@ def search_budget(search: SearchConfig, grid: Grid) -> int:
         for _ in range(n_epochs):
             total, alive = total + alive, max(1, alive // search.eta)
         return total
-    # refine: the first round, then rounds - 1 sub-grids of points x points columns with
-    # up to two more epoch counts each
-    later = search.points**2 * (n_epochs + 2 * search.rounds)
+    # refine: the first round, then rounds - 1 sub-grids of points x points columns at up
+    # to three batch sizes, with up to two more epoch counts each
+    later = 3 * search.points**2 * (n_epochs + 2 * search.rounds)
     return columns * n_epochs + (search.rounds - 1) * later
 
 
@@ -560,7 +560,7 @@ def _search(raw: object, grid: Grid) -> SearchConfig:
         "seed": _seed,
         "eta": lambda v, k: _at_least(v, k, 2, "3"),
         "rounds": lambda v, k: _positive(v, k, "3"),
-        "points": lambda v, k: _at_least(v, k, 2, "5"),
+        "points": lambda v, k: _at_least(v, k, 2, "4"),
         "tol": _tolerance,
     }
     values = {k: checks[k](v, f"search.{k}") for k, v in section.items() if k != "strategy"}

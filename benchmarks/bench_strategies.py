@@ -181,14 +181,14 @@ def main() -> None:
             ridge, ridge_l2 = ridge_best(Xtr, ytr, Xva, yva)
             opt, n_opt = optuna_best(Xtr, ytr, Xva, yva, budget)
             skl, n_skl, t_skl = sklearn_halving_best(Xtr, ytr, Xva, yva, budget)
-            print(f"\n{name}: exact ridge best validation fMSE {ridge:.2f} (l2 {ridge_l2:.2g})")
+            print(f"\n{name}: exact ridge best validation fMSE {ridge:.4g} (l2 {ridge_l2:.2g})")
             print(f"{'method':<34}{'best val fMSE':>14}{'wall s':>9}{'trials':>8}"
                   f"{'vs ridge':>10}")
             rows = [(f"agereg {k}", v, s, n) for k, (v, s, n) in ours.items()]
             rows += [("Optuna TPE + SGDRegressor", opt, budget, n_opt),
                      ("sklearn HalvingRandomSearchCV", skl, t_skl, n_skl)]
             for label, v, s, n in rows:
-                print(f"{label:<34}{v:>14.2f}{s:>9.1f}{n:>8}{100 * (v / ridge - 1):>9.1f}%")
+                print(f"{label:<34}{v:>14.4g}{s:>9.1f}{n:>8}{100 * (v / ridge - 1):>9.1f}%")
             results[name] = {"ridge": ridge, "rows": rows}
     print("\n" + json.dumps(results, default=str))
 

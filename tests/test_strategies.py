@@ -114,6 +114,30 @@ def test_refine_extends_past_the_edge_and_trains_longer():
     assert 0.0 in {k[3] for k in res}
 
 
+def test_refine_keeps_its_span_on_an_edge_and_halves_it_inside():
+    grid = Grid((8,), (1e-3,), (2,), (1e-4, 1e-2))  # l2 values 2 decades apart
+
+    def decades_by_round(objective) -> list[list[float]]:
+        strategy = Refine(grid, rounds=3, points=5, tol=0.0, n_trials=None, seed=0)
+        results: dict = {}
+        rounds = []
+        while (p := strategy.propose(results)) is not None:
+            rounds.append(sorted({round(math.log10(c[2]), 3) for c in p.columns}))
+            for key in p.trial_keys():
+                v = objective(*key[:4])
+                results[key] = TrialRecord(*key[:4], v, v, v, Status.OK, 0.0)
+        return rounds
+
+    # better with more l2: the best sits on the top edge of every round
+    edge = decades_by_round(lambda bs, lr, ep, l2: -l2)
+    assert edge[1] == [-3, -2.5, -2, -1.5, -1]  # round 2: 1 decade either side of 1e-2
+    assert edge[2] == [-2, -1.5, -1, -0.5, 0]  # on its edge: the same span again
+    # optimum at 10^-2.4: round 2's best, 10^-2.5, is inside its sub-grid: zoom in by half
+    inside = decades_by_round(lambda bs, lr, ep, l2: abs(math.log10(l2) + 2.4))
+    assert inside[1] == [-3, -2.5, -2, -1.5, -1]
+    assert inside[2] == [-3, -2.75, -2.5, -2.25, -2]
+
+
 def test_refine_stops_when_a_round_does_not_improve():
     grid = Grid((8,), (1e-3, 1e-2), (2,), (0.0,))
     res = drive(Refine(grid, rounds=5, points=3, tol=1e-3, n_trials=None, seed=0),
@@ -351,7 +375,7 @@ def test_refine_tries_a_smaller_batch_when_the_smallest_wins():
     grid = Grid((8, 16), (1e-3, 1e-2), (2,), (0.0,))
     res = drive(Refine(grid, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
                 lambda bs, lr, ep, l2: bs + lr)
-    assert {k[0] for k in res} == {4, 8, 16}
+    assert {k[0] for k in res} == {2, 4, 8, 16}  # half and a quarter of the smallest
     grid_big_wins = Grid((8, 16), (1e-3, 1e-2), (2,), (0.0,))
     res = drive(Refine(grid_big_wins, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
                 lambda bs, lr, ep, l2: -bs + lr)

@@ -2,12 +2,16 @@
 places a ``points x points`` log-spaced sub-grid of learning rate and l2 around the best
 trial so far, at its batch size.
 
-* Round ``r`` (from 1) spans ``h / 2^r`` decades either side of the best value, where
-  ``h`` is the median spacing of the first round's values: a best on the edge of the
-  range tried gets a sub-grid that reaches past it.
+* Round 2 spans ``h / 2`` decades either side of the best value, where ``h`` is the
+  median spacing of the first round's values: a best on the edge of the range tried gets
+  a sub-grid that reaches past it. Each later round halves the span of an axis while the
+  best sits inside the last sub-grid on that axis, and keeps it while the best sits on
+  the sub-grid's edge (the optimum lies further out).
 * When the best sits at the largest epoch count tried, the next round also records twice
   that many epochs (epoch counts come free in one pass); when it sits at the smallest
-  batch size tried, the next round also trains half that batch size.
+  batch size tried, the next round also trains half and a quarter of that batch size
+  (an epoch costs about the same at any batch size, and a smaller batch takes more
+  steps in it).
 * It stops after ``rounds`` rounds, or when a round improves the best validation loss by
   less than ``tol`` (relative).
 """
@@ -53,6 +57,11 @@ def _around(best: float, tried: Sequence[float], h: float, points: int) -> list[
     return sorted({nice(10 ** (c + h * t)) for t in np.linspace(-1.0, 1.0, points)})
 
 
+def _inside(value: float, values: Sequence[float]) -> bool:
+    """Whether ``value`` lies strictly between the smallest and largest of ``values``."""
+    return min(values) < value < max(values)
+
+
 class Refine:
     name = "refine"
     continues = False
@@ -87,12 +96,20 @@ class Refine:
             previous_best = value
             lrs = sorted({k[1] for k in tried})
             l2s = sorted({k[3] for k in tried})  # key: (bs, lr, epochs, l2, loss)
-            h_lr, h_l2 = h_lr / 2, h_l2 / 2
+            # The span halves each round; after round 2 it halves only while the best
+            # sits inside the last sub-grid on that axis: on its edge, the next sub-grid
+            # keeps its span and so reaches as far again past that edge.
+            h_lr = h_lr / 2 if r == 0 or _inside(best.learning_rate, [c[1] for c in columns]) \
+                else h_lr
+            h_l2 = h_l2 / 2 if r == 0 or _inside(best.l2, [c[2] for c in columns]) else h_l2
             if best.epochs >= max(k[2] for k in tried):
                 epochs = tuple(sorted({*epochs, 2 * best.epochs}))
             sizes = [best.batch_size]
             if best.batch_size <= min(k[0] for k in tried) and best.batch_size > 1:
-                sizes.append(best.batch_size // 2)  # the smallest batch won: try below it
+                # the smallest batch won: an epoch costs about the same at any batch size
+                # and smaller ones take more steps per epoch, so try half and a quarter
+                sizes += sorted({max(1, best.batch_size // 2), max(1, best.batch_size // 4)}
+                                - {best.batch_size}, reverse=True)
             columns = [(bs, lr, l2, best.loss) for bs in sizes
                        for lr in _around(best.learning_rate, lrs, h_lr, self.points)
                        for l2 in _around(best.l2, l2s, h_l2, self.points)]
