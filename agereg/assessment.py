@@ -87,17 +87,30 @@ def group_of(ctx: RunContext, rec: TrialRecord) -> Group | None:
     return None
 
 
-def retrain(ctx: RunContext, arrays: Arrays, rec: TrialRecord) -> Fit:
-    """Train ``rec`` again by exactly the operations the search used, so its losses are
-    bit-for-bit those in the log. The batched engine's products have a fixed width, so a
-    column's numbers do not depend on the group it trained in, nor on whether halving
-    continued it from saved parameters: training the column alone from zero replays it."""
-    group_of(ctx, rec)  # the trial must be one this run trained
-    fit = _train_column(ctx.cfg, arrays, rec)
-    if fit.diverged:
-        raise RunError(f"trial {rec.key()} diverged when trained again; the data or the "
-                       "numerical libraries changed since the search")
-    return fit
+def retrain(ctx: RunContext, arrays: Arrays, recs: list[TrialRecord], refit: bool = False
+            ) -> list[Fit]:
+    """Train ``recs`` again by exactly the operations the search used, so their losses are
+    bit-for-bit those in the log (``refit``: on other rows, so no figure to match). The
+    batched engine's products have a fixed width, so a column's numbers do not depend on
+    the group it trained in, nor on whether halving continued it from saved parameters:
+    training the columns from zero, together, replays each. A run error when the first
+    diverges."""
+    if not refit:
+        for r in recs:
+            group_of(ctx, r)  # every trial retrained must be one this run trained
+    fits = _train_columns(ctx.cfg, arrays, recs)
+    if fits[0].diverged:
+        raise RunError(f"trial {recs[0].key()} diverged when trained again ("
+                       f"{_where(ctx, refit)}); " + (
+                           "evaluate without --refit or pick another trial with --rank"
+                           if refit else "the data or the numerical libraries changed "
+                           "since the search"))
+    return fits
+
+
+def _where(ctx: RunContext, refit: bool) -> str:
+    return ("all training rows" if ctx.split.k else "train+validation" if refit
+            else "as in the search")
 
 
 def _train_columns(cfg: Config, arrays: Arrays, recs: list[TrialRecord]) -> list[Fit]:
@@ -211,8 +224,6 @@ def _evaluate(
     k = ctx.split.k
     # K folds: in_memory already holds every training row (and nothing is held out)
     train_rows = arrays if k else refit_arrays(arrays) if refit else arrays
-    where = (f"all {len(train_rows.y_fit)} training rows" if k else
-             "train+validation" if refit else "as in the search")
     basis = ridge_basis(ctx.run_dir, train_rows, "refit" if refit else "train", log)
     trained_on = (f"all {len(train_rows.y_fit)} training rows ({k}-fold run)" if k
                   else f"train+validation ({len(train_rows.y_fit)} rows)" if refit
@@ -220,18 +231,10 @@ def _evaluate(
     # the runner-up of the paired comparison trains in the same call when it can
     vs_rank = 2 if rank == 1 else 1
     other = ranked[vs_rank - 1] if n_boot and vs_rank <= len(ranked) else None
-    log(f"training trial #{rank} again ({where})" + (
+    log(f"training trial #{rank} again ({_where(ctx, refit)})" + (
         "" if other is None else f", with #{vs_rank} for the paired comparison"))
-    if not refit:
-        for r in (rec, *([other] if other else [])):
-            group_of(ctx, r)  # every trial retrained must be one this run trained
-    fits = _train_columns(ctx.cfg, train_rows, [rec, *([other] if other else [])])
+    fits = retrain(ctx, train_rows, [rec, *([other] if other else [])], refit)
     fit = fits[0]
-    if fit.diverged:
-        raise RunError(f"trial {rec.key()} diverged when trained again ({where}); "
-                       + ("evaluate without --refit or pick another trial with --rank"
-                          if refit else "the data or the numerical libraries changed "
-                          "since the search"))
     fit_vs = fits[1] if other is not None else None
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)

@@ -320,7 +320,7 @@ grid:
     finished = [r for r in rank(ctx.records) if r.status.has_losses()]
     assert len(finished) > 200
     for r in finished:
-        fit = retrain(ctx, arrays, r)
+        fit = retrain(ctx, arrays, [r])[0]
         assert fit.losses[1] == r.val_loss, r.key()
 
 

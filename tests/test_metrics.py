@@ -175,7 +175,7 @@ def test_mae_of_a_trial_equals_direct_numpy_on_its_retrained_model(loss_run: Pat
     ctx = open_run(loss_run, loss_run.parent)
     arrays = in_memory(ctx.dataset, ctx.split, "float64")
     for rec in [r for r in ctx.records if r.status.value == "ok"][:6]:
-        fit = retrain(ctx, arrays, rec)
+        fit = retrain(ctx, arrays, [rec])[0]
         assert fit.losses[1] == rec.val_loss  # bit for bit, absolute loss too
         direct = np.mean(np.abs(arrays.X_val @ fit.w + fit.b - arrays.y_val))
         assert rec.val_mae == pytest.approx(direct, rel=1e-12)
