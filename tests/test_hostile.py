@@ -297,6 +297,24 @@ def test_eval_of_a_run_being_written_says_so(base: Path, tmp_path: Path):
     assert code == 2 and "another agereg process" in err
 
 
+def test_eval_of_a_trial_that_now_diverges_says_so_in_one_line(
+        base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import agereg.assessment as assessment
+    from agereg.engine import diverged_fit
+
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    run_dir = next((root / "runs").glob("*-h"))
+    monkeypatch.setattr(assessment, "_train_columns",
+                        lambda cfg, arrays, recs: [diverged_fit(64) for _ in recs])
+    code, _, err = run(evaluate(World(root, run_dir)))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "diverged when trained again (as in the search)" in errors[0]
+    assert "numerical libraries changed" in err
+    assert not (run_dir / "evals").exists() or not any((run_dir / "evals").iterdir())
+
+
 def test_a_second_interrupt_waits_for_the_summaries(tmp_path: Path, data_copy: Path,
                                                    monkeypatch: pytest.MonkeyPatch):
     import agereg.pipeline as pipeline
