@@ -424,6 +424,7 @@ def train_group(
             order = epoch_order(seed, epoch, n)
             if arrays.fit_rows is not None:
                 order = arrays.fit_rows[order]  # the fold's rows in the pool
+            y_order = y_cast[order][:, None]  # (n, 1): the labels in this epoch's order
             running = np.zeros(len(W) * PANEL)  # sum of this epoch's minibatch fMSE, per slot
             steps = 0
             for start_row in range(0, n, batch_size):
@@ -437,7 +438,7 @@ def train_group(
                     # mode="clip": indices come from a permutation, and the default mode
                     # ("raise") copies through a temporary buffer on every call
                     np.take(X, sub, axis=0, out=xs, mode="clip")  # (s, D)
-                    ys = y_cast[sub, None]  # (s, 1)
+                    ys = y_order[start_row + lo : start_row + lo + len(sub)]  # (s, 1)
                     for p in range(P):
                         rs = R[p, lo : lo + len(sub)]
                         np.matmul(xs, W[p], out=rs)  # (s, D) @ (D, PANEL) -> (s, PANEL)
@@ -468,8 +469,9 @@ def train_group(
                     if curves:
                         running = _pack_vec(running[: len(ok)][ok], 0).reshape(-1)
                     R, _, Dr = buffers(len(W))
-                for p in range(len(W)):
-                    b[p] -= lr[p] * dr[p].mean(axis=0)  # (m, PANEL) -> (PANEL,)
+                # the bias's step, every panel at once: lr * mean(d) (as ndarray.mean: a
+                # sum divided by m), (P, m, PANEL) -> (P, PANEL)
+                b -= lr * (np.add.reduce(dr, axis=1) / m)
                 G *= (lr / dtype.type(m))[:, None, :]
                 W *= decay[:, None, :]
                 W -= G
