@@ -138,6 +138,20 @@ def test_refine_keeps_its_span_on_an_edge_and_halves_it_inside():
     assert inside[2] == [-3, -2.75, -2.5, -2.25, -2]
 
 
+def test_refine_spans_every_l2_when_l2_makes_no_difference():
+    grid = Grid((8,), (1e-3, 1e-2), (2,), (1e-6, 1e-4, 1e-2))
+    strategy = Refine(grid, rounds=2, points=3, tol=1e-3, n_trials=None, seed=0)
+    # the loss depends on the learning rate only: the best l2 (1e-6) won a tie
+    res = drive(strategy, lambda bs, lr, ep, l2: 1.0 + lr)
+    later = sorted({k[3] for k in res if k[1] not in (1e-3, 1e-2)})
+    assert later == pytest.approx([1e-6, 1e-4, 1e-2])  # not 1e-6 and the values around it
+    # where l2 matters, the sub-grid centres on the best l2 as before
+    res = drive(Refine(grid, rounds=2, points=3, tol=1e-3, n_trials=None, seed=0),
+                lambda bs, lr, ep, l2: 1.0 + lr + abs(math.log10(l2) + 6))
+    later = sorted({k[3] for k in res if k[1] not in (1e-3, 1e-2)})
+    assert later == pytest.approx([1e-7, 1e-6, 1e-5])
+
+
 def test_refine_stops_when_a_round_does_not_improve():
     grid = Grid((8,), (1e-3, 1e-2), (2,), (0.0,))
     res = drive(Refine(grid, rounds=5, points=3, tol=1e-3, n_trials=None, seed=0),

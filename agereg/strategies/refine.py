@@ -12,6 +12,9 @@ trial so far, at its batch size.
   batch size tried, the next round also trains half and a quarter of that batch size
   (an epoch costs about the same at any batch size, and a smaller batch takes more
   steps in it).
+* When the best trial's validation loss changes by at most ``tol`` (relative) across the
+  l2 values tried with its other settings, its l2 won a tie: the next round spans every
+  l2 tried, from the smallest to the largest, instead of centring on it.
 * It stops after ``rounds`` rounds, or when a round improves the best validation loss by
   less than ``tol`` (relative).
 """
@@ -26,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from agereg.config import Distribution, Grid
-from agereg.records import TrialKey, at_epochs, score
+from agereg.records import TrialKey, TrialRecord, at_epochs, score
 from agereg.strategies.base import (
     Proposal,
     Results,
@@ -60,6 +63,28 @@ def _around(best: float, tried: Sequence[float], h: float, points: int) -> list[
 def _inside(value: float, values: Sequence[float]) -> bool:
     """Whether ``value`` lies strictly between the smallest and largest of ``values``."""
     return min(values) < value < max(values)
+
+
+def _flat_in_l2(best: TrialRecord, tried: Sequence[TrialKey], results: Results, by: str,
+                tol: float) -> bool:
+    """Whether the best trial's validation loss changes by at most ``tol`` (relative)
+    across the l2 values tried at its batch size, learning rate, epochs and loss: then
+    its l2 won a tie, and is no centre for the next sub-grid."""
+    key = best.key()
+    same = [score(results[k], by) for k in tried if k[:3] == key[:3] and k[4] == key[4]
+            and k in results and results[k].status.has_losses()]
+    values = [v for v in same if v is not None]
+    return len(values) >= 2 and max(values) - min(values) <= tol * abs(min(values))
+
+
+def _spanning(values: Sequence[float], points: int) -> list[float]:
+    """``points`` log-spaced values from the smallest positive to the largest of
+    ``values``, and 0 when it is one of them."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return [0.0]
+    spread = {nice(float(v)) for v in np.geomspace(min(positive), max(positive), points)}
+    return sorted(spread | ({0.0} if 0.0 in values else set()))
 
 
 class Refine:
@@ -101,7 +126,9 @@ class Refine:
             # keeps its span and so reaches as far again past that edge.
             h_lr = h_lr / 2 if r == 0 or _inside(best.learning_rate, [c[1] for c in columns]) \
                 else h_lr
-            h_l2 = h_l2 / 2 if r == 0 or _inside(best.l2, [c[2] for c in columns]) else h_l2
+            flat = _flat_in_l2(best, tried, results, self.by, self.tol)
+            h_l2 = h_l2 / 2 if not flat and (
+                r == 0 or _inside(best.l2, [c[2] for c in columns])) else h_l2
             if best.epochs >= max(k[2] for k in tried):
                 epochs = tuple(sorted({*epochs, 2 * best.epochs}))
             sizes = [best.batch_size]
@@ -110,9 +137,12 @@ class Refine:
                 # and smaller ones take more steps per epoch, so try half and a quarter
                 sizes += sorted({max(1, best.batch_size // 2), max(1, best.batch_size // 4)}
                                 - {best.batch_size}, reverse=True)
+            # where l2 makes no difference the best's l2 won a tie: span all of them
+            l2_values = _spanning(l2s, self.points) if flat else \
+                _around(best.l2, l2s, h_l2, self.points)
             columns = [(bs, lr, l2, best.loss) for bs in sizes
                        for lr in _around(best.learning_rate, lrs, h_lr, self.points)
-                       for l2 in _around(best.l2, l2s, h_l2, self.points)]
+                       for l2 in l2_values]
             columns = list(dict.fromkeys(columns))  # no duplicate columns
             columns.sort()
         return None
