@@ -126,9 +126,7 @@ class Refine:
             # keeps its span and so reaches as far again past that edge.
             h_lr = h_lr / 2 if r == 0 or _inside(best.learning_rate, [c[1] for c in columns]) \
                 else h_lr
-            flat = _flat_in_l2(best, tried, results, self.by, self.tol)
-            h_l2 = h_l2 / 2 if not flat and (
-                r == 0 or _inside(best.l2, [c[2] for c in columns])) else h_l2
+            h_l2 = h_l2 / 2 if r == 0 or _inside(best.l2, [c[2] for c in columns]) else h_l2
             if best.epochs >= max(k[2] for k in tried):
                 epochs = tuple(sorted({*epochs, 2 * best.epochs}))
             sizes = [best.batch_size]
@@ -138,6 +136,7 @@ class Refine:
                 sizes += sorted({max(1, best.batch_size // 2), max(1, best.batch_size // 4)}
                                 - {best.batch_size}, reverse=True)
             # where l2 makes no difference the best's l2 won a tie: span all of them
+            flat = _flat_in_l2(best, tried, results, self.by, self.tol)
             l2_values = _spanning(l2s, self.points) if flat else \
                 _around(best.l2, l2s, h_l2, self.points)
             columns = [(bs, lr, l2, best.loss) for bs in sizes
