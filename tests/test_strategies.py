@@ -150,6 +150,11 @@ def test_refine_spans_every_l2_when_l2_makes_no_difference():
                 lambda bs, lr, ep, l2: 1.0 + lr + abs(math.log10(l2) + 6))
     later = sorted({k[3] for k in res if k[1] not in (1e-3, 1e-2)})
     assert later == pytest.approx([1e-7, 1e-6, 1e-5])
+    # an l2 of 0 among them stays, in place of one value: never more than `points`
+    grid0 = Grid((8,), (1e-3, 1e-2), (2,), (0.0, 1e-4, 1e-2))
+    res = drive(Refine(grid0, rounds=2, points=3, tol=1e-3, n_trials=None, seed=0),
+                lambda bs, lr, ep, l2: 1.0 + lr)
+    assert sorted({k[3] for k in res if k[1] not in (1e-3, 1e-2)}) == [0.0, 1e-4, 1e-2]
 
 
 def test_refine_stops_when_a_round_does_not_improve():

@@ -78,13 +78,16 @@ def _flat_in_l2(best: TrialRecord, tried: Sequence[TrialKey], results: Results, 
 
 
 def _spanning(values: Sequence[float], points: int) -> list[float]:
-    """``points`` log-spaced values from the smallest positive to the largest of
-    ``values``, and 0 when it is one of them."""
+    """``points`` values spanning ``values``: log-spaced from the smallest positive one to
+    the largest, with 0 in place of one of them when 0 is among ``values`` (as
+    :func:`_around` does: never more than ``points``)."""
     positive = [v for v in values if v > 0]
-    if not positive:
-        return [0.0]
-    spread = {nice(float(v)) for v in np.geomspace(min(positive), max(positive), points)}
-    return sorted(spread | ({0.0} if 0.0 in values else set()))
+    zero = [0.0] if 0.0 in values or not positive else []
+    n = points - len(zero)
+    if not positive or n < 1:
+        return zero
+    spread = np.geomspace(min(positive), max(positive), n) if n > 1 else [max(positive)]
+    return sorted({*zero, *(nice(float(v)) for v in spread)})
 
 
 class Refine:
