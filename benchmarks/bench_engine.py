@@ -127,14 +127,14 @@ def block_rows(batch_size: int, n: int) -> int:
 
 
 def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
-                 gather_from: int = 0) -> float:
+                 gather_from: int = 0, panels: int = 1) -> float:
     """One thread's FLOP/s for the engine's two products at one block size: cache-hot, or
     with each block first gathered in a random order from ``gather_from`` rows (what a
-    minibatch step has to do)."""
+    minibatch step has to do), then used by ``panels`` panels of 16 columns."""
     rng = np.random.default_rng(0)
     X = rng.random((max(rows, gather_from), d)).astype(dtype)
     xs = np.ascontiguousarray(X[:rows])
-    W = rng.random((d, PANEL)).astype(dtype) * 1e-3
+    Ws = [rng.random((d, PANEL)).astype(dtype) * 1e-3 for _ in range(panels)]
     R, G = np.empty((rows, PANEL), dtype), np.empty((d, PANEL), dtype)
     order = rng.permutation(len(X))
     best = 0.0
@@ -145,10 +145,11 @@ def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
                 if gather_from:
                     lo = (reps + i) * rows % (len(X) - rows + 1)
                     np.take(X, order[lo : lo + rows], axis=0, out=xs, mode="clip")
-                np.matmul(xs, W, out=R)
-                np.matmul(xs.T, R, out=G)
+                for W in Ws:
+                    np.matmul(xs, W, out=R)
+                    np.matmul(xs.T, R, out=G)
             reps += 20
-        best = max(best, 4 * rows * d * PANEL * reps / el)
+        best = max(best, 4 * rows * d * PANEL * panels * reps / el)
     return best
 
 
@@ -189,12 +190,17 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
                 engine += time.perf_counter() - t0
             gathered = {bs: product_rate(block_rows(bs, n), d, dtype, gather_from=n)
                         for bs in flop}
+            rows = block_rows(min(flop), n)
+            shared = {p: product_rate(rows, d, dtype, gather_from=n, panels=p) for p in (2, 4)}
         shown = ", ".join(f"{block_rows(bs, n)} rows {rates[bs] / 1e9:.1f}" for bs in flop)
         print(f"  {precision}: one thread, cache-hot: {shown} GFLOP/s -> floor "
               f"{floor:.2f} s on {cores} cores")
         shown = ", ".join(f"{gathered[bs] / 1e9:.1f}" for bs in flop)
         print(f"    the same products with each block gathered from the {n} training rows "
               f"first: {shown} GFLOP/s")
+        print(f"    one gathered {rows}-row block used by 2 panels: {shared[2] / 1e9:.1f}, "
+              f"by 4: {shared[4] / 1e9:.1f} GFLOP/s (the most sharing blocks across batch "
+              "sizes could give)")
         print(f"    whole search {walls[precision]:.2f} s: {100 * floor / walls[precision]:.0f}% "
               f"of the floor; engine alone {engine / cores:.2f} s "
               f"({engine:.2f} s of groups on one thread / {cores}): "
