@@ -117,7 +117,7 @@ def config(data: Path, grid: Grid, engine: str = "batched", precision: str = "fl
 
 def row(name: str, wall: float, n: int, rss: int, ref: float | None) -> str:
     speed = f"{ref / wall:8.1f}x" if ref else "        -"
-    return f"{name:<34} {wall:9.2f} s {n / wall:10.1f} {rss / 2**20:10.0f} MiB {speed}"
+    return f"{name:<42} {wall:9.2f} s {n / wall:10.1f} {rss / 2**20:10.0f} MiB {speed}"
 
 
 def block_rows(batch_size: int, n: int) -> int:
@@ -227,7 +227,7 @@ def main() -> None:
     runs = tmp / "runs"
     n = len(HOMEWORK)
     print(f"homework grid: {n} trials on {data} (5,000 x 48x48 synthetic, 80/20 split)\n")
-    print(f"{'engine':<34} {'wall':>11} {'trials/s':>10} {'peak RSS':>14} {'speed-up':>9}")
+    print(f"{'engine':<42} {'wall':>11} {'trials/s':>10} {'peak RSS':>14} {'speed-up':>9}")
 
     results: dict[str, tuple[float, int, dict]] = {}
     for precision in ("float64", "float32"):
