@@ -333,6 +333,56 @@ def _pack_vec(v: np.ndarray, fill: float) -> np.ndarray:
     return out.reshape(P, PANEL)
 
 
+class _Recorder:
+    """The figures of K columns at the recorded epoch counts (index ``i`` of ``epochs``),
+    filled in as training passes each one, and the (column, epoch) snapshots wanted."""
+
+    def __init__(self, E: int, K: int, wanted: list[tuple[int, int]]) -> None:
+        self.losses = np.full((E, K, 3), np.nan)
+        self.mae = np.full((E, K, 3), np.nan)
+        self.val_se = np.full((E, K, 2), np.nan)
+        self.best_epoch = np.zeros((E, K), dtype=np.int64)
+        self.diverged = np.ones((E, K), dtype=bool)
+        self.wanted = wanted
+        self.kept: dict[tuple[int, int], Fit] = {}
+
+    def record(self, i: int, epoch: int, alive: np.ndarray, scores: Scores, Wk: np.ndarray,
+               b: np.ndarray, best_at: np.ndarray, limit: float) -> None:
+        """Record the ``k = len(alive)`` surviving columns after ``epoch``: their figures
+        ``scores`` (fMSE and MAE (3, k), standard errors (2, k)), weights ``Wk`` (k, D) and
+        biases ``b`` (k,). A column with a non-finite figure or weight, or a training fMSE
+        above ``limit``, stays diverged."""
+        L, A, SE = scores.fmse, scores.mae, scores.se
+        finite = (np.isfinite(L).all(axis=0) & np.isfinite(Wk).all(axis=1)
+                  & (L[0] <= limit))
+        self.losses[i, alive[finite]] = L[:, finite].T
+        self.mae[i, alive[finite]] = A[:, finite].T
+        self.val_se[i, alive[finite]] = SE[:, finite].T
+        self.best_epoch[i, alive[finite]] = best_at[alive[finite]]
+        self.diverged[i, alive[finite]] = False
+        for col, ep in self.wanted:
+            if ep != epoch:
+                continue
+            where = np.flatnonzero(alive == col)
+            if where.size and finite[where[0]]:
+                j = where[0]
+                self.kept[(col, ep)] = Fit(
+                    Wk[j].astype(np.float64), float(b[j]),
+                    (float(L[0, j]), float(L[1, j]), float(L[2, j])), False,
+                    (float(SE[0, j]), float(SE[1, j])),
+                    (float(A[0, j]), float(A[1, j]), float(A[2, j])))
+
+
+def _panel_scores(arrays: Arrays, W: np.ndarray, b: np.ndarray, k: int) -> Scores:
+    """Every figure of the first ``k`` slots of the panels ``W`` (P, D, PANEL), ``b``."""
+    scores = [_scores(arrays, W[p], b[p]) for p in range(len(W))]
+
+    def joined(field: str) -> np.ndarray:
+        return np.concatenate([getattr(sc, field) for sc in scores], axis=1)[:, :k]
+
+    return Scores(fmse=joined("fmse"), mae=joined("mae"), se=joined("se"))
+
+
 def train_group(
     arrays: Arrays,
     seed: int,
@@ -374,14 +424,8 @@ def train_group(
         raise ValueError(f"epochs {epochs} must all come after the start epoch {first}")
     derivative(loss, np.zeros(1))  # an unknown loss fails here, before any work
     record_at = {e: i for i, e in enumerate(epochs)}
-    E, T = len(epochs), epochs[-1] - first
-    losses = np.full((E, K, 3), np.nan)
-    mae = np.full((E, K, 3), np.nan)
-    val_se = np.full((E, K, 2), np.nan)
-    best_epoch = np.zeros((E, K), dtype=np.int64)
-    diverged = np.ones((E, K), dtype=bool)
-    wanted = [*snapshots, *([snapshot] if snapshot is not None else [])]
-    kept_all: dict[tuple[int, int], Fit] = {}
+    T = epochs[-1] - first
+    rec = _Recorder(len(epochs), K, [*snapshots, *([snapshot] if snapshot is not None else [])])
     curve = (np.full((T, K), np.nan), np.full((T, K), np.nan), np.full((T, K), np.nan))
     best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
         np.array(start.best_val, dtype=np.float64)
@@ -483,11 +527,8 @@ def train_group(
             t = epoch - first - 1
             i = record_at.get(epoch)
             if i is not None:  # every figure of every column, at a recorded epoch count
-                scores = [_scores(arrays, W[p], b[p]) for p in range(len(W))]
-                L = np.concatenate([sc.fmse for sc in scores], axis=1)[:, :k]  # (3, k)
-                A = np.concatenate([sc.mae for sc in scores], axis=1)[:, :k]  # (3, k)
-                SE = np.concatenate([sc.se for sc in scores], axis=1)[:, :k]  # (2, k)
-                val_f, val_a = L[1], A[1]
+                figures = _panel_scores(arrays, W, b, k)
+                val_f, val_a = figures.fmse[1], figures.mae[1]
             elif curves:
                 vs = [_val_scores(arrays, W[p], b[p]) for p in range(len(W))]
                 val_f = np.concatenate([v[0] for v in vs])[:k]
@@ -499,27 +540,9 @@ def train_group(
                 better = val_f < best_val[alive]  # NaN never improves
                 best_val[alive[better]] = val_f[better]
                 best_at[alive[better]] = epoch
-            if i is None:
-                continue
-            Wk = _unpack(W)[:k]  # (k, D)
-            finite = (np.isfinite(L).all(axis=0) & np.isfinite(Wk).all(axis=1)
-                      & (L[0] <= limit))
-            losses[i, alive[finite]] = L[:, finite].T
-            mae[i, alive[finite]] = A[:, finite].T
-            val_se[i, alive[finite]] = SE[:, finite].T
-            best_epoch[i, alive[finite]] = best_at[alive[finite]]
-            diverged[i, alive[finite]] = False
-            for col, ep in wanted:
-                if ep != epoch:
-                    continue
-                where = np.flatnonzero(alive == col)
-                if where.size and finite[where[0]]:
-                    j = where[0]
-                    kept_all[(col, ep)] = Fit(
-                        Wk[j].astype(np.float64), float(b.reshape(-1)[j]),
-                        (float(L[0, j]), float(L[1, j]), float(L[2, j])), False,
-                        (float(SE[0, j]), float(SE[1, j])),
-                        (float(A[0, j]), float(A[1, j]), float(A[2, j])))
+            if i is not None:
+                rec.record(i, epoch, alive, figures, _unpack(W)[:k], b.reshape(-1)[:k],
+                           best_at, limit)
         if len(alive):
             k = len(alive)
             end_W[:, alive] = _unpack(W)[:k].T
@@ -527,6 +550,6 @@ def train_group(
     state = State(epochs[-1], end_W, end_b, best_val if curves else None,
                   best_at if curves else None)
     recorded = Curves(np.arange(first + 1, epochs[-1] + 1), *curve) if curves else None
-    kept = kept_all.get(snapshot) if snapshot is not None else None
-    return GroupResult(epochs, losses, diverged, kept, state, val_se, mae,
-                       best_epoch, recorded, kept_all)
+    kept = rec.kept.get(snapshot) if snapshot is not None else None
+    return GroupResult(epochs, rec.losses, rec.diverged, kept, state, rec.val_se, rec.mae,
+                       rec.best_epoch, recorded, rec.kept)
