@@ -85,6 +85,20 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, *, title_size: int = 10,
+            legend: bool = True, legend_size: int = 7, legend_loc: str = "best",
+            legend_alpha: float | None = None, grid_which: str = "major",
+            grid_axis: str = "both") -> None:
+    """The common finish of a line or bar plot: axis labels, a light grid, the legend
+    (when ``legend``) and the title."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which=grid_which, axis=grid_axis, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend_size, loc=legend_loc, framealpha=legend_alpha)
+    ax.set_title(title, fontsize=title_size)
+
+
 def _symmetric_limit(values: np.ndarray) -> float:
     finite = np.abs(values[np.isfinite(values)])
     m = float(finite.max()) if finite.size else 0.0
@@ -289,12 +303,10 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
         marks = sorted({m for c in curves for m in c.marks})
         if 0 < len(marks) <= 12:  # ticks at the searched epoch counts
             ax.set_xticks(marks)
-        ax.set_xlabel("epochs")
-        ax.set_ylabel("validation fMSE")
-        ax.set_title(f"validation fMSE of the best {len(curves)} configurations", fontsize=10)
-        if curves:  # see-through: lines that run together stay visible behind it
-            ax.legend(fontsize=8, loc="best", framealpha=0.6)
-        ax.grid(True, alpha=0.3)
+        # a see-through legend: lines that run together stay visible behind it
+        _finish(ax, "epochs", "validation fMSE",
+                f"validation fMSE of the best {len(curves)} configurations",
+                legend=bool(curves), legend_size=8, legend_alpha=0.6)
         return _png(fig)
 
 
@@ -312,14 +324,11 @@ def cumulative_score(thetas: Sequence[int], shares: Sequence[float],
                 v = 100 * shares[list(thetas).index(t)]
                 ax.annotate(f"CS({t}) = {v:.1f}%", (t, v), textcoords="offset points",
                             xytext=(6, -12), fontsize=8)
-        ax.set_xlabel("theta (years)")
-        ax.set_ylabel("test images with |error| <= theta (%)")
         ax.set_ylim(0, 100)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_title(_wrap("cumulative score on the test set" + (f": {title}" if title
-                                                                 else "")), fontsize=9)
+        _finish(ax, "theta (years)", "test images with |error| <= theta (%)",
+                _wrap("cumulative score on the test set" + (f": {title}" if title else "")),
+                title_size=9, legend_size=8, legend_loc="lower right")
         return _png(fig)
 
 
@@ -339,11 +348,8 @@ def error_by_age(rows: Sequence[dict]) -> bytes:
             ax.annotate(f"n={r['count']}", (xi - 0.2, m), textcoords="offset points",
                         xytext=(0, 3), ha="center", fontsize=7)
         ax.set_xticks(x, names)
-        ax.set_xlabel("true age (years)")
-        ax.set_ylabel("error (years)")
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        ax.set_title("test error by decade of true age", fontsize=10)
+        _finish(ax, "true age (years)", "error (years)", "test error by decade of true age",
+                legend_size=8, grid_axis="y")
         return _png(fig)
 
 
@@ -362,11 +368,9 @@ def gradient_noise(series: Sequence[tuple[str, dict]]) -> bytes:
                                                    f" (slope {slope:.2f})"))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("batch size B (drawn without replacement)")
-        ax.set_ylabel("E |g_B - G|^2")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-        ax.set_title("minibatch gradient noise against batch size", fontsize=10)
+        _finish(ax, "batch size B (drawn without replacement)", "E |g_B - G|^2",
+                "minibatch gradient noise against batch size", legend_loc="lower left",
+                grid_which="both")
         return _png(fig)
 
 
@@ -385,11 +389,8 @@ def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: 
         ax.axhline(lr_limit, color="red", linewidth=0.8, label="full-batch limit 2/lambda_max")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("learning rate")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        ax.set_title("best learning rate against batch size", fontsize=10)
+        _finish(ax, "batch size", "learning rate", "best learning rate against batch size",
+                grid_which="both")
         return _png(fig)
 
 
@@ -412,11 +413,8 @@ def ridge_path(path: dict) -> bytes:
             ax.axvline(path["best_l2"], color="grey", linewidth=0.8,
                        label=f"best ridge l2 {path['best_l2']:.3g}")
         ax.set_xscale("log")
-        ax.set_xlabel("l2")
-        ax.set_ylabel("fMSE")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        ax.set_title("exact ridge solutions over l2, and the SGD trials", fontsize=10)
+        _finish(ax, "l2", "fMSE", "exact ridge solutions over l2, and the SGD trials",
+                grid_which="both")
         return _png(fig)
 
 
@@ -444,11 +442,7 @@ def halving_rungs(records: Sequence) -> bytes:
         finite = [y for pts in by_column.values() for _, y in pts]
         if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
             ax.set_yscale("log")
-        ax.set_xlabel("epochs (rungs)")
-        ax.set_ylabel("validation fMSE")
-        ax.grid(True, alpha=0.3)
-        if any(ax.get_legend_handles_labels()[1]):
-            ax.legend(fontsize=7, loc="best")
-        ax.set_title("successive halving: configurations by rung (grey: stopped)",
-                     fontsize=10)
+        _finish(ax, "epochs (rungs)", "validation fMSE",
+                "successive halving: configurations by rung (grey: stopped)",
+                legend=any(ax.get_legend_handles_labels()[1]))
         return _png(fig)
