@@ -13,6 +13,7 @@ import math
 import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import matplotlib
 
@@ -86,9 +87,11 @@ def _png(fig: Figure) -> bytes:
 
 
 def _finish(ax: Axes, xlabel: str, ylabel: str, title: str, *, title_size: int = 10,
-            legend: bool = True, legend_size: int = 7, legend_loc: str = "best",
-            legend_alpha: float | None = None, grid_which: str = "major",
-            grid_axis: str = "both") -> None:
+            legend: bool = True, legend_size: int = 7,
+            legend_loc: Literal["best", "lower left", "lower right"] = "best",
+            legend_alpha: float | None = None,
+            grid_which: Literal["major", "both"] = "major",
+            grid_axis: Literal["both", "y"] = "both") -> None:
     """The common finish of a line or bar plot: axis labels, a light grid, the legend
     (when ``legend``) and the title."""
     ax.set_xlabel(xlabel)
