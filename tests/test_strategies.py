@@ -31,13 +31,16 @@ from tests_helpers import (
 # ---------------------------------------------------------------- a fake objective
 
 
-def drive(strategy, objective) -> dict:
-    """The sweep loop with ``objective(bs, lr, ep, l2) -> val`` in place of training."""
+def drive(strategy, objective, proposals: list | None = None) -> dict:
+    """The sweep loop with ``objective(bs, lr, ep, l2) -> val`` in place of training;
+    each proposal is also appended to ``proposals`` when given."""
     results: dict = {}
     for _ in range(100):
         p = strategy.propose(results)
         if p is None:
             return results
+        if proposals is not None:
+            proposals.append(p)
         for k in p.prune:
             results[k] = results[k].with_status(Status.PRUNED)
         for key in p.trial_keys():
@@ -118,15 +121,10 @@ def test_refine_keeps_its_span_on_an_edge_and_halves_it_inside():
     grid = Grid((8,), (1e-3,), (2,), (1e-4, 1e-2))  # l2 values 2 decades apart
 
     def decades_by_round(objective) -> list[list[float]]:
-        strategy = Refine(grid, rounds=3, points=5, tol=0.0, n_trials=None, seed=0)
-        results: dict = {}
-        rounds = []
-        while (p := strategy.propose(results)) is not None:
-            rounds.append(sorted({round(math.log10(c[2]), 3) for c in p.columns}))
-            for key in p.trial_keys():
-                v = objective(*key[:4])
-                results[key] = TrialRecord(*key[:4], v, v, v, Status.OK, 0.0)
-        return rounds
+        proposals: list = []
+        drive(Refine(grid, rounds=3, points=5, tol=0.0, n_trials=None, seed=0), objective,
+              proposals)
+        return [sorted({round(math.log10(c[2]), 3) for c in p.columns}) for p in proposals]
 
     # better with more l2: the best sits on the top edge of every round
     edge = decades_by_round(lambda bs, lr, ep, l2: -l2)
@@ -395,8 +393,7 @@ def test_refine_tries_a_smaller_batch_when_the_smallest_wins():
     res = drive(Refine(grid, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
                 lambda bs, lr, ep, l2: bs + lr)
     assert {k[0] for k in res} == {2, 4, 8, 16}  # half and a quarter of the smallest
-    grid_big_wins = Grid((8, 16), (1e-3, 1e-2), (2,), (0.0,))
-    res = drive(Refine(grid_big_wins, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
+    res = drive(Refine(grid, rounds=2, points=3, tol=0.0, n_trials=None, seed=0),
                 lambda bs, lr, ep, l2: -bs + lr)
     assert {k[0] for k in res} == {8, 16}
 
