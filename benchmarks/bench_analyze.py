@@ -14,8 +14,6 @@ and the cost the stability check adds to `agereg search` (power iteration only).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_engine import machine
 from bench_startup import median_wall
 
 from agereg.analysis import top_eigenvalue
@@ -36,8 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, numpy {np.__version__}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
     write_synthetic(tmp / "data", seed=0)
     agereg = [sys.executable, "-m", "agereg"]

@@ -52,6 +52,25 @@ HOMEWORK = Grid(
 )
 
 
+def machine() -> str:
+    """One line naming what the figures were measured on: processor, cores, BLAS and its
+    kernels, numpy and Python (every benchmark prints it first)."""
+    from threadpoolctl import threadpool_info
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    blas = ", ".join(f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+    return (f"machine: {platform.machine()}, {cpu or 'processor unknown'}, {os.cpu_count()} "
+            f"cores, BLAS {blas or 'unknown'}, numpy {np.__version__}, "
+            f"Python {platform.python_version()}")
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (from /proc)."""
     out, todo = [], [pid]
@@ -216,12 +235,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N for the batched runs")
     args = ap.parse_args()
 
-    from threadpoolctl import threadpool_info
-
-    blas = [f"{i['internal_api']} {i.get('version')} ({i.get('architecture')})"
-            for i in threadpool_info() if i["user_api"] == "blas"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}"
-          f" python {platform.python_version()}, numpy {np.__version__}, BLAS {blas}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
     data = write_synthetic(tmp / "data", seed=0)
     runs = tmp / "runs"

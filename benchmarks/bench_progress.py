@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_engine import machine
 
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid
 from agereg.pipeline import start_search
@@ -61,8 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, numpy {np.__version__}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
     data = write_synthetic(tmp / "data", seed=0)
     runs = tmp / "runs"

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_engine import machine
 
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid, SplitConfig
 from agereg.pipeline import SearchOutcome, start_search
@@ -66,8 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=2, help="best of N wall times")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, numpy {np.__version__}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
     data = write_synthetic(tmp / "data", seed=0)  # 5,000 + 2,500 images of 48x48
     runs = tmp / "runs"

@@ -13,8 +13,6 @@ processes, median of --repeat:
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import machine
 from bench_strategies import write_digits
 
 GRID = """\
@@ -80,8 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}, numpy {np.__version__}")
+    print(machine())
     tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
     data = write_digits(tmp / "digits")
     (tmp / "digits.yaml").write_text(GRID.format(name="digits", data=data, bs="[16, 64]",

@@ -24,13 +24,13 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from bench_engine import machine
 
 from agereg.config import Config, DataConfig, Distribution, Grid, SearchConfig
 from agereg.data import load_dataset
@@ -164,8 +164,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=("synthetic", "digits"), default=None)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
-          f"Python {platform.python_version()}")
+    print(machine())
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
