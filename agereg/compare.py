@@ -31,7 +31,7 @@ def _saved_model(ctx: RunContext, rec: TrialRecord) -> tuple[np.ndarray, float] 
     folder = eval_folder(ctx.run_dir, rec.trial_id, refit=ctx.split.k > 0)
     if not (folder / "weights.npy").exists():
         return None
-    d = int(np.prod(ctx.dataset.Xte.shape[1:]))
+    d = ctx.dataset.info.n_features
     try:
         return load_model(folder, d)
     except RunError:

@@ -529,7 +529,7 @@ class _Sweep:
         """A rough single-core time for the groups: two (rows, D) x (D, 16) products per
         panel and epoch at ENGINE_FLOPS, plus STEP_SECONDS of numpy calls per panel and
         minibatch step."""
-        d = int(np.prod(self.dataset.Xtr.shape[1:]))
+        d = self.dataset.info.n_features
         n = self.split.n - len(self.split.folds[0]) if self.split.k else len(self.split.train)
         seconds = 0.0
         for g in groups:

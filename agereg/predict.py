@@ -52,7 +52,7 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
             raise RunError(f"--trial {k} is out of range: the run has {len(ranked)} finished "
                            "trials")
     rec = ranked[k - 1]
-    d = int(ctx.dataset.Xte.reshape(len(ctx.dataset.Xte), -1).shape[1])
+    d = ctx.dataset.info.n_features
     X = check_images(Path(images), d)  # before any training: bad input costs nothing
     folder = eval_folder(run_dir, rec.trial_id, refit=ctx.split.k > 0)
     trained_now = not (folder / "weights.npy").is_file()
