@@ -71,6 +71,19 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def proc_bytes(pid: int, file: str, field: str) -> int:
+    """A memory figure of a process from /proc/PID/FILE (``field: N kB``), in bytes; 0
+    when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/{file}") as f:
+            for line in f:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (from /proc)."""
     out, todo = [], [pid]
@@ -94,20 +107,10 @@ class PeakRSS:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @staticmethod
-    def _rss(pid: int) -> int:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(self._rss(p) for p in process_tree(os.getpid())))
+            rss = sum(proc_bytes(p, "status", "VmRSS") for p in process_tree(os.getpid()))
+            self.peak = max(self.peak, rss)
             time.sleep(0.02)
 
     def __enter__(self) -> PeakRSS:

@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_engine import process_tree
+from bench_engine import proc_bytes, process_tree
 
 GRID = """\
 name: scale
@@ -33,16 +33,6 @@ grid:
 """
 
 
-def pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
 
 def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
     proc = subprocess.Popen([sys.executable, "-m", "agereg", "search", str(config), "--quiet",
@@ -53,7 +43,8 @@ def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
 
     def sample() -> None:
         while not stop.wait(0.2):
-            peak[0] = max(peak[0], sum(pss(p) for p in process_tree(proc.pid)))
+            pss = sum(proc_bytes(p, "smaps_rollup", "Pss") for p in process_tree(proc.pid))
+            peak[0] = max(peak[0], pss)
 
     t = threading.Thread(target=sample, daemon=True)
     t0 = time.perf_counter()
