@@ -25,8 +25,6 @@ import numpy as np
 from agereg.config import Distribution, Grid
 from agereg.records import TrialRecord
 
-CHUNK = 2048  # rows per block of the per-example computations
-
 
 @dataclass(frozen=True)
 class Eigen:

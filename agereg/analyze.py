@@ -31,7 +31,6 @@ from agereg.split import SPLIT_NAME, load_split, make_split
 
 ANALYSIS_DIR = "analysis"
 ANALYSIS_NAME = "analysis.json"
-PICTURES = ("gradient_noise.png", "lr_vs_batch.png")
 
 
 def _noise_dict(noise: Noise) -> dict[str, Any]:

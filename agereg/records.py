@@ -26,9 +26,6 @@ def at_epochs(column: Config3, epochs: int) -> TrialKey:
     return (bs, lr, epochs, l2, loss)
 
 
-def column_of(key: TrialKey) -> Config3:
-    bs, lr, _, l2, loss = key
-    return (bs, lr, l2, loss)
 FoldLosses = tuple[float | None, float | None, float | None]  # (train, val, test) of a fold
 
 
@@ -136,9 +133,6 @@ def combine_folds(folds: Sequence[TrialRecord]) -> TrialRecord:
                    val_mae=mean("val_mae"), test_mae=mean("test_mae"), status=Status.OK,
                    val_sd=val_sd, val_se=val_sd / math.sqrt(k),
                    val_mae_se=None if math.isnan(mae_sd) else mae_sd / math.sqrt(k))
-
-
-METRICS = ("fmse", "mae")
 
 
 def score(r: TrialRecord, by: str = "fmse") -> float | None:
