@@ -14,7 +14,7 @@ import numpy as np
 
 from agereg.config import Config, Distribution
 from agereg.data import Dataset, load_dataset
-from agereg.engine import Arrays, Fit, diverged_fit, train_group, train_reference
+from agereg.engine import Arrays, Fit, column_fit, diverged_fit, train_group, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import (
     CS_THETAS,
@@ -27,6 +27,7 @@ from agereg.evaluate import (
     regression_metrics,
 )
 from agereg.launcher import in_memory
+from agereg.params import load_params
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
 from agereg.plan import Group
 from agereg.records import RunSummary, TrialRecord
@@ -108,6 +109,44 @@ def retrain(ctx: RunContext, arrays: Arrays, recs: list[TrialRecord], refit: boo
     return fits
 
 
+KEPT, AGAIN = "kept by the search", "trained again"
+
+
+def trained(ctx: RunContext, arrays: Arrays, recs: list[TrialRecord], refit: bool,
+            again: bool, log: Log) -> tuple[list[Fit], str, list[str]]:
+    """The fits of ``recs`` (the evaluated trial first): from the parameters the search
+    kept (:mod:`agereg.params`) when their figures, computed as the engine computes them,
+    give the search's validation fMSE bit for bit; otherwise, or with ``refit`` or
+    ``again``, trained again by :func:`retrain`. Also which it was (``KEPT`` or
+    ``AGAIN``) for the evaluated trial, and a note when it was trained again although the
+    search should have kept its parameters."""
+    d = arrays.X_fit.shape[1]
+    kept: list[Fit | None] = [None] * len(recs)
+    notes: list[str] = []
+    if not (refit or again or ctx.cfg.execution.engine == "reference"):
+        groups = [g for stage in ctx.plan.values() for g in stage]
+        for j, r in enumerate(recs):
+            group_of(ctx, r)  # every trial evaluated must be one this run trained
+            got = load_params(ctx.run_dir, groups, r, d)
+            why = got if isinstance(got, str) else (
+                f"its kept parameters are {got[0].dtype}, not the run's {arrays.X_fit.dtype}"
+                if got[0].dtype != arrays.X_fit.dtype else None)
+            fit = column_fit(arrays, *got) if why is None and not isinstance(got, str) else None
+            if fit is not None and fit.losses[1] != r.val_loss:
+                why, fit = "its kept parameters do not give the search's validation fMSE", None
+            kept[j] = fit
+            if why is not None and j == 0:
+                notes.append(f"trial {r.key()} was trained again: {why}")
+    if kept[0] is not None:
+        log("using the parameters the search kept" + (
+            "" if all(kept) else "; training the runner-up again"))
+        todo = [r for r, f in zip(recs, kept, strict=True) if f is None]
+        again_fits = iter(_train_columns(ctx.cfg, arrays, todo) if todo else [])
+        return [f if f is not None else next(again_fits) for f in kept], KEPT, notes
+    log(f"training the trial again ({_where(ctx, refit)})")
+    return retrain(ctx, arrays, recs, refit), AGAIN, notes
+
+
 def _where(ctx: RunContext, refit: bool) -> str:
     return ("all training rows" if ctx.split.k else "train+validation" if refit
             else "as in the search")
@@ -164,6 +203,7 @@ def evaluate_run(
     plots: bool = True,
     log: Log = quiet,
     force: bool = False,
+    again: bool = False,
 ) -> EvalOutcome:
     """Retrain the ``rank``-th best finished trial of a run (default: the one the run's
     ``select`` rule picks) and measure it on the test set. A cross-validated run has no
@@ -206,7 +246,7 @@ def evaluate_run(
             return EvalOutcome(found, folder, existing=True)
         with EvalStaging(folder) as staging:
             result = _evaluate(ctx, ranked, rank, selected, refit, n_boot, plots, staging,
-                               log)
+                               log, again)
             result["folder"] = str(folder.relative_to(ctx.run_dir))
             write_json(staging / EVAL_NAME, result)
     return EvalOutcome(result, folder)
@@ -214,7 +254,7 @@ def evaluate_run(
 
 def _evaluate(
     ctx: RunContext, ranked: list[TrialRecord], rank: int, selected: int, refit: bool,
-    n_boot: int, plots: bool, folder: Path, log: Log,
+    n_boot: int, plots: bool, folder: Path, log: Log, again: bool,
 ) -> dict:
     from agereg import report
     from agereg.evaluate import gaussian_noise
@@ -231,14 +271,12 @@ def _evaluate(
     # the runner-up of the paired comparison trains in the same call when it can
     vs_rank = 2 if rank == 1 else 1
     other = ranked[vs_rank - 1] if n_boot and vs_rank <= len(ranked) else None
-    log(f"training trial #{rank} again ({_where(ctx, refit)})" + (
-        "" if other is None else f", with #{vs_rank} for the paired comparison"))
-    fits = retrain(ctx, train_rows, [rec, *([other] if other else [])], refit)
+    fits, source, notes = trained(ctx, train_rows, [rec, *([other] if other else [])], refit,
+                                  again, log)
     fit = fits[0]
     fit_vs = fits[1] if other is not None else None
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
-    notes: list[str] = []
     if k:
         notes.append(f"cross-validated run ({k} folds): the trial was refit on all "
                      f"{len(train_rows.y_fit)} training rows, so there is no validation "
@@ -258,6 +296,7 @@ def _evaluate(
         "val_fmse": None if refit else fit.losses[1],
         "search_val_fmse": rec.val_loss,
         "reproduced": None if refit else fit.losses[1] == rec.val_loss,
+        "parameters": source,
         "test": test,
         "baseline_test": mean_baseline(train_rows.y_fit, arrays.y_te),
         "baseline_median_test": median_baseline(train_rows.y_fit, arrays.y_te),

@@ -120,7 +120,7 @@ def cli(debug: bool) -> None:
       agereg synth --out data            # or copy the four course .npy files to data/
       agereg split --seed 0              # optional: fix the train/validation split
       agereg search configs/grid.yaml    # train every trial, write runs/<time>-<name>/
-      agereg eval --best                 # retrain the winner, measure it on the test set
+      agereg eval --best                 # measure the winner on the test set
       agereg analyze                     # batch size and learning rate, measured
       agereg report                      # report.html, a page to share
     """
@@ -340,15 +340,19 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--force", is_flag=True,
               help="Evaluate again even if this trial's evaluation exists (replaces it).")
+@click.option("--retrain", "again", is_flag=True,
+              help="Train the trial again instead of using the parameters the search kept "
+                   "(the validation fMSE must come out bit for bit the search's).")
 def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: bool,
-          n_boot: int, no_plots: bool, as_json: bool, force: bool) -> None:
-    """Retrain the best trial of a run and report its test-set error, with bootstrap
-    confidence intervals, the exact ridge optimum, the noise model and pictures. Each
-    evaluation keeps its own folder, RUN/evals/<trial_id>[-refit]/."""
+          n_boot: int, no_plots: bool, as_json: bool, force: bool, again: bool) -> None:
+    """Measure the best trial of a run (the parameters the search kept, else trained again)
+    on the test set, with bootstrap confidence intervals, the exact ridge optimum, the
+    noise model and pictures. Each evaluation keeps its own folder,
+    RUN/evals/<trial_id>[-refit]/."""
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
     outcome = evaluate_run(run, Path(runs_dir), rank=rank, refit=refit, n_boot=n_boot,
-                           plots=not no_plots, log=_log, force=force)
+                           plots=not no_plots, log=_log, force=force, again=again)
     res = outcome.result
     if as_json:
         click.echo(json.dumps(res, indent=2))
@@ -359,7 +363,7 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
                          "--force computes it again)"))
         return
     if res["reproduced"] is False:
-        err.print(f"[yellow]warning[/]: retrained validation fMSE {res['val_fmse']!r} differs "
+        err.print(f"[yellow]warning[/]: the model's validation fMSE {res['val_fmse']!r} differs "
                   f"from the search's {res['search_val_fmse']!r}")
     err.print(escape(f"wrote {', '.join(eval_files(res))} in {outcome.folder}/"))
 

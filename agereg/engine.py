@@ -134,6 +134,8 @@ class GroupResult:
     best_epoch: np.ndarray | None = None  # (E, K) int
     curves: Curves | None = None
     snapshots: dict[tuple[int, int], Fit] | None = None  # (column, epoch) -> its Fit
+    weights: np.ndarray | None = None  # (E, K, D) engine dtype, NaN where diverged
+    bias: np.ndarray | None = None  # (E, K)
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,18 @@ def diverged_fit(d: int) -> Fit:
     return Fit(np.full(d, np.nan), float("nan"), NAN3, True)
 
 
+def column_fit(arrays: Arrays, w: np.ndarray, b: np.generic) -> Fit:
+    """A column's figures from its parameters (engine dtype), computed as
+    :func:`train_group` computes them, in a panel of :data:`PANEL` (the other slots zero;
+    a column's numbers do not depend on its neighbours): the search's figures, bit for
+    bit, for the parameters it kept."""
+    W, bias = _pack(np.asarray(w)[None, :]), _pack_vec(np.asarray([b], dtype=w.dtype), 0)
+    sc = _panel_scores(arrays, W, bias, 1)
+    L, A, SE = (getattr(sc, f)[:, 0].tolist() for f in ("fmse", "mae", "se"))
+    return Fit(w.astype(np.float64), float(b), (L[0], L[1], L[2]), False, (SE[0], SE[1]),
+               (A[0], A[1], A[2]))
+
+
 def _unpack(M: np.ndarray) -> np.ndarray:
     """``(P, X, PANEL)`` panels -> ``(P * PANEL, X)`` slots (a copy)."""
     P, X, _ = M.shape
@@ -337,7 +351,11 @@ class _Recorder:
     """The figures of K columns at the recorded epoch counts (index ``i`` of ``epochs``),
     filled in as training passes each one, and the (column, epoch) snapshots wanted."""
 
-    def __init__(self, E: int, K: int, wanted: list[tuple[int, int]]) -> None:
+    def __init__(self, E: int, K: int, wanted: list[tuple[int, int]],
+                 keep: tuple[int, np.dtype] | None = None) -> None:
+        # keep = (D, dtype): every column's parameters at every recorded epoch
+        self.W = None if keep is None else np.full((E, K, keep[0]), np.nan, dtype=keep[1])
+        self.B = None if keep is None else np.full((E, K), np.nan, dtype=keep[1])
         self.losses = np.full((E, K, 3), np.nan)
         self.mae = np.full((E, K, 3), np.nan)
         self.val_se = np.full((E, K, 2), np.nan)
@@ -360,6 +378,9 @@ class _Recorder:
         self.val_se[i, alive[finite]] = SE[:, finite].T
         self.best_epoch[i, alive[finite]] = best_at[alive[finite]]
         self.diverged[i, alive[finite]] = False
+        if self.W is not None and self.B is not None:
+            self.W[i, alive[finite]] = Wk[finite]
+            self.B[i, alive[finite]] = b[finite]
         for col, ep in self.wanted:
             if ep != epoch:
                 continue
@@ -396,6 +417,7 @@ def train_group(
     curves: bool = False,
     on_epoch: Callable[[int], None] | None = None,
     snapshots: Sequence[tuple[int, int]] = (),
+    weights: bool = False,
 ) -> GroupResult:
     """Train K = len(lrs) columns of one batch size and loss together and record every
     epoch count.
@@ -412,7 +434,9 @@ def train_group(
     one such pair, returned as ``result.snapshot``. ``curves`` records the validation
     fMSE and MAE after every epoch (one more product with the validation rows per epoch)
     and the running mean of each epoch's minibatch fMSE (free), and each recorded trial's
-    best epoch.
+    best epoch. ``weights`` returns every column's parameters at every recorded epoch
+    (``result.weights`` and ``result.bias``, in the engine's dtype, NaN where diverged):
+    the search keeps them so that ``eval`` need not train again.
     """
     X, y = arrays.X_fit, arrays.y_fit
     dtype = X.dtype
@@ -425,7 +449,8 @@ def train_group(
     derivative(loss, np.zeros(1))  # an unknown loss fails here, before any work
     record_at = {e: i for i, e in enumerate(epochs)}
     T = epochs[-1] - first
-    rec = _Recorder(len(epochs), K, [*snapshots, *([snapshot] if snapshot is not None else [])])
+    rec = _Recorder(len(epochs), K, [*snapshots, *([snapshot] if snapshot is not None else [])],
+                    (d, dtype) if weights else None)
     curve = (np.full((T, K), np.nan), np.full((T, K), np.nan), np.full((T, K), np.nan))
     best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
         np.array(start.best_val, dtype=np.float64)
@@ -552,4 +577,4 @@ def train_group(
     recorded = Curves(np.arange(first + 1, epochs[-1] + 1), *curve) if curves else None
     kept = rec.kept.get(snapshot) if snapshot is not None else None
     return GroupResult(epochs, rec.losses, rec.diverged, kept, state, rec.val_se, rec.mae,
-                       rec.best_epoch, recorded, rec.kept)
+                       rec.best_epoch, recorded, rec.kept, rec.W, rec.B)

@@ -39,12 +39,16 @@ ARRAY_NAMES = ("X_fit", "y_fit", "X_val", "y_val", "X_te", "y_te")
 @dataclass(frozen=True)
 class GroupOutcome:
     """A trained group: its records and, if asked for, the parameters after its last
-    epoch (columns in the group's order)."""
+    epoch (columns in the group's order). A batched group of the holdout split also returns
+    every trial's parameters, ``weights[i, k]`` (D,) and ``bias[i, k]`` of column ``k`` after
+    ``group.epochs[i]`` epochs (NaN where diverged), which the search keeps for ``eval``."""
 
     group: Group
     records: list[TrialRecord]
     state: State | None = None
     curves: Curves | None = None
+    weights: np.ndarray | None = None  # (E, K, D)
+    bias: np.ndarray | None = None  # (E, K)
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,7 @@ def run_group_on(
             [c[1] for c in group.columns], group.epochs, start=start, curves=curves,
             loss=group.loss,
             on_epoch=_progress_writer(progress_file, group.epochs[-1] - first),
+            weights=group.fold is None,  # a fold's parameters are no model to evaluate
         )
     except Exception as exc:  # a failed group is data: record it, keep the search going
         seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
@@ -242,7 +247,8 @@ def run_group_on(
                 tuple(res.val_se[i, k]), tuple(res.mae[i, k]))
             records.append(_record((group.batch_size, lr, ep, l2, group.loss), fit, seconds,
                                    group.fold, int(res.best_epoch[i, k])))
-    return GroupOutcome(group, records, res.state if keep_state else None, res.curves)
+    return GroupOutcome(group, records, res.state if keep_state else None, res.curves,
+                        res.weights, res.bias)
 
 
 def _reference(arrays: Arrays, group: Group, seed: int,

@@ -33,6 +33,7 @@ from agereg.engine import PANEL, State
 from agereg.errors import RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, launch, prepare_arrays, read_progress
+from agereg.params import save_params
 from agereg.plan import Group, for_folds, group_columns
 from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord, combine_folds
 from agereg.runs import (
@@ -503,6 +504,9 @@ class _Sweep:
                                                         {})
                         for t, e in enumerate(outcome.curves.epochs):
                             points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
+                if outcome.weights is not None and outcome.bias is not None:
+                    # before the records: a logged trial has its parameters for eval
+                    save_params(self.run_dir, outcome.group, outcome.weights, outcome.bias)
                 # a fold's record is kept even when another fold failed its trial, so a
                 # resume trains only the failed fold
                 new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]

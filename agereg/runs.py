@@ -12,6 +12,7 @@ Layout of ``runs/<YYYYmmdd-HHMMSS>-<name>/``::
     curves.csv     learning curves: one row per (column, fold, epoch), appended per group
     results.csv    every trial, ranked by validation loss (rebuilt from the log)
     best.json      the best finished trial (rebuilt from the log)
+    params/<id>.npz  the parameters each group trained (see agereg.params), for eval
     evals/<trial_id>[-refit]/   one folder per evaluation (eval.json, weights, pictures)
     .lock          held (flock) by the process writing the run
 

@@ -307,7 +307,7 @@ def test_eval_of_a_trial_that_now_diverges_says_so_in_one_line(
     run_dir = next((root / "runs").glob("*-h"))
     monkeypatch.setattr(assessment, "_train_columns",
                         lambda cfg, arrays, recs: [diverged_fit(64) for _ in recs])
-    code, _, err = run(evaluate(World(root, run_dir)))
+    code, _, err = run([*evaluate(World(root, run_dir)), "--retrain"])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "diverged when trained again (as in the search)" in errors[0]

@@ -41,7 +41,7 @@ EVAL_KEYS = {
     "run", "dataset", "trial", "refit", "trained_on", "engine", "precision", "train_fmse",
     "val_fmse", "search_val_fmse", "reproduced", "test", "baseline_test", "bootstrap",
     "ridge", "noise", "files", "notes", "folder", "selected_by", "baseline_median_test",
-    "cumulative_score", "by_decade", "ridge_path",
+    "cumulative_score", "by_decade", "ridge_path", "parameters",
 }
 
 CONFIG = """\
