@@ -6,6 +6,11 @@ ridge optimum) and :mod:`agereg.engine`; pictures from :mod:`agereg.report`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,13 @@ from agereg.evaluate import (
     RidgeBasis,
     cumulative_score,
     error_by_decade,
+    gram,
     mean_baseline,
     median_baseline,
     predict,
     regression_metrics,
 )
+from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_regular
 from agereg.launcher import in_memory
 from agereg.params import load_params
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
@@ -257,14 +264,55 @@ def _evaluate(
     n_boot: int, plots: bool, folder: Path, log: Log, again: bool,
 ) -> dict:
     from agereg import report
-    from agereg.evaluate import gaussian_noise
 
     rec = ranked[rank - 1]
     arrays = in_memory(ctx.dataset, ctx.split, ctx.cfg.execution.precision)
     k = ctx.split.k
     # K folds: in_memory already holds every training row (and nothing is held out)
     train_rows = arrays if k else refit_arrays(arrays) if refit else arrays
-    basis = ridge_basis(ctx.run_dir, train_rows, "refit" if refit else "train", log)
+    with ridge_basis_beside(ctx.run_dir, train_rows, "refit" if refit else "train",
+                            log) as basis:
+        result, fit = _measure(ctx, ranked, rank, selected, refit, n_boot, folder, log,
+                               again, arrays, train_rows)
+        pred_te = predict(arrays.X_te, fit.w, fit.b)
+        notes = result["notes"]
+        if plots:  # drawn while the ridge basis may still be computed beside
+            log("drawing the pictures")
+            title = f"trial #{rank}: {report.trial_text(result['trial'])}" + (
+                " (refit)" if refit else "")
+            written, skipped = report.draw_eval_pictures(
+                folder, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
+                pred_te, title, result)
+            # the grid's pictures depend on the log only: drawn when missing or stale
+            report.draw_grid_pictures(ctx.run_dir,
+                                      rank_records(ctx.records, ctx.cfg.select_by),
+                                      only_missing=True, strategy=ctx.cfg.search.strategy)
+            result["files"]["pictures"] = written
+            notes += skipped
+        else:
+            notes.append("no pictures drawn (--no-plots)")
+        result["ridge"] = _ridge_reference(train_rows, rec.l2, fit, result["test"], refit,
+                                           result["trained_on"], log, rec.loss, basis())
+        result["ridge_path"] = _ridge_path_dict(ctx, train_rows, basis(), refit or k > 0,
+                                                ranked)
+    if plots:
+        result["files"]["pictures"].append(
+            report.draw_ridge_path(folder, result["ridge_path"]))
+    safe = json_safe(result)
+    assert isinstance(safe, dict)
+    return safe
+
+
+def _measure(
+    ctx: RunContext, ranked: list[TrialRecord], rank: int, selected: int, refit: bool,
+    n_boot: int, folder: Path, log: Log, again: bool, arrays: Arrays, train_rows: Arrays,
+) -> tuple[dict[str, Any], Fit]:
+    """Everything of the evaluation but the ridge figures and the pictures, in eval.json's
+    order (``ridge`` and ``ridge_path`` are placeholders), and the evaluated fit."""
+    from agereg.evaluate import gaussian_noise
+
+    rec = ranked[rank - 1]
+    k = ctx.split.k
     trained_on = (f"all {len(train_rows.y_fit)} training rows ({k}-fold run)" if k
                   else f"train+validation ({len(train_rows.y_fit)} rows)" if refit
                   else f"training split ({len(arrays.y_fit)} rows)")
@@ -309,31 +357,14 @@ def _evaluate(
         "by_decade": error_by_decade(arrays.y_te, pred_te),
         "bootstrap": _bootstrap(ctx, arrays, ranked, rank, pred_te, n_boot, notes, log,
                                 fit_vs),
-        "ridge": _ridge_reference(train_rows, rec.l2, fit, test, refit, trained_on, log,
-                                  rec.loss, basis),
-        "ridge_path": _ridge_path_dict(ctx, train_rows, basis, refit or k > 0, ranked),
+        "ridge": None,  # filled in when the ridge basis is ready
+        "ridge_path": None,
         "noise": {"sigma2": noise.sigma2, "sigma": float(np.sqrt(noise.sigma2)),
                   "test_avg_loglik": noise.test_avg_loglik},
         "files": _save_parameters(folder, fit, _model_record(ctx, rec, fit, trained_on)),
         "notes": notes,
     }
-    if plots:
-        log("drawing the pictures")
-        title = f"trial #{rank}: {report.trial_text(result['trial'])}" + (
-            " (refit)" if refit else "")
-        written, skipped = report.draw_eval_pictures(
-            folder, fit.w, ctx.dataset.info.image_shape, arrays.X_te, arrays.y_te,
-            pred_te, title, result)
-        # the grid's pictures depend on the log only: drawn when missing or stale
-        report.draw_grid_pictures(ctx.run_dir, rank_records(ctx.records, ctx.cfg.select_by),
-                                  only_missing=True, strategy=ctx.cfg.search.strategy)
-        result["files"]["pictures"] = written
-        notes += skipped
-    else:
-        notes.append("no pictures drawn (--no-plots)")
-    safe = json_safe(result)
-    assert isinstance(safe, dict)
-    return safe
+    return result, fit
 
 
 def _trial_dict(rec: TrialRecord, rank: int) -> dict:
@@ -433,31 +464,71 @@ def ridge_basis(run_dir: Path, rows: Arrays, kind: str, log: Log) -> RidgeBasis:
     """The eigendecomposition of the run's centred training matrix, computed once and
     cached in the run folder (``ridge_basis_train.npz`` / ``_refit``); a cache that does
     not match the rows (shape, labels) is recomputed, never trusted."""
-    import hashlib
-    import io
+    with ridge_basis_beside(run_dir, rows, kind, log) as basis:
+        return basis()
 
-    from agereg.fileio import atomic_write_bytes
+
+@contextlib.contextmanager
+def ridge_basis_beside(run_dir: Path, rows: Arrays, kind: str, log: Log
+                       ) -> Iterator[Callable[[], RidgeBasis]]:
+    """:func:`ridge_basis`, collected by calling what the block receives: at once from
+    the cache, or else the Gram matrix now and its eigendecomposition in a thread beside
+    the block. Meanwhile BLAS keeps one thread (set here, never while a product runs), so
+    the decomposition and the block's Python work share the two cores; with two BLAS
+    threads beside the pictures the evaluation was slower than without overlap
+    (measured)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
 
     X = np.asarray(rows.X_fit, dtype=np.float64)
     y = np.asarray(rows.y_fit, dtype=np.float64)
     stamp = hashlib.sha256(y.tobytes() + np.asarray(X.shape).tobytes()).hexdigest()
     path = run_dir / RIDGE_CACHE.format(kind=kind)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["stamp"]) == stamp and z["M"].shape[0] == X.shape[1]:
-                return RidgeBasis(z["M"], z["s"], z["c"], z["x_mean"], float(z["y_mean"]),
-                                  int(z["n"]))
-    except (OSError, ValueError, KeyError, EOFError):
-        pass  # missing or damaged: computed again below
+    cached = _cached_basis(path, stamp, X.shape)
+    if cached is not None:
+        yield lambda: cached
+        return
     n, d = X.shape
     log(f"eigendecomposition of the centred training matrix ({n} x {d}, float64; cached "
         "for the next evaluation)")
-    basis = RidgeBasis.of(X, y)
+    g = gram(X, y)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(1) as pool:
+        future = pool.submit(RidgeBasis.decompose, g)
+        saving: list[Future[None]] = []
+
+        def collect() -> RidgeBasis:
+            basis = future.result()
+            if not saving:  # cached beside the rest of the block too
+                saving.append(pool.submit(_save_basis, path, basis, stamp))
+            return basis
+
+        yield collect
+        for done in saving:
+            done.result()  # a cache that could not be written says so
+
+
+def _save_basis(path: Path, basis: RidgeBasis, stamp: str) -> None:
     buf = io.BytesIO()
-    np.savez(buf, M=basis.M, s=basis.s, c=basis.c, x_mean=basis.x_mean,
-             y_mean=basis.y_mean, n=basis.n, stamp=stamp)
+    np.savez(buf, M=basis.M, s=basis.s, c=basis.c, x_mean=basis.x_mean, y_mean=basis.y_mean,
+             n=basis.n, stamp=stamp)
     atomic_write_bytes(path, buf.getvalue())
-    return basis
+
+
+def _cached_basis(path: Path, stamp: str, shape: tuple[int, int]) -> RidgeBasis | None:
+    """The cached basis when it is readable and made from these rows; None otherwise (a
+    FIFO or an oversized file is not read)."""
+    n, d = shape
+    limit = 8 * (d * min(n, d) + 2 * min(n, d) + d) + 64 * KiB
+    try:
+        data = read_regular(path, limit)
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if str(z["stamp"]) == stamp and z["M"].shape[0] == d:
+                return RidgeBasis(z["M"], z["s"], z["c"], z["x_mean"], float(z["y_mean"]),
+                                  int(z["n"]))
+    except (OSError, ValueError, KeyError, EOFError, NotReadable, zipfile.BadZipFile):
+        pass  # missing or damaged: computed again
+    return None
 
 
 def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: bool,

@@ -114,10 +114,11 @@ def bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> BootstrapDraw
     for lo in range(0, n_boot, rows):
         n = min(rows, n_boot - lo)
         idx = rng.integers(0, m, size=(n, m))  # (b, M) row indices
-        means[lo : lo + n] = values[idx].mean(axis=1)  # (b, M, K) -> (b, K)
-        drawn = np.zeros((n, m), dtype=bool)
-        drawn[np.arange(n)[:, None], idx] = True
-        missed += int(m * n - np.count_nonzero(drawn))
+        # how often each resample drew each row: its mean is a product, (b, M) @ (M, K)
+        counts = np.bincount((np.arange(n)[:, None] * m + idx).ravel(),
+                             minlength=n * m).reshape(n, m)
+        means[lo : lo + n] = (counts @ values) / m
+        missed += int(np.count_nonzero(counts == 0))
     return BootstrapDraws(means, missed / (m * n_boot))
 
 
@@ -229,16 +230,16 @@ class RidgeBasis:
 
     @classmethod
     def of(cls, X: np.ndarray, y: np.ndarray) -> RidgeBasis:
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        n, d = X.shape
-        x_mean, y_mean = X.mean(axis=0), float(y.mean())
-        A, t = X - x_mean, y - y_mean
+        return cls.decompose(gram(X, y))
+
+    @classmethod
+    def decompose(cls, g: Gram) -> RidgeBasis:
+        """The eigendecomposition of ``g.G``: the expensive step."""
+        n, d = g.A.shape
+        s, V = np.linalg.eigh(g.G)  # V (D, D) primal, U (n, n) dual
         if n >= d:
-            s, V = np.linalg.eigh(A.T @ A)  # (D, D)
-            return cls(V, s, V.T @ (A.T @ t), x_mean, y_mean, n)
-        s, U = np.linalg.eigh(A @ A.T)  # (n, n)
-        return cls(A.T @ U, s, U.T @ t, x_mean, y_mean, n)
+            return cls(V, s, V.T @ (g.A.T @ g.t), g.x_mean, g.y_mean, n)
+        return cls(g.A.T @ V, s, V.T @ g.t, g.x_mean, g.y_mean, n)
 
     def solve(self, l2s: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """Weights ``(D, L)`` and biases ``(L,)`` for each l2."""
@@ -249,6 +250,26 @@ class RidgeBasis:
         coef = np.where(keep, self.c[:, None] / np.where(keep, denom, 1.0), 0.0)
         W = self.M @ coef  # (D, r) @ (r, L) -> (D, L)
         return W, self.y_mean - self.x_mean @ W
+
+
+@dataclass(frozen=True)
+class Gram:
+    """The centred training matrix ``A``, labels ``t`` and the Gram matrix ``G`` that
+    :class:`RidgeBasis` decomposes: ``A^T A`` (n >= D) or ``A A^T``."""
+
+    A: np.ndarray
+    t: np.ndarray
+    G: np.ndarray
+    x_mean: np.ndarray
+    y_mean: float
+
+
+def gram(X: np.ndarray, y: np.ndarray) -> Gram:
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x_mean, y_mean = X.mean(axis=0), float(y.mean())
+    A, t = X - x_mean, y - y_mean
+    return Gram(A, t, A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T, x_mean, y_mean)
 
 
 @dataclass(frozen=True)

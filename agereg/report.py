@@ -217,9 +217,16 @@ def draw_eval_pictures(
         atomic_write_bytes(run_dir / "error_by_age.png", plots.error_by_age(res["by_decade"]))
         written += ["cumulative_score.png", "error_by_age.png"]
         if res.get("ridge_path"):
-            atomic_write_bytes(run_dir / "ridge_path.png", plots.ridge_path(res["ridge_path"]))
-            written.append("ridge_path.png")
+            written.append(draw_ridge_path(run_dir, res["ridge_path"]))
     return written, notes
+
+
+def draw_ridge_path(folder: Path, path: dict) -> str:
+    """Write ridge_path.png from an eval.json's ``ridge_path``; returns its name."""
+    from agereg import plots
+
+    atomic_write_bytes(folder / "ridge_path.png", plots.ridge_path(path))
+    return "ridge_path.png"
 
 
 # ---------------------------------------------------------------- eval.json as text
