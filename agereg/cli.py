@@ -7,6 +7,7 @@ The only module (with ``__main__``) that imports click or rich. Every
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import signal
@@ -669,6 +670,13 @@ class _Interrupted:
 def run() -> None:
     """Console-script entry point: exit with :func:`main`'s code. The work is saved by
     then, so a late Ctrl-C while joblib's workers shut down is ignored, not a traceback."""
+    # The objects of the imports live as long as the process: the garbage collector
+    # need not walk them again and again (here, not in main(), which tests call).
+    gc.freeze()
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Likewise spare the interpreter's last collection the walk over every object that
+    # matplotlib and the command created (0.08 s, measured); atexit handlers and
+    # finalisers still run.
+    gc.freeze()
     sys.exit(code)
