@@ -155,7 +155,7 @@ def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
     minibatch step has to do), then used by ``panels`` panels of 16 columns."""
     rng = np.random.default_rng(0)
     X = rng.random((max(rows, gather_from), d)).astype(dtype)
-    xs = np.ascontiguousarray(X[:rows])
+    xs = X[:rows].copy()  # its own buffer: a view of X would make take() copy through a temporary
     Ws = [rng.random((d, PANEL)).astype(dtype) * 1e-3 for _ in range(panels)]
     R, G = np.empty((rows, PANEL), dtype), np.empty((d, PANEL), dtype)
     order = rng.permutation(len(X))
