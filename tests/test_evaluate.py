@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +245,7 @@ def test_ridge_path_picks_the_l2_with_the_lowest_validation_loss():
 
 
 def test_the_ridge_basis_is_cached_and_a_damaged_cache_is_recomputed(tmp_path: Path):
-    from agereg.assessment import ridge_basis
+    from agereg.basis import ridge_basis
     from agereg.engine import Arrays
 
     rng = np.random.default_rng(2)
@@ -258,6 +259,14 @@ def test_the_ridge_basis_is_cached_and_a_damaged_cache_is_recomputed(tmp_path: P
     other = Arrays(X, y + 1, X, y, X, y)  # other labels: the cache does not match
     ridge_basis(tmp_path, other, "train", said.append)
     assert len(said) == 2
-    (tmp_path / "ridge_basis_train.npz").write_bytes(b"not an npz")
+    cache = tmp_path / "ridge_basis_train.npz"
+    cache.write_bytes(b"not an npz")
     ridge_basis(tmp_path, rows, "train", said.append)
     assert len(said) == 3
+    cache.write_bytes(cache.read_bytes()[:200])  # a zip cut short
+    ridge_basis(tmp_path, rows, "train", said.append)
+    assert len(said) == 4
+    cache.unlink()
+    os.mkfifo(cache)  # never opened for reading: no hang; replaced by a real cache
+    again = ridge_basis(tmp_path, rows, "train", said.append)
+    assert len(said) == 5 and cache.is_file() and np.array_equal(again.M, first.M)
