@@ -53,7 +53,8 @@ def analyze(
     """Analyse the training rows of a dataset (its ``split.json``, or a new holdout from
     ``seed``) or of a run (its split, and its selected trial). Returns the JSON document;
     with a run it is also written to ``RUN/analysis/`` with its pictures."""
-    from agereg.assessment import _train_column, open_run
+    from agereg.assessment import _train_column, kept_fit, open_run
+    from agereg.engine import Fit
 
     if not 1 <= draws <= 100_000:
         raise RunError(f"--draws {draws}: give 1 ... 100,000 minibatches per batch size")
@@ -102,11 +103,16 @@ def analyze(
         selection = ctx.summary().selection
         chosen = selection.trial
         if chosen is not None:
-            log(f"training the selected trial (#{selection.rank}) to measure the noise at "
-                "its solution")
             precision = ctx.cfg.execution.precision
             trained = arrays if precision == "float64" else in_memory(dataset, split, precision)
-            fit = _train_column(ctx.cfg, trained, chosen)  # as the search trained it
+            # the parameters the search kept, else trained again as the search trained it
+            kept = None if split.k else kept_fit(ctx, trained, chosen)
+            if isinstance(kept, Fit):
+                fit = kept
+            else:
+                log(f"training the selected trial (#{selection.rank}) to measure the noise "
+                    "at its solution")
+                fit = _train_column(ctx.cfg, trained, chosen)
             if not fit.diverged:
                 at_sol = gradient_noise(X, y, fit.w, fit.b, chosen.l2, seed, draws)
                 result["noise_at_selected"] = {

@@ -121,23 +121,14 @@ def trained(ctx: RunContext, arrays: Arrays, recs: list[TrialRecord], refit: boo
     ``again``, trained again by :func:`retrain`. Also which it was (``KEPT`` or
     ``AGAIN``) for the evaluated trial, and a note when it was trained again although the
     search should have kept its parameters."""
-    d = arrays.X_fit.shape[1]
     kept: list[Fit | None] = [None] * len(recs)
     notes: list[str] = []
-    if not (refit or again or ctx.cfg.execution.engine == "reference"):
-        groups = [g for stage in ctx.plan.values() for g in stage]
+    if not (refit or again):
         for j, r in enumerate(recs):
-            group_of(ctx, r)  # every trial evaluated must be one this run trained
-            got = load_params(ctx.run_dir, groups, r, d)
-            why = got if isinstance(got, str) else (
-                f"its kept parameters are {got[0].dtype}, not the run's {arrays.X_fit.dtype}"
-                if got[0].dtype != arrays.X_fit.dtype else None)
-            fit = column_fit(arrays, *got) if why is None and not isinstance(got, str) else None
-            if fit is not None and fit.losses[1] != r.val_loss:
-                why, fit = "its kept parameters do not give the search's validation fMSE", None
-            kept[j] = fit
-            if why is not None and j == 0:
-                notes.append(f"trial {r.key()} was trained again: {why}")
+            got = kept_fit(ctx, arrays, r)
+            kept[j] = got if isinstance(got, Fit) else None
+            if isinstance(got, str) and j == 0 and ctx.cfg.execution.engine != "reference":
+                notes.append(f"trial {r.key()} was trained again: {got}")
     if kept[0] is not None:
         log("using the parameters the search kept" + (
             "" if all(kept) else "; training the runner-up again"))
@@ -146,6 +137,26 @@ def trained(ctx: RunContext, arrays: Arrays, recs: list[TrialRecord], refit: boo
         return [f if f is not None else next(again_fits) for f in kept], KEPT, notes
     log(f"training the trial again ({_where(ctx, refit)})")
     return retrain(ctx, arrays, recs, refit), AGAIN, notes
+
+
+def kept_fit(ctx: RunContext, arrays: Arrays, rec: TrialRecord) -> Fit | str:
+    """The fit of ``rec`` from the parameters the search kept (:mod:`agereg.params`),
+    its figures computed as the engine computes them on ``arrays`` (the run's split, in
+    its precision), when they give the search's validation fMSE bit for bit; otherwise
+    a sentence saying why not (the reference engine keeps none)."""
+    group_of(ctx, rec)  # every trial evaluated must be one this run trained
+    if ctx.cfg.execution.engine == "reference":
+        return "the reference engine keeps no parameters"
+    groups = [g for stage in ctx.plan.values() for g in stage]
+    got = load_params(ctx.run_dir, groups, rec, arrays.X_fit.shape[1])
+    if isinstance(got, str):
+        return got
+    if got[0].dtype != arrays.X_fit.dtype:
+        return f"its kept parameters are {got[0].dtype}, not the run's {arrays.X_fit.dtype}"
+    fit = column_fit(arrays, *got)
+    if fit.losses[1] != rec.val_loss:
+        return "its kept parameters do not give the search's validation fMSE"
+    return fit
 
 
 def _where(ctx: RunContext, refit: bool) -> str:

@@ -3,8 +3,8 @@ learning rate"; goal: under 5 s). Makes the 5,000 + 2,500 synthetic images of 48
 runs the homework grid once, then times, as whole processes (start-up included):
 
 1. `agereg analyze --data DIR`        (curvature, noise at w = 0, a learning-rate range)
-2. `agereg analyze --run RUN`         (+ the selected trial retrained, its noise, scaling
-                                       rules, pictures)
+2. `agereg analyze --run RUN`         (+ the selected trial's kept parameters, their
+                                       noise, scaling rules, pictures)
 
 and the cost the stability check adds to `agereg search` (power iteration only).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,14 @@ def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path
     assert "scaling rules:" in out and "gradient noise at the selected trial" in out
     saved = json.loads((run_dir / "analysis" / "analysis.json").read_text())
     assert saved["learning_rates"][-1]["stable_full_batch"] is False  # 1e30
+    # the selected trial's parameters are those the search kept: trained again (once
+    # they are gone) it gives the same noise to the last bit
+    assert "training the selected trial" not in err
+    shutil.rmtree(run_dir / "params")
+    code, _, err = run(["analyze", "--run", str(run_dir), "--draws", "20"])
+    assert code == 0 and "training the selected trial" in err, err
+    again = json.loads((run_dir / "analysis" / "analysis.json").read_text())
+    assert again["noise_at_selected"] == saved["noise_at_selected"]
     assert (run_dir / "analysis" / "gradient_noise.png").is_file()
     code, out, err = run(["report", str(run_dir)])
     assert code == 0 and "Batch size and learning rate" in (run_dir / "report.html").read_text()
