@@ -135,7 +135,8 @@ def trained(ctx: RunContext, arrays: Arrays, recs: list[TrialRecord], refit: boo
         todo = [r for r, f in zip(recs, kept, strict=True) if f is None]
         again_fits = iter(_train_columns(ctx.cfg, arrays, todo) if todo else [])
         return [f if f is not None else next(again_fits) for f in kept], KEPT, notes
-    log(f"training the trial again ({_where(ctx, refit)})")
+    log(f"training the trial{' and the runner-up' if len(recs) > 1 else ''} again "
+        f"({_where(ctx, refit)})")
     return retrain(ctx, arrays, recs, refit), AGAIN, notes
 
 
@@ -217,11 +218,12 @@ def evaluate_run(
     force: bool = False,
     again: bool = False,
 ) -> EvalOutcome:
-    """Retrain the ``rank``-th best finished trial of a run (default: the one the run's
-    ``select`` rule picks) and measure it on the test set. A cross-validated run has no
-    single training split: its trial is refit on every training row.
+    """Measure the ``rank``-th best finished trial of a run (default: the one the run's
+    ``select`` rule picks) on the test set: the parameters the search kept, else trained
+    again (``again``: always; see :func:`trained`). A cross-validated run has no single
+    training split: its trial is refit on every training row.
 
-    Without ``refit`` the retrained validation loss must equal the search's figure (it is
+    Without ``refit`` the model's validation loss must equal the search's figure (it is
     computed by the same operations); ``reproduced`` in the result says whether it does.
     Also: a bootstrap of the test fMSE (``n_boot`` resamples seeded by the run's seed; 0
     disables it) paired with the runner-up, the exact ridge optimum for the trial's l2, the
@@ -300,9 +302,9 @@ def _evaluate(
                                            result["trained_on"], log, rec.loss, basis())
         result["ridge_path"] = _ridge_path_dict(ctx, train_rows, basis(), refit or k > 0,
                                                 ranked)
-    if plots:
-        result["files"]["pictures"].append(
-            report.draw_ridge_path(folder, result["ridge_path"]))
+        if plots:  # while a new basis is written to its cache
+            result["files"]["pictures"].append(
+                report.draw_ridge_path(folder, result["ridge_path"]))
     safe = json_safe(result)
     assert isinstance(safe, dict)
     return safe
