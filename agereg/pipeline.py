@@ -32,7 +32,7 @@ from agereg.data import Dataset, DatasetInfo, load_dataset
 from agereg.engine import PANEL, State
 from agereg.errors import RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
-from agereg.launcher import ArraysRef, launch, prepare_arrays, read_progress
+from agereg.launcher import ArraysRef, GroupOutcome, launch, prepare_arrays, read_progress
 from agereg.params import save_params
 from agereg.plan import Group, for_folds, group_columns
 from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord, combine_folds
@@ -496,38 +496,42 @@ class _Sweep:
         # interrupts the loop, rather than whenever the generator is collected.
         with contextlib.closing(stream), self._polling(todo, files):  # type: ignore[type-var]
             for outcome in stream:
-                if outcome.curves is not None:  # before the records that they explain
-                    g = outcome.group
-                    append_curves(self.run_dir, g, outcome.curves)
-                    for j, (lr, l2) in enumerate(g.columns):
-                        points = self.curves.setdefault((g.batch_size, lr, l2, g.loss, g.fold),
-                                                        {})
-                        for t, e in enumerate(outcome.curves.epochs):
-                            points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
-                if outcome.weights is not None and outcome.bias is not None:
-                    # before the records: a logged trial has its parameters for eval
-                    save_params(self.run_dir, outcome.group, outcome.weights, outcome.bias)
-                # a fold's record is kept even when another fold failed its trial, so a
-                # resume trains only the failed fold
-                new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]
-                if not k:
-                    new = [r for r in new if r.key() not in self.results]
-                if k:
-                    append_fold_records(self.run_dir, new)  # durable before it counts
-                    self.folds.update({(r.key(), r.fold): r for r in new  # type: ignore[misc]
-                                       if r.status is not Status.FAILED})
-                    self.computed += self._complete({r.key() for r in new})
-                    failed_now = [r for r in new if r.status is Status.FAILED]
-                    if failed_now:  # a failed fold fails its trial now: record it
-                        self._append([combine_folds([r]) for r in failed_now
-                                      if r.key() not in self.results])
-                else:
-                    self._append(new)
-                    self.computed += len(new)
-                if self.cfg.on_error == "stop" and (stop := failure(new, self.run_dir)):
-                    raise stop  # on_error: stop
-                if outcome.state is not None:
-                    self._keep(outcome.group, outcome.state)
+                self._take(outcome)
+
+    def _take(self, outcome: GroupOutcome) -> None:
+        """Make a trained group's outcome durable, in this order: its learning curves and
+        its parameters, then its records (a fold's in folds.jsonl, a trial's once its
+        every fold is in), then the state halving continues from."""
+        k, g = self.split.k, outcome.group
+        if outcome.curves is not None:  # before the records that they explain
+            append_curves(self.run_dir, g, outcome.curves)
+            for j, (lr, l2) in enumerate(g.columns):
+                points = self.curves.setdefault((g.batch_size, lr, l2, g.loss, g.fold), {})
+                for t, e in enumerate(outcome.curves.epochs):
+                    points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
+        if outcome.weights is not None and outcome.bias is not None:
+            # before the records: a logged trial has its parameters for eval
+            save_params(self.run_dir, g, outcome.weights, outcome.bias)
+        # a fold's record is kept even when another fold failed its trial, so a resume
+        # trains only the failed fold
+        new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]
+        if k:
+            append_fold_records(self.run_dir, new)  # durable before it counts
+            self.folds.update({(r.key(), r.fold): r for r in new  # type: ignore[misc]
+                               if r.status is not Status.FAILED})
+            self.computed += self._complete({r.key() for r in new})
+            failed_now = [r for r in new if r.status is Status.FAILED]
+            if failed_now:  # a failed fold fails its trial now: record it
+                self._append([combine_folds([r]) for r in failed_now
+                              if r.key() not in self.results])
+        else:
+            new = [r for r in new if r.key() not in self.results]
+            self._append(new)
+            self.computed += len(new)
+        if self.cfg.on_error == "stop" and (stop := failure(new, self.run_dir)):
+            raise stop  # on_error: stop
+        if outcome.state is not None:
+            self._keep(g, outcome.state)
 
     def _estimated_seconds(self, groups: list[Group]) -> float:
         """A rough single-core time for the groups: two (rows, D) x (D, 16) products per
