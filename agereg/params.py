@@ -67,7 +67,8 @@ def load_params(run_dir: Path, groups: list[Group], rec: TrialRecord, d: int
     found = [g for g in groups if g.fold is None and g.batch_size == rec.batch_size
              and g.loss == rec.loss and rec.epochs in g.epochs
              and (rec.learning_rate, rec.l2) in g.columns]
-    reason = "the run keeps no parameters for it (written before agereg kept them)"
+    reason = ("the run keeps no parameters for it (a run written before agereg kept them, "
+              "or a trial reused from another run by --extend)")
     for g in found:
         path = params_path(run_dir, g)
         E, K = len(g.epochs), len(g.columns)
