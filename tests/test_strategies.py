@@ -13,6 +13,7 @@ from agereg.advice import edge_notices
 from agereg.config import Distribution, Grid, load_config
 from agereg.engine import train_group
 from agereg.records import Status, TrialRecord
+from agereg.records import rank as rank_records
 from agereg.runs import read_log, read_plan
 from agereg.strategies.base import draw_columns
 from agereg.strategies.halving import Halving
@@ -298,6 +299,17 @@ def test_extend_reuses_logged_trials(tmp_path: Path, data_copy: Path):
     assert origins == {None, str(small)}
     import json
     assert json.loads((grown / "run.json").read_text())["extends"] == str(small)
+    # eval of a trial trained here and of a reused one: a reused trial's group trained
+    # here too (for its new learning rate), so both have kept parameters, and both
+    # reproduce the search
+    ranked = [r for r in rank_records(read_log(grown)) if r.status.has_losses()]
+    for origin in (None, str(small)):
+        k = next(i for i, r in enumerate(ranked, 1) if r.origin == origin)
+        code, out, err = run(["eval", "--run", str(grown), "--rank", str(k), "--no-plots",
+                              "--bootstrap", "0", "--json"])
+        assert code == 0, err
+        res = json.loads(out)
+        assert res["reproduced"] is True and res["parameters"] == "kept by the search"
 
 
 def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy: Path):
