@@ -163,3 +163,15 @@ def test_a_params_folder_that_is_a_link_is_refused_and_its_target_untouched(tmp_
     with pytest.raises(RunError, match="is a symbolic link"):
         save_params(run_dir, group, np.zeros((1, 1, 4)), np.zeros((1, 1)))
     assert list(outside.iterdir()) == []
+
+
+def test_retraining_beside_the_first_eigendecomposition_reproduces_the_search(
+        tmp_path: Path, data_copy: Path):
+    # the first evaluation decomposes the ridge basis in a thread (BLAS on one thread)
+    # while the trial trains again: the same numbers as the search's
+    run_dir = search(write(tmp_path, data_copy, precision="float32"), tmp_path / "runs")
+    code, out, err = run(["eval", "--run", str(run_dir), "--no-plots", "--json", "--retrain"])
+    assert code == 0, err
+    assert "eigendecomposition" in err and "training the trial and the runner-up" in err
+    res = json.loads(out)
+    assert res["parameters"] == "trained again" and res["reproduced"] is True
