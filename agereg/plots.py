@@ -159,14 +159,18 @@ def worst_test(
         _margins(fig, left=0.1, bottom=0.1, right=0.1, top=0.6)
         order = np.argsort(-np.abs(pred - y), kind="stable")[:k]
         h, w = image_shape
-        gap = max(1, w // 6)
+        # tiles at least a k-th of the width apart, so that tall narrow images still leave
+        # room for their titles: (10 - 0.2) inches wide and (2.5 - 0.7) high for the row
+        pitch = h * (SIZES["worst_test"][0] - 0.2) / k / (SIZES["worst_test"][1] - 0.7)
+        gap = max(1, w // 6, round(pitch - w))
         tiles = np.full((h, k * w + (k - 1) * gap), np.nan)  # NaN: the white gaps
         for j, i in enumerate(order):
             img = np.asarray(X[i], dtype=np.float64).reshape(h, w)
             lo, hi = float(img.min()), float(img.max())
             tiles[:, j * (w + gap): j * (w + gap) + w] = (img - lo) / (hi - lo or 1.0)
-            ax.text(j * (w + gap) + (w - 1) / 2, -0.04 * h, f"true {y[i]:.0f}, predicted "
-                    f"{pred[i]:.1f}", ha="center", va="bottom", fontsize=9)
+            ax.annotate(f"true {y[i]:.0f}, predicted {pred[i]:.1f}",
+                        (j * (w + gap) + (w - 1) / 2, -0.5), xytext=(0, 4),  # above its top
+                        textcoords="offset points", ha="center", va="bottom", fontsize=9)
         ax.imshow(tiles, cmap=colormaps["gray"].with_extremes(bad="white"), vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_axis_off()
