@@ -32,14 +32,16 @@ grid:
   learning_rate: [1.0e-3, 1.0e-2, 1.0e+30]
   epochs: [1, 3, 9]
   l2: [0.0, 1.0e-2]
+  loss: {loss}
 """
 
 
 def write(tmp_path: Path, data: Path, precision: str = "float64", search_: str = "{}",
-          split: str = "val_fraction: 0.25", n_jobs: int = 2, name: str = "p") -> Path:
+          split: str = "val_fraction: 0.25", n_jobs: int = 2, name: str = "p",
+          loss: str = "squared") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(CONFIG.format(name=name, data=data, precision=precision, search=search_,
-                                  split=split, n_jobs=n_jobs))
+                                  split=split, n_jobs=n_jobs, loss=loss))
     return path
 
 
@@ -61,16 +63,21 @@ def test_the_engine_returns_every_columns_parameters_at_every_recorded_epoch():
     assert np.isnan(res.weights[:, 2]).all()  # the diverged column keeps none
 
 
-@pytest.mark.parametrize("precision, search_", [
-    ("float64", "{}"), ("float32", "{}"), ("float64", "{strategy: halving, eta: 3}")])
+@pytest.mark.parametrize("precision, search_, loss", [
+    ("float64", "{}", "squared"), ("float32", "{}", "squared"),
+    ("float64", "{strategy: halving, eta: 3}", "squared"),
+    ("float32", "{}", "[squared, absolute]")])
 def test_kept_parameters_are_the_retrained_ones_bit_for_bit(tmp_path: Path, data_copy: Path,
-                                                            precision: str, search_: str):
-    run_dir = search(write(tmp_path, data_copy, precision, search_), tmp_path / "runs")
+                                                            precision: str, search_: str,
+                                                            loss: str):
+    run_dir = search(write(tmp_path, data_copy, precision, search_, loss=loss),
+                     tmp_path / "runs")
     ctx = open_run(run_dir, tmp_path / "runs")
     arrays = in_memory(ctx.dataset, ctx.split, precision)
     groups = [g for stage in ctx.plan.values() for g in stage]
     finished = [r for r in rank(ctx.records) if r.status.has_losses()]
     assert len(finished) >= 10
+    assert ("absolute" in loss) == any(r.loss == "absolute" for r in finished)
     for r in finished:
         got = load_params(run_dir, groups, r, arrays.X_fit.shape[1])
         assert not isinstance(got, str), (r.key(), got)
