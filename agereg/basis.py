@@ -28,23 +28,15 @@ Log = Callable[[str], None]
 RIDGE_CACHE = "ridge_basis_{kind}.npz"
 
 
-def ridge_basis(run_dir: Path, rows: Arrays, kind: str, log: Log) -> RidgeBasis:
-    """The eigendecomposition of the run's centred training matrix, computed once and
-    cached in the run folder (``ridge_basis_train.npz`` / ``_refit``); a cache that does
-    not match the rows (shape, labels) is recomputed, never trusted."""
-    with ridge_basis_beside(run_dir, rows, kind, log) as basis:
-        return basis()
-
-
 @contextlib.contextmanager
 def ridge_basis_beside(run_dir: Path, rows: Arrays, kind: str, log: Log
                        ) -> Iterator[Callable[[], RidgeBasis]]:
-    """:func:`ridge_basis`, collected by calling what the block receives: at once from
-    the cache, or else the Gram matrix now and its eigendecomposition in a thread beside
-    the block. Meanwhile BLAS keeps one thread (set here, never while a product runs), so
-    the decomposition and the block's Python work share the two cores; with two BLAS
-    threads beside the pictures the evaluation was slower than without overlap
-    (measured)."""
+    """The eigendecomposition of the run's centred training matrix, collected by calling
+    what the block receives: at once from the cache, or else the Gram matrix now and its
+    eigendecomposition in a thread beside the block (cached when collected). Meanwhile
+    BLAS keeps one thread (set here, never while a product runs), so the decomposition
+    and the block's Python work share the two cores; with two BLAS threads beside the
+    pictures the evaluation was slower than without overlap (measured)."""
     X = np.asarray(rows.X_fit, dtype=np.float64)
     y = np.asarray(rows.y_fit, dtype=np.float64)
     stamp = hashlib.sha256(y.tobytes() + np.asarray(X.shape).tobytes()).hexdigest()

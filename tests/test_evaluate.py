@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -245,8 +246,14 @@ def test_ridge_path_picks_the_l2_with_the_lowest_validation_loss():
 
 
 def test_the_ridge_basis_is_cached_and_a_damaged_cache_is_recomputed(tmp_path: Path):
-    from agereg.basis import ridge_basis
+    from agereg.basis import ridge_basis_beside
     from agereg.engine import Arrays
+    from agereg.evaluate import RidgeBasis
+
+    def ridge_basis(run_dir: Path, rows: Arrays, kind: str, log: Callable[[str], None]
+                    ) -> RidgeBasis:
+        with ridge_basis_beside(run_dir, rows, kind, log) as basis:
+            return basis()
 
     rng = np.random.default_rng(2)
     X, y = rng.normal(size=(30, 5)), rng.normal(size=30)
