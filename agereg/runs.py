@@ -498,8 +498,8 @@ def _int(v: object) -> int:
 
 
 def eval_folder(run_dir: Path, trial_id: str, refit: bool) -> Path:
-    """Where the evaluation of a trial lives: ``evals/<trial_id>`` (retrained as in the
-    search) or ``evals/<trial_id>-refit`` (refit on more rows)."""
+    """Where the evaluation of a trial lives: ``evals/<trial_id>`` (the search's model)
+    or ``evals/<trial_id>-refit`` (refit on more rows)."""
     return run_dir / EVALS_DIR / (f"{trial_id}-refit" if refit else trial_id)
 
 
