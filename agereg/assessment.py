@@ -27,6 +27,7 @@ from agereg.evaluate import (
     predict,
     regression_metrics,
 )
+from agereg.fileio import KiB, NotReadable, read_npy
 from agereg.launcher import in_memory
 from agereg.params import load_params
 from agereg.pipeline import Log, check_dataset, quiet, stored_config
@@ -498,10 +499,10 @@ def load_model(folder: Path, d: int) -> tuple[np.ndarray, float]:
     data's width ``d``: read back, so validated; one line naming the folder otherwise."""
     model = read_json(folder / MODEL_NAME, "evaluate the trial again with `agereg eval "
                       "--force`") if (folder / MODEL_NAME).is_file() else {}
-    try:
-        w = np.load(folder / "weights.npy", allow_pickle=False)
-        b = np.load(folder / "bias.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    try:  # never a FIFO, never unpickled, never more than D floats
+        w = read_npy(folder / "weights.npy", 8 * d + 4 * KiB)
+        b = read_npy(folder / "bias.npy", 4 * KiB)
+    except (OSError, NotReadable) as exc:
         raise RunError(f"{folder}: the saved model is unreadable ({exc}); evaluate the "
                        "trial again with `agereg eval --force`") from None
     if (w.dtype != np.float64 or w.shape != (d,) or b.shape != () or not np.isfinite(w).all()

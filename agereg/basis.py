@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from agereg.engine import Arrays
 from agereg.evaluate import RidgeBasis, gram
-from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_regular
+from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_npz
 
 Log = Callable[[str], None]
 
@@ -77,11 +76,10 @@ def _cached_basis(path: Path, stamp: str, shape: tuple[int, int]) -> RidgeBasis 
     n, d = shape
     limit = 8 * (d * min(n, d) + 2 * min(n, d) + d) + 64 * KiB
     try:
-        data = read_regular(path, limit)
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if str(z["stamp"]) == stamp and z["M"].shape[0] == d:
-                return RidgeBasis(z["M"], z["s"], z["c"], z["x_mean"], float(z["y_mean"]),
-                                  int(z["n"]))
-    except (OSError, ValueError, KeyError, EOFError, NotReadable, zipfile.BadZipFile):
+        z = read_npz(path, limit)
+        if str(z["stamp"]) == stamp and z["M"].shape[0] == d:
+            return RidgeBasis(z["M"], z["s"], z["c"], z["x_mean"], float(z["y_mean"]),
+                              int(z["n"]))
+    except (OSError, KeyError, ValueError, NotReadable):
         pass  # missing or damaged: computed again
     return None

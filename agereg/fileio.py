@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -93,6 +94,36 @@ def read_regular(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise NotReadable(f"more than the {limit:,} bytes such a file can hold")
     return data
+
+
+def read_npy(path: Path, limit: int) -> np.ndarray:
+    """The array of an .npy file of at most ``limit`` bytes, read by :func:`read_regular`
+    (so never a FIFO or a device) and never unpickled. :class:`NotReadable` for anything
+    else; FileNotFoundError and other OSErrors propagate."""
+    arr = _load(path, limit)
+    if not isinstance(arr, np.ndarray):
+        raise NotReadable("an .npz archive, not an .npy array")
+    return arr
+
+
+def read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive, read as :func:`read_npy` reads an .npy file."""
+    z = _load(path, limit)
+    if isinstance(z, np.ndarray):
+        raise NotReadable("an .npy array, not an .npz archive")
+    with z:
+        try:
+            return {k: z[k] for k in z.files}
+        except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+            raise NotReadable(f"a damaged .npz archive ({exc})") from None
+
+
+def _load(path: Path, limit: int) -> np.ndarray | np.lib.npyio.NpzFile:
+    data = read_regular(path, limit)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise NotReadable(f"not a numpy file ({exc})") from None
 
 
 def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from agereg.errors import RunError
-from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_regular
+from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_npz
 from agereg.plan import Group
 from agereg.records import TrialRecord
 
@@ -73,13 +72,11 @@ def load_params(run_dir: Path, groups: list[Group], rec: TrialRecord, d: int
         path = params_path(run_dir, g)
         E, K = len(g.epochs), len(g.columns)
         try:
-            data = read_regular(path, E * K * (d + 1) * 8 + 64 * KiB)
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                W, b, identity = z["W"], z["b"], str(z["identity"])
+            z = read_npz(path, E * K * (d + 1) * 8 + 64 * KiB)
+            W, b, identity = z["W"], z["b"], str(z["identity"])
         except FileNotFoundError:
             continue
-        except (OSError, ValueError, KeyError, EOFError, NotReadable,
-                zipfile.BadZipFile) as exc:
+        except (OSError, KeyError, NotReadable) as exc:
             reason = f"{path} is unreadable ({exc})"
             continue
         if identity != _identity(g) or W.shape != (E, K, d) or b.shape != (E, K):

@@ -83,3 +83,31 @@ def test_predict_never_overwrites_an_output_without_force(searched, data_copy: P
     assert code == 2 and "exists" in err and target.read_text() == "mine\n"
     code, _, err = run([*args, "--force"])
     assert code == 0 and target.read_text().startswith("index,predicted_age\n")
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("fifo", "not a regular file"),  # never opened for reading: no hang
+    ("pickle", "not a numpy file"),
+    ("npz", "an .npz archive, not an .npy array"),
+])
+def test_a_damaged_saved_model_is_one_line(searched, data_copy: Path, tmp_path: Path,
+                                           damage: str, fragment: str):
+    import os
+
+    run_dir, runs = searched
+    np.save(tmp_path / "new.npy", np.load(data_copy / "age_regression_Xte.npy")[:2])
+    assert run(["predict", str(tmp_path / "new.npy"), "--runs-dir", str(runs)])[0] == 0
+    (folder,) = (run_dir / "evals").iterdir()
+    weights = folder / "weights.npy"
+    weights.unlink()
+    if damage == "fifo":
+        os.mkfifo(weights)
+    elif damage == "pickle":
+        weights.write_bytes(b"\x80\x04K\x01.")  # a pickle, not an .npy file
+    else:
+        np.savez(tmp_path / "w.npz", w=np.zeros(36))
+        weights.write_bytes((tmp_path / "w.npz").read_bytes())
+    code, _, err = run(["predict", str(tmp_path / "new.npy"), "--runs-dir", str(runs)])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "the saved model is unreadable" in errors[0] and fragment in errors[0], err
