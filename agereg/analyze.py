@@ -23,7 +23,7 @@ from agereg.analysis import (
 from agereg.config import Distribution
 from agereg.data import load_dataset
 from agereg.errors import RunError
-from agereg.fileio import atomic_write_bytes
+from agereg.fileio import atomic_write_bytes, make_folder
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, quiet
 from agereg.runs import RunLock, json_safe, resolve_run, write_json
@@ -158,14 +158,7 @@ def _write(run_dir: Path, result: dict[str, Any]) -> None:
     """RUN/analysis/analysis.json and its pictures (the JSON last)."""
     from agereg import plots
 
-    folder = run_dir / ANALYSIS_DIR
-    if folder.is_symlink():
-        raise RunError(f"{folder}: is a symbolic link; agereg never follows links in a run "
-                       "folder: remove it")
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"{folder}: cannot create ({exc.strerror or exc})") from None
+    folder = make_folder(run_dir / ANALYSIS_DIR)
     noise = [(name, result[key]) for name, key in (("w = 0", "noise_at_zero"),
                                                    ("selected trial", "noise_at_selected"))
              if key in result]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from agereg.engine import Arrays
 from agereg.evaluate import RidgeBasis, gram
-from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_npz
+from agereg.fileio import KiB, NotReadable, read_npz, save_npz
 
 Log = Callable[[str], None]
 
@@ -64,10 +63,8 @@ def ridge_basis_beside(run_dir: Path, rows: Arrays, kind: str, log: Log
 
 
 def _save_basis(path: Path, basis: RidgeBasis, stamp: str) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, M=basis.M, s=basis.s, c=basis.c, x_mean=basis.x_mean, y_mean=basis.y_mean,
-             n=basis.n, stamp=stamp)
-    atomic_write_bytes(path, buf.getvalue())
+    save_npz(path, M=basis.M, s=basis.s, c=basis.c, x_mean=basis.x_mean,
+             y_mean=np.asarray(basis.y_mean), n=np.asarray(basis.n), stamp=np.asarray(stamp))
 
 
 def _cached_basis(path: Path, stamp: str, shape: tuple[int, int]) -> RidgeBasis | None:

@@ -60,6 +60,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def make_folder(folder: Path, then: str = "") -> Path:
+    """Create ``folder`` inside a run folder unless it exists, refusing a symbolic link
+    there (a planted link would make agereg write outside the run); one-line
+    :class:`RunError` otherwise, ``then`` appended as the next step."""
+    if folder.is_symlink():
+        raise RunError(f"{folder}: is a symbolic link; agereg never follows links in a run "
+                       f"folder: remove it{then}")
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{folder}: cannot create ({exc.strerror or exc}); check free space "
+                       f"and permissions{then}") from None
+    return folder
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``numpy.savez`` ``arrays`` atomically (never pickled)."""
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def save_array(path: Path, arr: np.ndarray) -> None:
     """``numpy.save`` ``arr`` atomically (never pickled)."""
     buf = io.BytesIO()

@@ -14,14 +14,12 @@ parameters are not a model anyone evaluates.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from agereg.errors import RunError
-from agereg.fileio import KiB, NotReadable, atomic_write_bytes, read_npz
+from agereg.fileio import KiB, NotReadable, make_folder, read_npz, save_npz
 from agereg.plan import Group
 from agereg.records import TrialRecord
 
@@ -44,18 +42,8 @@ def params_path(run_dir: Path, group: Group) -> Path:
 def save_params(run_dir: Path, group: Group, W: np.ndarray, b: np.ndarray) -> None:
     """Write a group's parameters, ``W`` (E, K, D) and ``b`` (E, K), atomically."""
     path = params_path(run_dir, group)
-    if path.parent.is_symlink():  # never write through a planted link
-        raise RunError(f"{path.parent}: is a symbolic link; agereg never follows links in "
-                       "a run folder: remove it, then resume with `agereg search --resume`")
-    try:
-        path.parent.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"{path.parent}: cannot create ({exc.strerror or exc}); check free "
-                       "space and permissions, then resume with `agereg search --resume`"
-                       ) from None
-    buf = io.BytesIO()
-    np.savez(buf, W=W, b=b, identity=np.array(_identity(group)))
-    atomic_write_bytes(path, buf.getvalue())
+    make_folder(path.parent, then=", then resume with `agereg search --resume`")
+    save_npz(path, W=W, b=b, identity=np.array(_identity(group)))
 
 
 def load_params(run_dir: Path, groups: list[Group], rec: TrialRecord, d: int

@@ -47,6 +47,7 @@ from agereg.fileio import (
     NotReadable,
     append_durable,
     atomic_write_text,
+    make_folder,
     open_no_follow,
     read_regular,
 )
@@ -527,11 +528,8 @@ class EvalStaging:
         self.path = target.parent / f".staging-{target.name}-{os.getpid()}"
 
     def __enter__(self) -> Path:
+        make_folder(self.target.parent)
         try:
-            if self.target.parent.is_symlink():  # never write through a planted link
-                raise RunError(f"{self.target.parent}: is a symbolic link; agereg never "
-                               "follows links in a run folder: remove it")
-            self.target.parent.mkdir(exist_ok=True)
             for old in self.target.parent.glob(".staging-*"):
                 shutil.rmtree(old, ignore_errors=True)  # an interrupted eval's leftovers
             self.path.mkdir()
