@@ -280,9 +280,8 @@ def _evaluate(
     train_rows = arrays if k else refit_arrays(arrays) if refit else arrays
     with ridge_basis_beside(ctx.run_dir, train_rows, "refit" if refit else "train",
                             log) as basis:
-        result, fit = _measure(ctx, ranked, rank, selected, refit, n_boot, folder, log,
-                               again, arrays, train_rows)
-        pred_te = predict(arrays.X_te, fit.w, fit.b)
+        result, fit, pred_te = _measure(ctx, ranked, rank, selected, refit, n_boot, folder,
+                                        log, again, arrays, train_rows)
         notes = result["notes"]
         if plots:  # drawn while the ridge basis may still be computed beside
             log("drawing the pictures")
@@ -314,9 +313,10 @@ def _evaluate(
 def _measure(
     ctx: RunContext, ranked: list[TrialRecord], rank: int, selected: int, refit: bool,
     n_boot: int, folder: Path, log: Log, again: bool, arrays: Arrays, train_rows: Arrays,
-) -> tuple[dict[str, Any], Fit]:
+) -> tuple[dict[str, Any], Fit, np.ndarray]:
     """Everything of the evaluation but the ridge figures and the pictures, in eval.json's
-    order (``ridge`` and ``ridge_path`` are placeholders), and the evaluated fit."""
+    order (``ridge`` and ``ridge_path`` are placeholders), the evaluated fit and its test
+    predictions."""
     from agereg.evaluate import gaussian_noise
 
     rec = ranked[rank - 1]
@@ -372,7 +372,7 @@ def _measure(
         "files": _save_parameters(folder, fit, _model_record(ctx, rec, fit, trained_on)),
         "notes": notes,
     }
-    return result, fit
+    return result, fit, pred_te
 
 
 def _trial_dict(rec: TrialRecord, rank: int) -> dict:
