@@ -4,9 +4,9 @@
   ``H = X~^T X~ / n + l2 diag(1, ..., 1, 0)`` (``X~ = [X, 1]``: the bias is a column, not
   regularised), by power iteration to a stated tolerance; full-batch gradient descent is
   stable for ``lr < 2 / lambda_max``.
-* :func:`per_example_gradients`, :func:`gradient_noise`: the per-example gradients'
-  mean ``G`` and covariance trace ``tr(Sigma)`` (Sigma over the N examples, 1/N), the
-  measured variance of minibatch gradients drawn without replacement against the law
+* :func:`gradient_noise`: the per-example gradients' mean ``G`` and covariance trace
+  ``tr(Sigma)`` (Sigma over the N examples, 1/N), the measured variance of minibatch
+  gradients drawn without replacement against the law
   ``E|g_B - G|^2 = tr(Sigma) / B * (N - B) / (N - 1)``, its log-log slope, and the simple
   noise scale ``B_simple = tr(Sigma) / |G|^2`` (McCandlish et al., 2018).
 * :func:`suggest_learning_rates`: a log-spaced range below the limit for a batch size.
@@ -97,18 +97,6 @@ def lr_notice(grid: Grid, lr_limit: float) -> str | None:
 
 
 # ---------------------------------------------------------------- gradient noise
-
-
-def per_example_gradients(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float,
-                          l2: float = 0.0) -> np.ndarray:
-    """``(N, D + 1)``: the gradient of each example's objective
-    ``0.5 r_i^2 + (l2/2)|w|^2`` at (w, b): ``[x_i r_i + l2 w, r_i]``."""
-    X = np.asarray(X, dtype=np.float64)
-    r = X @ w + b - y  # (N,)
-    g = np.empty((len(y), X.shape[1] + 1))
-    g[:, :-1] = X * r[:, None] + l2 * w
-    g[:, -1] = r
-    return g
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import pytest
 from agereg.analysis import (
     gradient_noise,
     noise_law,
-    per_example_gradients,
     scaling_rules,
     suggest_learning_rates,
     top_eigenvalue,
@@ -23,6 +22,18 @@ from agereg.analysis import (
 from agereg.records import TrialRecord
 
 from tests_helpers import run, search
+
+
+def per_example_gradients(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float,
+                          l2: float = 0.0) -> np.ndarray:
+    """The reference, from the definition: ``(N, D + 1)``, the gradient of each
+    example's objective ``0.5 r_i^2 + (l2/2)|w|^2`` at (w, b): ``[x_i r_i + l2 w, r_i]``
+    (gradient_noise never builds this matrix with l2 in it)."""
+    r = X @ w + b - y  # (N,)
+    g = np.empty((len(y), X.shape[1] + 1))
+    g[:, :-1] = X * r[:, None] + l2 * w
+    g[:, -1] = r
+    return g
 
 
 def test_top_eigenvalue_of_a_constructed_spectrum():
