@@ -53,7 +53,7 @@ def analyze(
     """Analyse the training rows of a dataset (its ``split.json``, or a new holdout from
     ``seed``) or of a run (its split, and its selected trial). Returns the JSON document;
     with a run it is also written to ``RUN/analysis/`` with its pictures."""
-    from agereg.assessment import _train_column, kept_fit, open_run
+    from agereg.assessment import _train_columns, kept_fit, open_run
     from agereg.engine import Fit
 
     if not 1 <= draws <= 100_000:
@@ -112,7 +112,7 @@ def analyze(
             else:
                 log(f"training the selected trial (#{selection.rank}) to measure the noise "
                     "at its solution")
-                fit = _train_column(ctx.cfg, trained, chosen)
+                (fit,) = _train_columns(ctx.cfg, trained, [chosen])
             if not fit.diverged:
                 at_sol = gradient_noise(X, y, fit.w, fit.b, chosen.l2, seed, draws)
                 result["noise_at_selected"] = {

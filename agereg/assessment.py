@@ -167,28 +167,21 @@ def _where(ctx: RunContext, refit: bool) -> str:
 
 
 def _train_columns(cfg: Config, arrays: Arrays, recs: list[TrialRecord]) -> list[Fit]:
-    """Train several trials as the search did. Trials of one batch size and loss share one
-    call of the batched engine: its products are 16 columns wide whatever trains beside a
+    """Train trials as the search did. Trials of one batch size and loss share one call
+    of the batched engine: its products are 16 columns wide whatever trains beside a
     column, so two trials cost what one does, and each gets exactly its own numbers."""
+    if cfg.execution.engine == "reference":
+        return [train_reference(arrays, cfg.seed, r.batch_size, r.learning_rate, r.l2,
+                                r.epochs, r.loss) for r in recs]
     first = recs[0]
-    same = all((r.batch_size, r.loss) == (first.batch_size, first.loss) for r in recs)
-    if cfg.execution.engine == "reference" or len(recs) == 1 or not same:
-        return [_train_column(cfg, arrays, r) for r in recs]
+    if any((r.batch_size, r.loss) != (first.batch_size, first.loss) for r in recs):
+        return [_train_columns(cfg, arrays, [r])[0] for r in recs]
     res = train_group(arrays, cfg.seed, first.batch_size, [r.learning_rate for r in recs],
                       [r.l2 for r in recs], sorted({r.epochs for r in recs}),
                       snapshots=[(k, r.epochs) for k, r in enumerate(recs)], loss=first.loss)
     found = res.snapshots or {}
     d = arrays.X_fit.shape[1]
     return [found.get((k, r.epochs)) or diverged_fit(d) for k, r in enumerate(recs)]
-
-
-def _train_column(cfg: Config, arrays: Arrays, rec: TrialRecord) -> Fit:
-    if cfg.execution.engine == "reference":
-        return train_reference(arrays, cfg.seed, rec.batch_size, rec.learning_rate, rec.l2,
-                               rec.epochs, rec.loss)
-    res = train_group(arrays, cfg.seed, rec.batch_size, [rec.learning_rate], [rec.l2],
-                      (rec.epochs,), snapshot=(0, rec.epochs), loss=rec.loss)
-    return res.snapshot or diverged_fit(arrays.X_fit.shape[1])
 
 
 def refit_arrays(arrays: Arrays) -> Arrays:

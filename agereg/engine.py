@@ -127,7 +127,6 @@ class GroupResult:
     epochs: tuple[int, ...]
     losses: np.ndarray  # (E, K, 3) float64
     diverged: np.ndarray  # (E, K) bool
-    snapshot: Fit | None = None
     state: State | None = None
     val_se: np.ndarray | None = None  # (E, K, 2)
     mae: np.ndarray | None = None  # (E, K, 3)
@@ -411,7 +410,6 @@ def train_group(
     lrs: Sequence[float],
     l2s: Sequence[float],
     epochs: Sequence[int],
-    snapshot: tuple[int, int] | None = None,
     start: State | None = None,
     loss: str = "squared",
     curves: bool = False,
@@ -430,8 +428,7 @@ def train_group(
     ``start`` continues from a saved :class:`State` (epoch ``start.epoch``, columns in the
     order of ``lrs``; non-finite columns count as diverged); the result's ``state`` holds
     the parameters after the last epoch. ``snapshots`` lists (column, epoch) pairs whose
-    parameters and figures to return (``result.snapshots``); ``snapshot=(k, epoch)`` is
-    one such pair, returned as ``result.snapshot``. ``curves`` records the validation
+    parameters and figures to return (``result.snapshots``). ``curves`` records the validation
     fMSE and MAE after every epoch (one more product with the validation rows per epoch)
     and the running mean of each epoch's minibatch fMSE (free), and each recorded trial's
     best epoch. ``weights`` returns every column's parameters at every recorded epoch
@@ -449,8 +446,7 @@ def train_group(
     derivative(loss, np.zeros(1))  # an unknown loss fails here, before any work
     record_at = {e: i for i, e in enumerate(epochs)}
     T = epochs[-1] - first
-    rec = _Recorder(len(epochs), K, [*snapshots, *([snapshot] if snapshot is not None else [])],
-                    (d, dtype) if weights else None)
+    rec = _Recorder(len(epochs), K, list(snapshots), (d, dtype) if weights else None)
     curve = (np.full((T, K), np.nan), np.full((T, K), np.nan), np.full((T, K), np.nan))
     best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
         np.array(start.best_val, dtype=np.float64)
@@ -575,6 +571,5 @@ def train_group(
     state = State(epochs[-1], end_W, end_b, best_val if curves else None,
                   best_at if curves else None)
     recorded = Curves(np.arange(first + 1, epochs[-1] + 1), *curve) if curves else None
-    kept = rec.kept.get(snapshot) if snapshot is not None else None
-    return GroupResult(epochs, rec.losses, rec.diverged, kept, state, rec.val_se, rec.mae,
+    return GroupResult(epochs, rec.losses, rec.diverged, state, rec.val_se, rec.mae,
                        rec.best_epoch, recorded, rec.kept, rec.W, rec.B)

@@ -344,7 +344,7 @@ def test_homework_grid_ranks_1_to_12_reproduce_on_smaller_data(tmp_path: Path):
 
 def test_trials_trained_together_get_exactly_their_own_numbers(tmp_path: Path,
                                                                data_copy: Path):
-    from agereg.assessment import _train_column, _train_columns
+    from agereg.assessment import _train_columns
 
     run_dir = search(write(tmp_path, data_copy, "{seed: 1, val_fraction: 0.25}"),
                      tmp_path / "runs")
@@ -355,6 +355,6 @@ def test_trials_trained_together_get_exactly_their_own_numbers(tmp_path: Path,
     assert len(pair) == 2 and pair[0].key() != pair[1].key()
     together = _train_columns(ctx.cfg, arrays, pair)
     for rec, fit in zip(pair, together, strict=True):
-        alone = _train_column(ctx.cfg, arrays, rec)
+        (alone,) = _train_columns(ctx.cfg, arrays, [rec])
         assert fit.losses == alone.losses == (rec.train_loss, rec.val_loss, rec.test_loss)
         assert np.array_equal(fit.w, alone.w) and fit.b == alone.b

@@ -50,9 +50,9 @@ def test_one_step_by_hand():
     fit2 = train_reference(a, seed=0, batch_size=2, lr=lr, l2=l2, epochs=2)
     np.testing.assert_allclose(fit2.w, [0.68, 0.52], atol=1e-14)
     assert fit2.b == pytest.approx(0.455, abs=1e-14)
-    res = train_group(a, 0, 2, [lr], [l2], [1, 2], snapshot=(0, 2))
-    assert res.snapshot is not None
-    np.testing.assert_allclose(res.snapshot.w, [0.68, 0.52], atol=1e-14)
+    res = train_group(a, 0, 2, [lr], [l2], [1, 2], snapshots=[(0, 2)])
+    assert res.snapshots is not None and (0, 2) in res.snapshots
+    np.testing.assert_allclose(res.snapshots[(0, 2)].w, [0.68, 0.52], atol=1e-14)
     assert res.losses[0, 0, 0] == pytest.approx(expected, rel=1e-14)
 
 

@@ -38,9 +38,9 @@ def test_absolute_loss_step_by_hand_with_a_zero_residual():
     np.testing.assert_allclose(fit2.w, [0.4 - 0.3 * (-4 / 3 + 0.2), 0.1 - 0.3 * 0.05],
                                atol=1e-14)
     assert fit2.b == pytest.approx(0.2 + 0.1, abs=1e-14)
-    res = train_group(a, 0, 3, [0.3], [0.5], [1, 2], snapshot=(0, 2), loss="absolute")
-    assert res.snapshot is not None
-    np.testing.assert_allclose(res.snapshot.w, fit2.w, atol=1e-14)
+    res = train_group(a, 0, 3, [0.3], [0.5], [1, 2], snapshots=[(0, 2)], loss="absolute")
+    assert res.snapshots is not None and (0, 2) in res.snapshots
+    np.testing.assert_allclose(res.snapshots[(0, 2)].w, fit2.w, atol=1e-14)
     assert derivative("absolute", np.array([-2.0, 0.0, 3.0])).tolist() == [-1.0, 0.0, 1.0]
 
 
