@@ -25,6 +25,8 @@ every requested epoch count in a single pass.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +41,10 @@ ROW_BLOCK = 128
 # trains beside it: BLAS kernels pick their code path by the shape, and a different width
 # changes the last bits. 16 columns run as fast per column as 32 (measured).
 PANEL = 16
+# A stretch of rows gathered once for several groups (train_groups) is at most this large:
+# measured, 11.8 MB of float64 rows shared by two groups ran at 83% of the cache-hot rate
+# against 70% for each gathering its own blocks, 59 MB at 65%.
+SHARED_BYTES = 16 * 2**20
 # A trial has exploded when a minibatch fMSE exceeds this many times the training fMSE at
 # w = 0, b = 0. Caught at ~1e5 rather than at 1e38 (float32) or 1e308 (float64), the two
 # precisions agree on which trials diverged, and a diverged column stops costing time.
@@ -403,6 +409,23 @@ def _panel_scores(arrays: Arrays, W: np.ndarray, b: np.ndarray, k: int) -> Score
     return Scores(fmse=joined("fmse"), mae=joined("mae"), se=joined("se"))
 
 
+@dataclass(frozen=True)
+class GroupSpec:
+    """One group for :func:`train_groups`: the arguments of :func:`train_group` that follow
+    ``arrays`` and ``seed``, with the same meaning."""
+
+    batch_size: int
+    lrs: Sequence[float]
+    l2s: Sequence[float]
+    epochs: Sequence[int]
+    start: State | None = None
+    loss: str = "squared"
+    curves: bool = False
+    on_epoch: Callable[[int], None] | None = None
+    snapshots: Sequence[tuple[int, int]] = ()
+    weights: bool = False
+
+
 def train_group(
     arrays: Arrays,
     seed: int,
@@ -435,141 +458,260 @@ def train_group(
     (``result.weights`` and ``result.bias``, in the engine's dtype, NaN where diverged):
     the search keeps them so that ``eval`` need not train again.
     """
-    X, y = arrays.X_fit, arrays.y_fit
-    dtype = X.dtype
-    n, d = arrays.n_fit, X.shape[1]
-    K = len(lrs)
-    epochs = tuple(sorted(epochs))
-    first = 0 if start is None else start.epoch
-    if not epochs or epochs[0] <= first:
-        raise ValueError(f"epochs {epochs} must all come after the start epoch {first}")
-    derivative(loss, np.zeros(1))  # an unknown loss fails here, before any work
-    record_at = {e: i for i, e in enumerate(epochs)}
-    T = epochs[-1] - first
-    rec = _Recorder(len(epochs), K, list(snapshots), (d, dtype) if weights else None)
-    curve = (np.full((T, K), np.nan), np.full((T, K), np.nan), np.full((T, K), np.nan))
-    best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
-        np.array(start.best_val, dtype=np.float64)
-    best_at = np.zeros(K, dtype=np.int64) if start is None or start.best_epoch is None else \
-        np.array(start.best_epoch, dtype=np.int64)
+    spec = GroupSpec(batch_size, lrs, l2s, epochs, start, loss, curves, on_epoch, snapshots,
+                     weights)
+    (res,) = train_groups(arrays, seed, [spec])
+    if isinstance(res, Exception):
+        raise res
+    return res
 
-    lr_all = np.asarray(lrs, dtype=dtype)  # (K,)
-    decay_all = (1 - lr_all * np.asarray(l2s, dtype=dtype)).astype(dtype)  # w *= 1 - lr * l2
-    if start is None:
-        W0, b0 = np.zeros((K, d), dtype=dtype), np.zeros(K, dtype=dtype)
-    else:
-        W0 = np.asarray(start.W, dtype=dtype).T  # (K, D)
-        b0 = np.asarray(start.b, dtype=dtype)
-    alive = np.flatnonzero(np.isfinite(W0).all(axis=1) & np.isfinite(b0))  # (k,) columns
-    # Panels: W (P, D, PANEL), b / lr / decay (P, PANEL). Padding slots have W = b = lr = 0
-    # and decay = 1, so they stay exactly zero and never diverge.
-    W, b = _pack(W0[alive]), _pack_vec(b0[alive], 0)
-    lr, decay = _pack_vec(lr_all[alive], 0), _pack_vec(decay_all[alive], 1)
-    end_W, end_b = np.full((d, K), np.nan, dtype=dtype), np.full(K, np.nan, dtype=dtype)
-    y_cast = y.astype(dtype)
-    # Split each minibatch into near-equal blocks of at most ROW_BLOCK rows (160 -> 2 x 80
-    # rather than 128 + 32, whose thin remainder wastes the products).
-    # A minibatch never holds more than the n training rows: a batch size beyond n is
-    # one full batch per epoch, and the buffers are sized by the rows, not the setting.
-    rows_per_step = min(batch_size, n)
-    block = -(-rows_per_step // -(-rows_per_step // ROW_BLOCK))
-    limit = explode_limit(arrays.y_train())
-    X_S = np.empty((block, d), dtype=dtype)  # buffers reused by every step
-    G_part = np.empty((d, PANEL), dtype=dtype)
-    squared = loss == "squared"
 
-    def buffers(P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        R = np.empty((P, rows_per_step, PANEL), dtype=dtype)
-        return R, np.empty((P, d, PANEL), dtype), R if squared else np.empty_like(R)
+def train_groups(arrays: Arrays, seed: int, specs: Sequence[GroupSpec]
+                 ) -> list[GroupResult | Exception]:
+    """Train several groups on the same rows, seed and start epoch in one pass: each
+    stretch of an epoch's rows is gathered once for all of them (at most
+    :data:`SHARED_BYTES`, a whole number of every group's minibatches) and every group then
+    takes its steps in it, so the training data is read once instead of once per group.
 
-    R, G, Dr = buffers(len(W))  # residuals, gradients, the loss's derivative of R
+    Each group's numbers are those of :func:`train_group` alone, bit for bit (tested): its
+    minibatches hold the same rows in the same order, split into the same blocks. A group
+    that raises is dropped and its exception takes its place in the result; the others go
+    on. With one group, or stretches too large for the cache, each group gathers its own
+    blocks as it goes.
+    """
+    out: list[GroupResult | Exception | None] = [None] * len(specs)
+    trainers: dict[int, _Trainer] = {}
+    for i, spec in enumerate(specs):
+        try:
+            trainers[i] = _Trainer(arrays, seed, spec)
+        except Exception as exc:  # the group's failure is its result
+            out[i] = exc
+    firsts = {t.first for t in trainers.values()}
+    if len(firsts) > 1:
+        raise ValueError(f"groups trained together start at one epoch, not {sorted(firsts)}")
 
+    def attempt(i: int, step: Callable[[], object]) -> None:
+        if out[i] is None:
+            try:
+                step()
+            except Exception as exc:  # drop this group, keep the others
+                out[i] = exc
+
+    X, n = arrays.X_fit, arrays.n_fit
+    row_bytes = X.shape[1] * X.dtype.itemsize
+    last = max((t.last for t in trainers.values()), default=0)
+    shared: np.ndarray | None = None  # the gathered stretch, allocated once
     with np.errstate(all="ignore"):  # overflow is expected when a column diverges
-        for epoch in range(first + 1, epochs[-1] + 1) if len(alive) else ():
+        for epoch in range(min(firsts, default=0) + 1, last + 1):
+            active = [i for i, t in trainers.items() if out[i] is None and t.wants(epoch)]
+            if not active:
+                break
             order = epoch_order(seed, epoch, n)
             if arrays.fit_rows is not None:
                 order = arrays.fit_rows[order]  # the fold's rows in the pool
-            y_order = y_cast[order][:, None]  # (n, 1): the labels in this epoch's order
-            running = np.zeros(len(W) * PANEL)  # sum of this epoch's minibatch fMSE, per slot
-            steps = 0
-            for start_row in range(0, n, batch_size):
-                rows = order[start_row : start_row + batch_size]
-                m, P = len(rows), len(W)
-                # The minibatch is processed in blocks of ROW_BLOCK rows, so that each
-                # gathered block is still in cache when the backward products read it.
-                for lo in range(0, m, block):
-                    sub = rows[lo : lo + block]
-                    xs = X_S[: len(sub)]
+            for i in active:
+                attempt(i, functools.partial(trainers[i].begin, order))
+            span = math.lcm(*(trainers[i].rows_per_step for i in active))
+            if len(active) > 1 and span * row_bytes <= SHARED_BYTES:
+                if shared is None or len(shared) < span:
+                    shared = np.empty((span, X.shape[1]), dtype=X.dtype)
+                for lo in range(0, n, span):
+                    hi = min(lo + span, n)
+                    np.take(X, order[lo:hi], axis=0, out=shared[: hi - lo], mode="clip")
+                    for i in active:
+                        attempt(i, functools.partial(trainers[i].steps, lo, hi,
+                                                     shared[: hi - lo]))
+            else:
+                for i in active:
+                    attempt(i, functools.partial(trainers[i].steps, 0, n, None))
+            for i in active:
+                attempt(i, functools.partial(trainers[i].end, epoch))
+    for i, t in trainers.items():
+        if out[i] is None:
+            out[i] = t.result()
+    return [r for r in out if r is not None]
+
+
+class _Trainer:
+    """One group of :func:`train_groups` between epochs: its panels, its recorder and its
+    curves. ``begin`` an epoch with its row order, take the ``steps`` that start in a
+    stretch of it, ``end`` it; ``result`` after the last."""
+
+    def __init__(self, arrays: Arrays, seed: int, spec: GroupSpec) -> None:
+        self.arrays, self.X = arrays, arrays.X_fit
+        dtype = self.X.dtype
+        n, d = arrays.n_fit, self.X.shape[1]
+        K = len(spec.lrs)
+        self.epochs = epochs = tuple(sorted(spec.epochs))
+        start = spec.start
+        self.first = first = 0 if start is None else start.epoch
+        if not epochs or epochs[0] <= first:
+            raise ValueError(f"epochs {epochs} must all come after the start epoch {first}")
+        derivative(spec.loss, np.zeros(1))  # an unknown loss fails here, before any work
+        self.last = epochs[-1]
+        self.spec, self.n, self.d, self.K, self.dtype = spec, n, d, K, dtype
+        self.record_at = {e: i for i, e in enumerate(epochs)}
+        T = epochs[-1] - first
+        self.rec = _Recorder(len(epochs), K, list(spec.snapshots),
+                             (d, dtype) if spec.weights else None)
+        self.curve = (np.full((T, K), np.nan), np.full((T, K), np.nan),
+                      np.full((T, K), np.nan))
+        self.best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
+            np.array(start.best_val, dtype=np.float64)
+        self.best_at = np.zeros(K, dtype=np.int64) if start is None or \
+            start.best_epoch is None else np.array(start.best_epoch, dtype=np.int64)
+
+        lr_all = np.asarray(spec.lrs, dtype=dtype)  # (K,)
+        # w *= 1 - lr * l2
+        decay_all = (1 - lr_all * np.asarray(spec.l2s, dtype=dtype)).astype(dtype)
+        if start is None:
+            W0, b0 = np.zeros((K, d), dtype=dtype), np.zeros(K, dtype=dtype)
+        else:
+            W0 = np.asarray(start.W, dtype=dtype).T  # (K, D)
+            b0 = np.asarray(start.b, dtype=dtype)
+        self.alive = np.flatnonzero(np.isfinite(W0).all(axis=1) & np.isfinite(b0))  # (k,)
+        # Panels: W (P, D, PANEL), b / lr / decay (P, PANEL). Padding slots have
+        # W = b = lr = 0 and decay = 1, so they stay exactly zero and never diverge.
+        self.W, self.b = _pack(W0[self.alive]), _pack_vec(b0[self.alive], 0)
+        self.lr = _pack_vec(lr_all[self.alive], 0)
+        self.decay = _pack_vec(decay_all[self.alive], 1)
+        self.y_cast = arrays.y_fit.astype(dtype)
+        # Split each minibatch into near-equal blocks of at most ROW_BLOCK rows (160 ->
+        # 2 x 80 rather than 128 + 32, whose thin remainder wastes the products).
+        # A minibatch never holds more than the n training rows: a batch size beyond n is
+        # one full batch per epoch, and the buffers are sized by the rows, not the setting.
+        self.rows_per_step = rows = min(spec.batch_size, n)
+        self.block = -(-rows // -(-rows // ROW_BLOCK))
+        self.limit = explode_limit(arrays.y_train())
+        self.X_S = np.empty((self.block, d), dtype=dtype)  # buffers reused by every step
+        self.G_part = np.empty((d, PANEL), dtype=dtype)
+        self.squared = spec.loss == "squared"
+        self.R, self.G, self.Dr = self._buffers(len(self.W))
+
+    def _buffers(self, P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Residuals, gradients and the loss's derivative of the residuals, for P panels."""
+        R = np.empty((P, self.rows_per_step, PANEL), dtype=self.dtype)
+        return R, np.empty((P, self.d, PANEL), self.dtype), \
+            R if self.squared else np.empty_like(R)
+
+    def wants(self, epoch: int) -> bool:
+        return epoch <= self.last and len(self.alive) > 0
+
+    def begin(self, order: np.ndarray) -> None:
+        """Start an epoch whose rows come in ``order``."""
+        self.order = order
+        self.y_order = self.y_cast[order][:, None]  # (n, 1): the labels in this order
+        self.running = np.zeros(len(self.W) * PANEL)  # sum of the minibatch fMSE, per slot
+        self.n_steps = 0
+
+    def steps(self, lo: int, hi: int, rows: np.ndarray | None) -> None:
+        """Take the minibatch steps that start in ``order[lo:hi]`` (a whole number of
+        minibatches, or up to the end of the epoch). ``rows`` holds those rows, already
+        gathered; None: gather each block here."""
+        X, y_order, order, n, m_max = self.X, self.y_order, self.order, self.n, \
+            self.spec.batch_size
+        loss, block = self.spec.loss, self.block
+        for start_row in range(lo, hi, m_max):
+            if len(self.alive) == 0:
+                return
+            m, P = min(m_max, n - start_row), len(self.W)
+            W, b, R, G, Dr = self.W, self.b, self.R, self.G, self.Dr
+            # The minibatch is processed in blocks of ROW_BLOCK rows, so that each
+            # gathered block is still in cache when the backward products read it.
+            for at in range(0, m, block):
+                a, z = start_row + at, min(start_row + at + block, start_row + m)
+                if rows is None:
+                    xs = self.X_S[: z - a]
                     # mode="clip": indices come from a permutation, and the default mode
                     # ("raise") copies through a temporary buffer on every call
-                    np.take(X, sub, axis=0, out=xs, mode="clip")  # (s, D)
-                    ys = y_order[start_row + lo : start_row + lo + len(sub)]  # (s, 1)
-                    for p in range(P):
-                        rs = R[p, lo : lo + len(sub)]
-                        np.matmul(xs, W[p], out=rs)  # (s, D) @ (D, PANEL) -> (s, PANEL)
-                        rs += b[p]
-                        rs -= ys
-                        ds = derivative(loss, rs, Dr[p, lo : lo + len(sub)])
-                        if lo == 0:
-                            np.matmul(xs.T, ds, out=G[p])  # (D, s) @ (s, PANEL) -> (D, PANEL)
-                        else:
-                            np.matmul(xs.T, ds, out=G_part)
-                            G[p] += G_part
-                r, dr = R[:, :m], Dr[:, :m]  # (P, m, PANEL)
-                # every column's minibatch fMSE against the limit, as sum(r^2) <= 2 m
-                # limit; NaN compares false, so non-finite residuals fail it too
-                sq = np.einsum("pmk,pmk->pk", r, r)  # (P, m, PANEL) -> (P, PANEL)
-                ok = (sq <= 2 * m * limit).reshape(-1)[: len(alive)]  # (k,)
-                if curves:  # the epoch's running training loss: only for the curves
-                    running += sq.reshape(-1) / (2 * m)
-                    steps += 1
-                if not ok.all():
-                    alive = alive[ok]
-                    if len(alive) == 0:
-                        break
-                    W, G, r = (_pack(_unpack(M)[: len(ok)][ok]) for M in (W, G, r))
-                    dr = r if squared else _pack(_unpack(dr)[: len(ok)][ok])
-                    b, lr, decay = (_pack_vec(v.reshape(-1)[: len(ok)][ok], fill)
-                                    for v, fill in ((b, 0), (lr, 0), (decay, 1)))
-                    if curves:
-                        running = _pack_vec(running[: len(ok)][ok], 0).reshape(-1)
-                    R, _, Dr = buffers(len(W))
-                # the bias's step, every panel at once: lr * mean(d) (as ndarray.mean: a
-                # sum divided by m), (P, m, PANEL) -> (P, PANEL)
-                b -= lr * (np.add.reduce(dr, axis=1) / m)
-                G *= (lr / dtype.type(m))[:, None, :]
-                W *= decay[:, None, :]
-                W -= G
-            if len(alive) == 0:
-                break
-            if on_epoch is not None:
-                on_epoch(epoch)
-            k = len(alive)
-            t = epoch - first - 1
-            i = record_at.get(epoch)
-            if i is not None:  # every figure of every column, at a recorded epoch count
-                figures = _panel_scores(arrays, W, b, k)
-                val_f, val_a = figures.fmse[1], figures.mae[1]
-            elif curves:
-                vs = [_val_scores(arrays, W[p], b[p]) for p in range(len(W))]
-                val_f = np.concatenate([v[0] for v in vs])[:k]
-                val_a = np.concatenate([v[1] for v in vs])[:k]
-            if curves:
-                curve[0][t, alive] = running[:k] / steps
-                curve[1][t, alive] = val_f
-                curve[2][t, alive] = val_a
-                better = val_f < best_val[alive]  # NaN never improves
-                best_val[alive[better]] = val_f[better]
-                best_at[alive[better]] = epoch
-            if i is not None:
-                rec.record(i, epoch, alive, figures, _unpack(W)[:k], b.reshape(-1)[:k],
-                           best_at, limit)
-        if len(alive):
-            k = len(alive)
-            end_W[:, alive] = _unpack(W)[:k].T
-            end_b[alive] = b.reshape(-1)[:k]
-    state = State(epochs[-1], end_W, end_b, best_val if curves else None,
-                  best_at if curves else None)
-    recorded = Curves(np.arange(first + 1, epochs[-1] + 1), *curve) if curves else None
-    return GroupResult(epochs, rec.losses, rec.diverged, state, rec.val_se, rec.mae,
-                       rec.best_epoch, recorded, rec.kept, rec.W, rec.B)
+                    np.take(X, order[a:z], axis=0, out=xs, mode="clip")  # (s, D)
+                else:
+                    xs = rows[a - lo : z - lo]
+                ys = y_order[a:z]  # (s, 1)
+                for p in range(P):
+                    rs = R[p, at : at + z - a]
+                    np.matmul(xs, W[p], out=rs)  # (s, D) @ (D, PANEL) -> (s, PANEL)
+                    rs += b[p]
+                    rs -= ys
+                    ds = derivative(loss, rs, Dr[p, at : at + z - a])
+                    if at == 0:
+                        np.matmul(xs.T, ds, out=G[p])  # (D, s) @ (s, PANEL) -> (D, PANEL)
+                    else:
+                        np.matmul(xs.T, ds, out=self.G_part)
+                        G[p] += self.G_part
+            self._update(m)
+
+    def _update(self, m: int) -> None:
+        """The step of a minibatch of ``m`` rows whose residuals and gradients are in
+        ``R`` and ``G``: drop the columns that diverged, then move the others."""
+        r, dr = self.R[:, :m], self.Dr[:, :m]  # (P, m, PANEL)
+        # every column's minibatch fMSE against the limit, as sum(r^2) <= 2 m limit; NaN
+        # compares false, so non-finite residuals fail it too
+        sq = np.einsum("pmk,pmk->pk", r, r)  # (P, m, PANEL) -> (P, PANEL)
+        ok = (sq <= 2 * m * self.limit).reshape(-1)[: len(self.alive)]  # (k,)
+        if self.spec.curves:  # the epoch's running training loss: only for the curves
+            self.running += sq.reshape(-1) / (2 * m)
+            self.n_steps += 1
+        if not ok.all():
+            self.alive = self.alive[ok]
+            if len(self.alive) == 0:
+                return
+            self.W, self.G, r = (_pack(_unpack(M)[: len(ok)][ok]) for M in (self.W, self.G, r))
+            dr = r if self.squared else _pack(_unpack(dr)[: len(ok)][ok])
+            self.b, self.lr, self.decay = (
+                _pack_vec(v.reshape(-1)[: len(ok)][ok], fill)
+                for v, fill in ((self.b, 0), (self.lr, 0), (self.decay, 1)))
+            if self.spec.curves:
+                self.running = _pack_vec(self.running[: len(ok)][ok], 0).reshape(-1)
+            self.R, _, self.Dr = self._buffers(len(self.W))
+        lr, dtype = self.lr, self.dtype
+        # the bias's step, every panel at once: lr * mean(d) (as ndarray.mean: a sum
+        # divided by m), (P, m, PANEL) -> (P, PANEL)
+        self.b -= lr * (np.add.reduce(dr, axis=1) / m)
+        self.G *= (lr / dtype.type(m))[:, None, :]
+        self.W *= self.decay[:, None, :]
+        self.W -= self.G
+
+    def end(self, epoch: int) -> None:
+        """Close ``epoch``: report it, record its figures and its curves."""
+        if len(self.alive) == 0:
+            return
+        if self.spec.on_epoch is not None:
+            self.spec.on_epoch(epoch)
+        arrays, W, b, alive = self.arrays, self.W, self.b, self.alive
+        k = len(alive)
+        t = epoch - self.first - 1
+        i = self.record_at.get(epoch)
+        if i is not None:  # every figure of every column, at a recorded epoch count
+            figures = _panel_scores(arrays, W, b, k)
+            val_f, val_a = figures.fmse[1], figures.mae[1]
+        elif self.spec.curves:
+            vs = [_val_scores(arrays, W[p], b[p]) for p in range(len(W))]
+            val_f = np.concatenate([v[0] for v in vs])[:k]
+            val_a = np.concatenate([v[1] for v in vs])[:k]
+        if self.spec.curves:
+            self.curve[0][t, alive] = self.running[:k] / self.n_steps
+            self.curve[1][t, alive] = val_f
+            self.curve[2][t, alive] = val_a
+            better = val_f < self.best_val[alive]  # NaN never improves
+            self.best_val[alive[better]] = val_f[better]
+            self.best_at[alive[better]] = epoch
+        if i is not None:
+            self.rec.record(i, epoch, alive, figures, _unpack(W)[:k], b.reshape(-1)[:k],
+                            self.best_at, self.limit)
+
+    def result(self) -> GroupResult:
+        end_W = np.full((self.d, self.K), np.nan, dtype=self.dtype)
+        end_b = np.full(self.K, np.nan, dtype=self.dtype)
+        if len(self.alive):
+            k = len(self.alive)
+            end_W[:, self.alive] = _unpack(self.W)[:k].T
+            end_b[self.alive] = self.b.reshape(-1)[:k]
+        curves = self.spec.curves
+        state = State(self.last, end_W, end_b, self.best_val if curves else None,
+                      self.best_at if curves else None)
+        rec = self.rec
+        recorded = Curves(np.arange(self.first + 1, self.last + 1), *self.curve) \
+            if curves else None
+        return GroupResult(self.epochs, rec.losses, rec.diverged, state, rec.val_se, rec.mae,
+                           rec.best_epoch, recorded, rec.kept, rec.W, rec.B)

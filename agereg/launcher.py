@@ -1,10 +1,11 @@
-"""The launcher: trains groups, one module-level task each, fanned out with joblib (local
-processes, threads or a dask cluster), and streams their records back. It knows nothing
-of strategies.
+"""The launcher: trains groups in module-level tasks (one group each, or a pair the
+batched engine trains together), fanned out with joblib (local processes, threads or a
+dask cluster), and streams their records back. It knows nothing of strategies.
 
 The task takes plain, picklable data (a :class:`ArraysRef` naming memory-mappable .npy
-files, a :class:`~agereg.plan.Group`, an optional starting :class:`~agereg.engine.State`
-and the engine settings) and returns a :class:`GroupOutcome`.
+files, its :class:`~agereg.plan.Group` objects, their optional starting
+:class:`~agereg.engine.State` and the engine settings) and returns a
+:class:`GroupOutcome` per group.
 Workers memory-map the prepared arrays, so the page cache holds one copy of the data for
 every worker on a machine; nothing large travels with a task.
 """
@@ -27,9 +28,18 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from agereg.data import Dataset
-from agereg.engine import Arrays, Curves, Fit, State, train_group, train_reference
+from agereg.engine import (
+    Arrays,
+    Curves,
+    Fit,
+    GroupResult,
+    GroupSpec,
+    State,
+    train_groups,
+    train_reference,
+)
 from agereg.errors import RunError
-from agereg.plan import Group
+from agereg.plan import Group, bundles
 from agereg.records import Status, TrialKey, TrialRecord
 from agereg.split import Split
 
@@ -204,38 +214,65 @@ def read_progress(path: Path) -> float:
     return min(1.0, done / total) if total > 0 else 0.0
 
 
-def run_group_on(
-    arrays: Arrays, group: Group, seed: int, engine: str, start: State | None = None,
-    keep_state: bool = False, curves: bool = False, progress_file: str | None = None,
-) -> GroupOutcome:
-    """Train every trial of ``group`` (from ``start`` if given, else from zero: the numbers
-    are the same); a crash becomes ``failed`` records, not an exception. With
-    ``progress_file``, the epochs trained so far are written there after every epoch."""
+def run_groups_on(
+    arrays: Arrays, groups: Sequence[Group], seed: int, engine: str,
+    starts: Sequence[State | None], keep_state: bool = False, curves: bool = False,
+    progress_files: Sequence[str | None] | None = None,
+) -> list[GroupOutcome]:
+    """Train every trial of ``groups`` (all on the same rows and from the same epoch;
+    group ``i`` from ``starts[i]`` if given, else from zero: the numbers are the same),
+    the batched engine's groups together (:func:`~agereg.engine.train_groups`). A crash
+    becomes ``failed`` records of its group, not an exception. With ``progress_files``,
+    the epochs each group has trained are written there after every epoch."""
+    files = progress_files or [None] * len(groups)
     t0 = time.perf_counter()
+    if engine == "reference":
+        outcomes = []
+        for g, pf in zip(groups, files, strict=True):
+            total = sum(t.epochs for t in g.trials())
+            try:
+                outcomes.append(GroupOutcome(g, _reference(arrays, g, seed,
+                                                           _progress_writer(pf, total))))
+            except Exception as exc:  # a failed group is data: keep the search going
+                outcomes.append(_failed(g, exc, time.perf_counter() - t0))
+            t0 = time.perf_counter()
+        return outcomes
+    firsts = [0 if st is None else st.epoch for st in starts]
+    specs = [
+        GroupSpec(g.batch_size, [c[0] for c in g.columns], [c[1] for c in g.columns],
+                  g.epochs, st, g.loss, curves, _progress_writer(pf, g.epochs[-1] - first),
+                  weights=g.fold is None)  # a fold's parameters are no model to evaluate
+        for g, st, pf, first in zip(groups, starts, files, firsts, strict=True)
+    ]
     try:
-        if engine == "reference":
-            total = sum(t.epochs for t in group.trials())
-            return GroupOutcome(group, _reference(arrays, group, seed,
-                                                  _progress_writer(progress_file, total)))
-        first = 0 if start is None else start.epoch
-        res = train_group(
-            arrays, seed, group.batch_size, [c[0] for c in group.columns],
-            [c[1] for c in group.columns], group.epochs, start=start, curves=curves,
-            loss=group.loss,
-            on_epoch=_progress_writer(progress_file, group.epochs[-1] - first),
-            weights=group.fold is None,  # a fold's parameters are no model to evaluate
-        )
-    except Exception as exc:  # a failed group is data: record it, keep the search going
-        seconds = (time.perf_counter() - t0) / max(1, len(group.trials()))
-        msg = f"{type(exc).__name__}: {exc}"
-        return GroupOutcome(group, [
-            TrialRecord(t.batch_size, t.learning_rate, t.epochs, t.l2, None, None, None,
-                        Status.FAILED, seconds, msg, fold=group.fold, loss=t.loss)
-            for t in group.trials()
-        ])  # fmt: skip
+        results: list[GroupResult | Exception] = train_groups(arrays, seed, specs)
+    except Exception as exc:
+        results = [exc] * len(groups)
     elapsed = time.perf_counter() - t0
+    # each group's share of the time, in proportion to its columns times epochs
+    work = [len(g.columns) * (g.epochs[-1] - f) for g, f in zip(groups, firsts, strict=True)]
+    return [
+        _failed(g, res, elapsed * w / sum(work)) if isinstance(res, Exception)
+        else _outcome(g, res, elapsed * w / sum(work), first, keep_state)
+        for g, res, w, first in zip(groups, results, work, firsts, strict=True)
+    ]
+
+
+def _failed(group: Group, exc: Exception, seconds: float) -> GroupOutcome:
+    """A group that raised: every trial ``failed``, with the error as its message."""
+    seconds /= max(1, len(group.trials()))
+    msg = f"{type(exc).__name__}: {exc}"
+    return GroupOutcome(group, [
+        TrialRecord(t.batch_size, t.learning_rate, t.epochs, t.l2, None, None, None,
+                    Status.FAILED, seconds, msg, fold=group.fold, loss=t.loss)
+        for t in group.trials()
+    ])  # fmt: skip
+
+
+def _outcome(group: Group, res: GroupResult, elapsed: float, first: int,
+             keep_state: bool) -> GroupOutcome:
+    """A trained group's records, from the engine's result and its time."""
     records = []
-    first = 0 if start is None else start.epoch
     top = group.epochs[-1] - first
     assert res.mae is not None and res.val_se is not None and res.best_epoch is not None
     for k, (lr, l2) in enumerate(group.columns):
@@ -263,18 +300,21 @@ def _reference(arrays: Arrays, group: Group, seed: int,
     return records
 
 
-def run_group(
-    ref: ArraysRef, group: Group, seed: int, engine: str, parent_pid: int | None = None,
-    start: State | None = None, keep_state: bool = False, curves: bool = False,
-    progress_file: str | None = None,
-) -> GroupOutcome:
-    """The joblib task. One BLAS thread, always: the same kernels, so the same numbers,
-    whatever ``n_jobs`` is, and workers x threads never exceeds the cores."""
+def run_groups(
+    ref: ArraysRef, groups: Sequence[Group], seed: int, engine: str,
+    parent_pid: int | None = None, starts: Sequence[State | None] | None = None,
+    keep_state: bool = False, curves: bool = False,
+    progress_files: Sequence[str | None] | None = None,
+) -> list[GroupOutcome]:
+    """The joblib task: groups of one fold, trained together. One BLAS thread, always: the
+    same kernels, so the same numbers, whatever ``n_jobs`` is, and workers x threads never
+    exceeds the cores."""
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
-        return run_group_on(load_arrays(ref, group.fold), group, seed, engine, start,
-                            keep_state, curves, progress_file)
+        return run_groups_on(load_arrays(ref, groups[0].fold), groups, seed, engine,
+                             starts or [None] * len(groups), keep_state, curves,
+                             progress_files)
 
 
 _WATCHING_PARENT = False
@@ -322,14 +362,24 @@ def launch(
     curves: bool = False,
     progress_files: Sequence[str | None] | None = None,
 ) -> Iterator[GroupOutcome]:
-    """Yield each group's outcome as soon as it finishes (in completion order).
+    """Yield each group's outcome as soon as its task finishes (in completion order). The
+    batched engine trains pairs of groups together where that saves time
+    (:func:`~agereg.plan.bundles`); their outcomes come together, with the same numbers.
     ``starts[i]`` is the state group ``i`` continues from (None: from zero);
     ``progress_files[i]`` where group ``i`` records its epochs (see :func:`read_progress`)."""
     from joblib import Parallel, delayed
 
     if not groups:
         return
-    jobs = effective_jobs(n_jobs, len(groups))
+    starts = starts or [None] * len(groups)
+    files = progress_files or [None] * len(groups)
+    tasks = [[i] for i in range(len(groups))]
+    if engine == "batched":
+        X = load_arrays(ref).X_fit
+        firsts = [0 if st is None else st.epoch for st in starts]
+        tasks = [list(t) for t in bundles(groups, firsts, effective_jobs(n_jobs, len(groups)),
+                                          X.shape[1] * X.dtype.itemsize)]
+    jobs = effective_jobs(n_jobs, len(tasks))
     _install_quiet_abort_hook()
     # Workers need not share our working directory (dask workers do not).
     ref = ArraysRef(os.path.abspath(ref.folder), ref.precision, ref.folds)
@@ -340,15 +390,17 @@ def launch(
         # (the page cache stays), its warning is noise.
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
-        starts = starts or [None] * len(groups)
-        files = progress_files or [None] * len(groups)
-        results = parallel(delayed(run_group)(ref, g, seed, engine, os.getpid(), st, keep_state,
-                                              curves, pf)
-                           for g, st, pf in zip(groups, starts, files, strict=True))
+        results = parallel(
+            delayed(run_groups)(ref, [groups[i] for i in t], seed, engine, os.getpid(),
+                                [starts[i] for i in t], keep_state, curves,
+                                [files[i] for i in t])
+            for t in tasks)
         try:
             # not `yield from`: the interrupt must be noted before joblib starts aborting
-            for outcome in results:  # noqa: UP028
-                yield outcome
+            for outcomes in results:
+                # a task's finished groups first: on_error stop must not drop them
+                yield from sorted(outcomes, key=lambda o: any(
+                    r.status is Status.FAILED for r in o.records))
         except BaseException:  # GeneratorExit, KeyboardInterrupt, a failed append...
             note_interrupt()
             results.close()  # joblib terminates the workers now

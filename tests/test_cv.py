@@ -264,18 +264,19 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(
 
 def test_a_failed_fold_fails_its_trial_and_resume_retrains_only_it(
         tmp_path: Path, data_copy: Path, monkeypatch: pytest.MonkeyPatch):
-    from agereg import launcher
+    from agereg.engine import _Trainer
 
-    real = launcher.train_group
+    real = _Trainer.steps
     fold2 = make_folds(120, 1, 4, "x").folds[2]
 
-    def broken(arrays, seed, batch_size, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if batch_size == 32 and arrays.val_rows is not None and \
-                arrays.val_rows.tolist() == fold2.tolist():
+    def broken(self, lo, hi, rows):  # type: ignore[no-untyped-def]
+        val_rows = self.arrays.val_rows
+        if self.spec.batch_size == 32 and val_rows is not None and \
+                val_rows.tolist() == fold2.tolist():
             raise RuntimeError("fold 2 is cursed")
-        return real(arrays, seed, batch_size, *args, **kwargs)
+        return real(self, lo, hi, rows)
 
-    monkeypatch.setattr(launcher, "train_group", broken)
+    monkeypatch.setattr(_Trainer, "steps", broken)
     runs = tmp_path / "runs"
     code, _, err = run(["search", str(write(tmp_path, data_copy)), "--runs-dir", str(runs),
                         "--quiet"])

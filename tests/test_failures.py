@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from agereg import launcher
 from agereg.records import Status
 from agereg.runs import read_log
 
@@ -38,15 +37,18 @@ def write(tmp_path: Path, data: Path, extra: str = "", name: str = "f.yaml") -> 
 
 @pytest.fixture
 def broken_batch_8(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Groups of batch size 8 raise inside the engine (n_jobs 1 runs in this process)."""
-    real = launcher.train_group
+    """Groups of batch size 8 raise inside the engine, in their first minibatch steps (n_jobs 1
+    runs in this process, where such a group trains beside a healthy one)."""
+    from agereg.engine import _Trainer
 
-    def train_group(arrays, seed, batch_size, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if batch_size == 8:
+    real = _Trainer.steps
+
+    def steps(self, lo, hi, rows):  # type: ignore[no-untyped-def]
+        if self.spec.batch_size == 8:
             raise RuntimeError("injected fault")
-        return real(arrays, seed, batch_size, *args, **kwargs)
+        return real(self, lo, hi, rows)
 
-    monkeypatch.setattr(launcher, "train_group", train_group)
+    monkeypatch.setattr(_Trainer, "steps", steps)
 
 
 def test_failed_trials_exit_3_and_resume_trains_them(tmp_path: Path, data_copy: Path,
@@ -78,13 +80,17 @@ def test_failed_trials_exit_3_and_resume_trains_them(tmp_path: Path, data_copy: 
 def test_on_error_stop_stops_at_the_first_failed_group(tmp_path: Path, data_copy: Path,
                                                        broken_batch_8: None):
     runs = tmp_path / "runs"
-    code, _, err = run(["search", str(write(tmp_path, data_copy, "on_error: stop")),
-                        "--runs-dir", str(runs), "--quiet"])
+    path = write(tmp_path, data_copy, "on_error: stop")
+    path.write_text(path.read_text().replace("[8, 32]", "[8, 32, 64, 128]"))
+    code, _, err = run(["search", str(path), "--runs-dir", str(runs), "--quiet"])
     assert code == 3, err
     assert err.strip().splitlines()[-1].startswith("error: 8 trials failed")
     run_dir = latest_run(runs)
-    # groups run in order (n_jobs 1): batch 8 failed first, batch 32 never started
-    assert {r.batch_size for r in read_log(run_dir)} == {8}
+    # tasks run in order (n_jobs 1): batch 8 trained beside batch 32 (kept: finished work
+    # is never lost) and failed; the task of batches 64 and 128 never started
+    log = read_log(run_dir)
+    assert {r.batch_size for r in log} == {8, 32}
+    assert {r.status for r in log if r.batch_size == 32} == {Status.OK}
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert (run_dir / "results.csv").exists()
 
