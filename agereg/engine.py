@@ -20,7 +20,8 @@ Training contract (the README states it in full):
 Two engines implement it. :func:`train_reference` trains one trial with a plain loop and
 is the readable oracle. :func:`train_group` trains many (lr, l2) columns of one batch size
 at once, as a ``(D, K)`` weight matrix with one matrix-matrix product per step, and records
-every requested epoch count in a single pass.
+every requested epoch count in a single pass; :func:`train_groups` trains several such
+groups over one shared gathering of each epoch's rows, to the same bits.
 """
 
 from __future__ import annotations
@@ -483,7 +484,7 @@ def train_groups(arrays: Arrays, seed: int, specs: Sequence[GroupSpec]
     trainers: dict[int, _Trainer] = {}
     for i, spec in enumerate(specs):
         try:
-            trainers[i] = _Trainer(arrays, seed, spec)
+            trainers[i] = _Trainer(arrays, spec)
         except Exception as exc:  # the group's failure is its result
             out[i] = exc
     firsts = {t.first for t in trainers.values()}
@@ -537,7 +538,7 @@ class _Trainer:
     curves. ``begin`` an epoch with its row order, take the ``steps`` that start in a
     stretch of it, ``end`` it; ``result`` after the last."""
 
-    def __init__(self, arrays: Arrays, seed: int, spec: GroupSpec) -> None:
+    def __init__(self, arrays: Arrays, spec: GroupSpec) -> None:
         self.arrays, self.X = arrays, arrays.X_fit
         dtype = self.X.dtype
         n, d = arrays.n_fit, self.X.shape[1]
