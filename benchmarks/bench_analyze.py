@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(machine())
-    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
+    tmp = Path(scratch.name)
     write_synthetic(tmp / "data", seed=0)
     agereg = [sys.executable, "-m", "agereg"]
     subprocess.run([*agereg, "search", str(CONFIG), "--quiet"], cwd=tmp, check=True,

@@ -250,7 +250,8 @@ def main() -> None:
     args = ap.parse_args()
 
     print(machine())
-    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
+    tmp = Path(scratch.name)
     data = write_synthetic(tmp / "data", seed=0)
     runs = tmp / "runs"
     n = len(HOMEWORK)

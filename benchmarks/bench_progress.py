@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(machine())
-    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
+    tmp = Path(scratch.name)
     data = write_synthetic(tmp / "data", seed=0)
     runs = tmp / "runs"
     quarter = dataclasses.replace(HOMEWORK, learning_rate=(3e-3,))

@@ -58,7 +58,8 @@ def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
 
 def main() -> None:
     data = Path(sys.argv[1]).resolve()
-    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
+    tmp = Path(scratch.name)
     config = tmp / "scale.yaml"
     config.write_text(GRID.format(data=data))
     for n_jobs in (1, 2):

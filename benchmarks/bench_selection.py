@@ -66,7 +66,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="best of N wall times")
     args = ap.parse_args()
     print(machine())
-    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
+    tmp = Path(scratch.name)
     data = write_synthetic(tmp / "data", seed=0)  # 5,000 + 2,500 images of 48x48
     runs = tmp / "runs"
 

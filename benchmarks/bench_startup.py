@@ -80,7 +80,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     print(machine())
-    tmp = Path(tempfile.mkdtemp(prefix="agereg-bench-"))
+    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
+    tmp = Path(scratch.name)
     data = write_digits(tmp / "digits")
     (tmp / "digits.yaml").write_text(GRID.format(name="digits", data=data, bs="[16, 64]",
                                                  lr="[0.01, 0.05, 0.2]", ep="[20, 60]",
