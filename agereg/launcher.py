@@ -363,8 +363,9 @@ def launch(
     progress_files: Sequence[str | None] | None = None,
 ) -> Iterator[GroupOutcome]:
     """Yield each group's outcome as soon as its task finishes (in completion order). The
-    batched engine trains pairs of groups together where that saves time
-    (:func:`~agereg.plan.bundles`); their outcomes come together, with the same numbers.
+    batched engine trains pairs of groups together where that saves time on this machine's
+    workers (:func:`~agereg.plan.bundles`; on a dask cluster every group is its own task);
+    a pair's outcomes come together, with the same numbers.
     ``starts[i]`` is the state group ``i`` continues from (None: from zero);
     ``progress_files[i]`` where group ``i`` records its epochs (see :func:`read_progress`)."""
     from joblib import Parallel, delayed
@@ -374,7 +375,8 @@ def launch(
     starts = starts or [None] * len(groups)
     files = progress_files or [None] * len(groups)
     tasks = [[i] for i in range(len(groups))]
-    if engine == "batched":
+    # pairs are sized for this machine's cores; a dask cluster's workers come and go
+    if engine == "batched" and backend != "dask":
         X = load_arrays(ref).X_fit
         firsts = [0 if st is None else st.epoch for st in starts]
         tasks = [list(t) for t in bundles(groups, firsts, effective_jobs(n_jobs, len(groups)),
