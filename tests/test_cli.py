@@ -56,10 +56,20 @@ def test_search_then_eval(tiny_config: Path, tmp_path: Path):
     assert "refit on train+validation (120 rows)" in out
 
 
-def test_results_identical_for_n_jobs_1_and_2(tiny_config: Path, tmp_path: Path):
+def test_results_identical_for_n_jobs_1_and_2(tiny_config: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch):
+    from agereg import launcher
+
+    tasks: list[int] = []  # groups per task
+    real = launcher.run_groups
+    monkeypatch.setattr(launcher, "run_groups", lambda ref, groups, *args: (
+        tasks.append(len(groups)), real(ref, groups, *args))[1])
     a = search(tiny_config, tmp_path / "r1", "--n-jobs", "1")
+    assert tasks == [2]  # one worker: batch sizes 8 and 32 train together
     b = search(tiny_config, tmp_path / "r2", "--n-jobs", "2")
+    tasks.clear()
     c = search(tiny_config, tmp_path / "r3", "--n-jobs", "2", "--backend", "threading")
+    assert tasks == [1, 1]  # two workers: each group alone
     assert without_seconds(read_results(a)) == without_seconds(read_results(b))
     assert without_seconds(read_results(a)) == without_seconds(read_results(c))
 
