@@ -374,13 +374,8 @@ def launch(
         return
     starts = starts or [None] * len(groups)
     files = progress_files or [None] * len(groups)
-    tasks = [[i] for i in range(len(groups))]
-    # pairs are sized for this machine's cores; a dask cluster's workers come and go
-    if engine == "batched" and backend != "dask":
-        X = load_arrays(ref).X_fit
-        firsts = [0 if st is None else st.epoch for st in starts]
-        tasks = [list(t) for t in bundles(groups, firsts, effective_jobs(n_jobs, len(groups)),
-                                          X.shape[1] * X.dtype.itemsize)]
+    tasks = plan_tasks(ref, groups, [0 if st is None else st.epoch for st in starts],
+                       engine, n_jobs, backend)
     jobs = effective_jobs(n_jobs, len(tasks))
     _install_quiet_abort_hook()
     # Workers need not share our working directory (dask workers do not).
@@ -407,6 +402,19 @@ def launch(
             note_interrupt()
             results.close()  # joblib terminates the workers now
             raise
+
+
+def plan_tasks(ref: ArraysRef, groups: Sequence[Group], firsts: Sequence[int], engine: str,
+               n_jobs: int, backend: str) -> list[tuple[int, ...]]:
+    """The tasks :func:`launch` sends: indices into ``groups`` (``firsts[i]``: the epoch
+    group ``i`` starts from). The batched engine's groups go in the pairs
+    :func:`~agereg.plan.bundles` makes for this machine's workers; with the reference
+    engine, or on a dask cluster (whose workers come and go), every group alone."""
+    if engine != "batched" or backend == "dask":
+        return [(i,) for i in range(len(groups))]
+    X = load_arrays(ref).X_fit
+    return bundles(groups, firsts, effective_jobs(n_jobs, len(groups)),
+                   X.shape[1] * X.dtype.itemsize)
 
 
 def _backend(backend: str, jobs: int, scheduler: str | None) -> AbstractContextManager:

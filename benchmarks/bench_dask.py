@@ -13,8 +13,9 @@ connection check, the prepared arrays and the durable trial log are all counted)
 * a 10x grid: the same batch sizes and epochs, 10 learning rates (3e-8 ... 3e-3,
   log-spaced) x 16 l2 (1e-7 ... 1e-1, log-spaced): 2560 trials, 10x the columns, so about
   10x the arithmetic;
-* the cost of a task: many trivial groups (tiny data, one epoch) through
-  :func:`agereg.launcher.launch`, per backend.
+* the cost of a group: many trivial groups (tiny data, one epoch) through
+  :func:`agereg.launcher.launch`, per backend (loky sends them in pairs, dask one per
+  task).
 
 It prints a table: wall time, the summed training time of the groups ("compute"),
 compute / wall (the parallel speed-up; at most the number of workers, and of groups),
@@ -55,7 +56,8 @@ LARGE = {
     "epochs": HOMEWORK["epochs"],
     "l2": [float(f"{v:.3g}") for v in np.geomspace(1e-7, 1e-1, 16)],
 }
-# Trivial groups: 10 batch sizes x 40 chunks of 8 (lr, l2) columns = 400 tasks.
+# Trivial groups: 10 batch sizes x 20 chunks of 16 (lr, l2) columns = 200 groups, one
+# task each with dask, in pairs with loky.
 TRIVIAL = {
     "batch_size": list(range(1, 11)),
     "learning_rate": [float(f"{v:.3g}") for v in np.geomspace(1e-6, 1e-3, 40)],
@@ -84,7 +86,8 @@ def timed_search(cfg: Config, runs: Path) -> tuple[float, float, list[tuple]]:
 
 
 def task_cost(tmp: Path, backend: str, scheduler: str | None, jobs: int) -> tuple[int, float]:
-    """(tasks, wall seconds) for many trivial groups straight through launch()."""
+    """(groups, wall seconds) for many trivial groups straight through launch() (loky
+    sends them in pairs, dask one per task)."""
     data = tmp / "trivial-data"
     if not data.exists():
         write_synthetic(data, seed=0, n_train=40, n_test=20, side=4)
@@ -143,8 +146,8 @@ def main() -> None:
             continue
         print(f"{name:16}{backend:9}{wall:9.2f}{compute:11.2f}{compute / wall:10.2f}")
     print()
-    print(f"{'task cost':16}{'backend':9}{'tasks':>9}{'wall s':>11}{'ms/task':>10}"
-          f"{'ms/task/worker':>16}")
+    print(f"{'group cost':16}{'backend':9}{'groups':>9}{'wall s':>11}{'ms/group':>10}"
+          f"{'ms/group/worker':>16}")
     for backend, n, wall in costs:
         print(f"{'trivial groups':16}{backend:9}{n:9d}{wall:11.2f}{1e3 * wall / n:10.2f}"
               f"{1e3 * wall * w / n:16.2f}")
