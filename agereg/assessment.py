@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from agereg.basis import ridge_basis_beside
+from agereg.batched import column_fit, train_group
 from agereg.config import Config, Distribution
 from agereg.data import Dataset, load_dataset
-from agereg.engine import Arrays, Fit, column_fit, diverged_fit, train_group, train_reference
+from agereg.engine import Arrays, Fit, diverged_fit, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import (
     CS_THETAS,

@@ -4,7 +4,7 @@ dask cluster), and streams their records back. It knows nothing of strategies.
 
 The task takes plain, picklable data (a :class:`ArraysRef` naming memory-mappable .npy
 files, its :class:`~agereg.plan.Group` objects, their optional starting
-:class:`~agereg.engine.State` and the engine settings) and returns a
+:class:`~agereg.batched.State` and the engine settings) and returns a
 :class:`GroupOutcome` per group.
 Workers memory-map the prepared arrays, so the page cache holds one copy of the data for
 every worker on a machine; nothing large travels with a task.
@@ -27,17 +27,9 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from agereg.batched import Curves, GroupResult, GroupSpec, State, train_groups
 from agereg.data import Dataset
-from agereg.engine import (
-    Arrays,
-    Curves,
-    Fit,
-    GroupResult,
-    GroupSpec,
-    State,
-    train_groups,
-    train_reference,
-)
+from agereg.engine import Arrays, Fit, train_reference
 from agereg.errors import RunError
 from agereg.plan import Group, bundles
 from agereg.records import Status, TrialKey, TrialRecord
@@ -221,7 +213,7 @@ def run_groups_on(
 ) -> list[GroupOutcome]:
     """Train every trial of ``groups`` (all on the same rows and from the same epoch;
     group ``i`` from ``starts[i]`` if given, else from zero: the numbers are the same),
-    the batched engine's groups together (:func:`~agereg.engine.train_groups`). A crash
+    the batched engine's groups together (:func:`~agereg.batched.train_groups`). A crash
     becomes ``failed`` records of its group, not an exception. With ``progress_files``,
     the epochs each group has trained are written there after every epoch."""
     files = progress_files or [None] * len(groups)

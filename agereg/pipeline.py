@@ -19,6 +19,7 @@ import numpy as np
 
 from agereg import interrupts
 from agereg.advice import edge_notices
+from agereg.batched import PANEL, State
 from agereg.cluster import check_backend
 from agereg.config import (
     Config,
@@ -29,7 +30,6 @@ from agereg.config import (
     search_budget,
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
-from agereg.engine import PANEL, State
 from agereg.errors import RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, GroupOutcome, launch, prepare_arrays, read_progress

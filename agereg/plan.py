@@ -6,7 +6,7 @@ unit of work sent to a worker: one batch size, a chunk of (learning_rate, l2) co
 the epoch counts to record, trained together by the batched engine (or one after another
 by the reference engine), optionally continuing from ``start_epoch``.
 
-Since the engine's products have a fixed width (``engine.PANEL``), a column's numbers do
+Since the engine's products have a fixed width (``batched.PANEL``), a column's numbers do
 not depend on the group it is trained in: grouping decides speed, never results. The
 groups that ran are stored in the run folder all the same (``plan.jsonl``).
 """
@@ -20,8 +20,8 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from agereg.batched import PANEL, SHARED_BYTES
 from agereg.config import Distribution, Grid
-from agereg.engine import PANEL, SHARED_BYTES
 from agereg.records import DEFAULT_LOSS, Config3, TrialKey
 
 # Columns per group: whole panels of the engine's product width, at most MAX_COLUMNS
@@ -29,7 +29,7 @@ from agereg.records import DEFAULT_LOSS, Config3, TrialKey
 # groups so that small searches still keep a few cores busy.
 TARGET_GROUPS = 4
 MAX_COLUMNS = 32
-# Two groups trained together (engine.train_groups) take about this share of the time of
+# Two groups trained together (batched.train_groups) take about this share of the time of
 # the two trained one after the other (measured on the homework grid: 0.79-0.95).
 PAIRED_COST = 0.88
 
@@ -162,7 +162,7 @@ def bundles(groups: Sequence[Group], firsts: Sequence[int], jobs: int, row_bytes
     from, ``row_bytes`` the size of one training row.
 
     Two groups pair when they train on the same rows (fold) from the same epoch and a
-    whole number of both their minibatches fits in :data:`~agereg.engine.SHARED_BYTES`,
+    whole number of both their minibatches fits in :data:`~agereg.batched.SHARED_BYTES`,
     the smallest such stretch first; then as many pairs are kept as shorten the estimated
     wall time (a group costs its panels times its epochs, a pair :data:`PAIRED_COST` of
     its two, and tasks go to the least loaded worker, costliest first)."""

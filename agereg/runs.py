@@ -38,8 +38,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from agereg import __version__, interrupts
+from agereg.batched import Curves
 from agereg.config import LOSSES, MAX_SEED, Config, load_config
-from agereg.engine import Curves
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import (
     KiB,

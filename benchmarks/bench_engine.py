@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agereg.batched import PANEL, ROW_BLOCK, GroupSpec, train_group, train_groups
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid
-from agereg.engine import PANEL, ROW_BLOCK, Arrays, GroupSpec, train_group, train_groups
+from agereg.engine import Arrays
 from agereg.pipeline import start_search
 from agereg.plan import bundles, plan_groups
 from agereg.synth import write_synthetic

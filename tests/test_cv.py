@@ -264,7 +264,7 @@ def test_interrupted_cross_validation_resumes_to_the_same_numbers(
 
 def test_a_failed_fold_fails_its_trial_and_resume_retrains_only_it(
         tmp_path: Path, data_copy: Path, monkeypatch: pytest.MonkeyPatch):
-    from agereg.engine import _Trainer
+    from agereg.batched import _Trainer
 
     real = _Trainer.steps
     fold2 = make_folds(120, 1, 4, "x").folds[2]

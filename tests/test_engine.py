@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agereg.batched import train_group
 from agereg.engine import (
     EXPLODE,
     Arrays,
@@ -17,7 +18,6 @@ from agereg.engine import (
     gradient,
     objective,
     ridge_closed_form,
-    train_group,
     train_reference,
 )
 
@@ -293,26 +293,26 @@ def _same_result(a, b) -> None:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_groups_trained_together_equal_each_trained_alone_bit_for_bit(
         dtype, monkeypatch: pytest.MonkeyPatch):
-    from agereg import engine
+    from agereg import batched
 
     shared = []
-    real = engine._Trainer.steps
-    monkeypatch.setattr(engine._Trainer, "steps", lambda self, lo, hi, rows: (
+    real = batched._Trainer.steps
+    monkeypatch.setattr(batched._Trainer, "steps", lambda self, lo, hi, rows: (
         shared.append(rows is not None), real(self, lo, hi, rows))[1])
     a = make_arrays(n=301, d=7, seed=4, dtype=dtype)
     # many columns over two panels, a diverging column, the absolute loss, a batch size
     # beyond n (one minibatch of all rows), minibatches split into row blocks (300 > 128),
     # and groups that stop at different epochs (the first trains its sixth epoch alone)
     specs = [
-        engine.GroupSpec(6, [1e-3, 1e-2, 1e9] + [3e-3] * 15, [0.0, 0.1, 0.0] + [1e-2] * 15,
+        batched.GroupSpec(6, [1e-3, 1e-2, 1e9] + [3e-3] * 15, [0.0, 0.1, 0.0] + [1e-2] * 15,
                          (2, 6), curves=True, snapshots=[(1, 6)], weights=True),
-        engine.GroupSpec(4, [1e-2, 2e-2], [0.0, 0.5], (1, 3), loss="absolute", curves=True,
+        batched.GroupSpec(4, [1e-2, 2e-2], [0.0, 0.5], (1, 3), loss="absolute", curves=True,
                          weights=True),
-        engine.GroupSpec(12, [5e-3], [0.0], (4,), curves=True, weights=True),
-        engine.GroupSpec(400, [1e-2], [0.0], (5,), curves=True, weights=True),
-        engine.GroupSpec(300, [1e-2, 1e-3], [0.0, 0.0], (2, 4), curves=True, weights=True),
+        batched.GroupSpec(12, [5e-3], [0.0], (4,), curves=True, weights=True),
+        batched.GroupSpec(400, [1e-2], [0.0], (5,), curves=True, weights=True),
+        batched.GroupSpec(300, [1e-2, 1e-3], [0.0, 0.0], (2, 4), curves=True, weights=True),
     ]
-    together = engine.train_groups(a, 7, specs)
+    together = batched.train_groups(a, 7, specs)
     assert any(shared) and not all(shared)  # the rows were shared, then each went alone
     for spec, res in zip(specs, together, strict=True):
         shared.clear()
@@ -320,14 +320,14 @@ def test_groups_trained_together_equal_each_trained_alone_bit_for_bit(
                             loss=spec.loss, curves=True, snapshots=spec.snapshots,
                             weights=True)
         assert not any(shared)
-        assert isinstance(res, engine.GroupResult)
+        assert isinstance(res, batched.GroupResult)
         _same_result(alone, res)
     assert together[0].diverged[:, 2].all() and not together[0].diverged[:, :2].any()
     assert list(together[0].snapshots) == [(1, 6)]
 
 
 def test_groups_continue_together_from_saved_states_on_a_fold():
-    from agereg import engine
+    from agereg import batched
 
     pool = make_arrays(n=200, d=6, seed=5)
     rng = np.random.default_rng(0)
@@ -336,18 +336,18 @@ def test_groups_continue_together_from_saved_states_on_a_fold():
                   fit_rows=rows[:150], val_rows=rows[150:])
     lrs, l2s = [1e-2, 3e-3], [0.0, 0.1]
     firsts = [train_group(fold, 1, bs, lrs, l2s, [2], curves=True) for bs in (10, 25)]
-    specs = [engine.GroupSpec(bs, lrs, l2s, [3, 6], start=f.state, curves=True, weights=True)
+    specs = [batched.GroupSpec(bs, lrs, l2s, [3, 6], start=f.state, curves=True, weights=True)
              for bs, f in zip((10, 25), firsts, strict=True)]
-    together = engine.train_groups(fold, 1, specs)
+    together = batched.train_groups(fold, 1, specs)
     for spec, res in zip(specs, together, strict=True):
         _same_result(train_group(fold, 1, spec.batch_size, lrs, l2s, [3, 6], start=spec.start,
                                  curves=True, weights=True), res)
     with pytest.raises(ValueError, match="start at one epoch"):
-        engine.train_groups(fold, 1, [specs[0], engine.GroupSpec(10, lrs, l2s, [3])])
+        batched.train_groups(fold, 1, [specs[0], batched.GroupSpec(10, lrs, l2s, [3])])
 
 
 def test_a_group_that_raises_is_dropped_and_the_others_go_on():
-    from agereg import engine
+    from agereg import batched
 
     a = make_arrays(n=120, d=5, seed=6)
 
@@ -355,13 +355,13 @@ def test_a_group_that_raises_is_dropped_and_the_others_go_on():
         if epoch == 2:
             raise RuntimeError("disk on fire")
 
-    specs = [engine.GroupSpec(8, [1e-2], [0.0], (1, 4), on_epoch=fail_at_2),
-             engine.GroupSpec(24, [1e-2, 3e-2], [0.0, 0.0], (1, 4), curves=True),
-             engine.GroupSpec(8, [1e-2], [0.0], (0,))]  # refused before training
-    broken, fine, refused = engine.train_groups(a, 2, specs)
+    specs = [batched.GroupSpec(8, [1e-2], [0.0], (1, 4), on_epoch=fail_at_2),
+             batched.GroupSpec(24, [1e-2, 3e-2], [0.0, 0.0], (1, 4), curves=True),
+             batched.GroupSpec(8, [1e-2], [0.0], (0,))]  # refused before training
+    broken, fine, refused = batched.train_groups(a, 2, specs)
     assert isinstance(broken, RuntimeError) and "disk on fire" in str(broken)
     assert isinstance(refused, ValueError) and "start epoch" in str(refused)
     alone = train_group(a, 2, 24, [1e-2, 3e-2], [0.0, 0.0], (1, 4), curves=True)
-    assert isinstance(fine, engine.GroupResult)
+    assert isinstance(fine, batched.GroupResult)
     assert np.array_equal(fine.losses, alone.losses) and np.array_equal(fine.state.W,
                                                                           alone.state.W)

@@ -39,7 +39,7 @@ def write(tmp_path: Path, data: Path, extra: str = "", name: str = "f.yaml") -> 
 def broken_batch_8(monkeypatch: pytest.MonkeyPatch) -> None:
     """Groups of batch size 8 raise inside the engine, in their first minibatch steps (n_jobs 1
     runs in this process, where such a group trains beside a healthy one)."""
-    from agereg.engine import _Trainer
+    from agereg.batched import _Trainer
 
     real = _Trainer.steps
 

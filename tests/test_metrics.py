@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agereg.engine import Arrays, derivative, gradient, train_group, train_reference
+from agereg.batched import train_group
+from agereg.engine import Arrays, derivative, gradient, train_reference
 from agereg.evaluate import cumulative_score, error_by_decade, median_baseline
 from agereg.records import TrialRecord, trial_id
 from agereg.runs import CURVES_NAME, read_curves, read_log

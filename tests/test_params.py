@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agereg.assessment import open_run, retrain
-from agereg.engine import column_fit, train_group
+from agereg.batched import column_fit, train_group
 from agereg.launcher import in_memory
 from agereg.params import PARAMS_DIR, load_params
 from agereg.records import rank

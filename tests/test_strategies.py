@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from agereg.advice import edge_notices
+from agereg.batched import train_group
 from agereg.config import Distribution, Grid, load_config
-from agereg.engine import train_group
 from agereg.records import Status, TrialRecord
 from agereg.records import rank as rank_records
 from agereg.runs import read_log, read_plan
