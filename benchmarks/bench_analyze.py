@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_engine import machine
+from bench_engine import machine, scratch
 from bench_startup import median_wall
 
 from agereg.analysis import top_eigenvalue
@@ -36,8 +35,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(machine())
-    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
-    tmp = Path(scratch.name)
+    tmp = scratch()
     write_synthetic(tmp / "data", seed=0)
     agereg = [sys.executable, "-m", "agereg"]
     subprocess.run([*agereg, "search", str(CONFIG), "--quiet"], cwd=tmp, check=True,

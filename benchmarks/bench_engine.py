@@ -30,9 +30,11 @@ and each group apart, as before groups were paired).
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -72,6 +74,14 @@ def machine() -> str:
     return (f"machine: {platform.machine()}, {cpu or 'processor unknown'}, {os.cpu_count()} "
             f"cores, BLAS {blas or 'unknown'}, numpy {np.__version__}, "
             f"Python {platform.python_version()}")
+
+
+def scratch() -> Path:
+    """A scratch folder for this benchmark run (data, run folders), removed when the
+    process exits."""
+    path = tempfile.mkdtemp(prefix="agereg-bench-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return Path(path)
 
 
 def proc_bytes(pid: int, file: str, field: str) -> int:
@@ -251,8 +261,7 @@ def main() -> None:
     args = ap.parse_args()
 
     print(machine())
-    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
-    tmp = Path(scratch.name)
+    tmp = scratch()
     data = write_synthetic(tmp / "data", seed=0)
     runs = tmp / "runs"
     n = len(HOMEWORK)

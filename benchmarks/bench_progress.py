@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 import time
 from pathlib import Path
 
-from bench_engine import machine
+from bench_engine import machine, scratch
 
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid
 from agereg.pipeline import start_search
@@ -60,8 +59,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     print(machine())
-    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
-    tmp = Path(scratch.name)
+    tmp = scratch()
     data = write_synthetic(tmp / "data", seed=0)
     runs = tmp / "runs"
     quarter = dataclasses.replace(HOMEWORK, learning_rate=(3e-3,))

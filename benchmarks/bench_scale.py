@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench_engine import proc_bytes, process_tree
+from bench_engine import proc_bytes, process_tree, scratch
 
 GRID = """\
 name: scale
@@ -58,8 +57,7 @@ def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
 
 def main() -> None:
     data = Path(sys.argv[1]).resolve()
-    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
-    tmp = Path(scratch.name)
+    tmp = scratch()
     config = tmp / "scale.yaml"
     config.write_text(GRID.format(data=data))
     for n_jobs in (1, 2):

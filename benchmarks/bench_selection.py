@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_engine import machine
+from bench_engine import machine, scratch
 
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid, SplitConfig
 from agereg.pipeline import SearchOutcome, start_search
@@ -66,8 +65,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="best of N wall times")
     args = ap.parse_args()
     print(machine())
-    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
-    tmp = Path(scratch.name)
+    tmp = scratch()
     data = write_synthetic(tmp / "data", seed=0)  # 5,000 + 2,500 images of 48x48
     runs = tmp / "runs"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import machine
+from bench_engine import machine, scratch
 from bench_strategies import write_digits
 
 GRID = """\
@@ -80,8 +79,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     print(machine())
-    scratch = tempfile.TemporaryDirectory(prefix="agereg-bench-")  # removed at exit
-    tmp = Path(scratch.name)
+    tmp = scratch()
     data = write_digits(tmp / "digits")
     (tmp / "digits.yaml").write_text(GRID.format(name="digits", data=data, bs="[16, 64]",
                                                  lr="[0.01, 0.05, 0.2]", ep="[20, 60]",
