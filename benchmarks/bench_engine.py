@@ -19,7 +19,8 @@ grid's training FLOP (two products per panel, row and epoch) divided by the rate
 number of cores. The fraction is given for the whole search (start-up, scoring, curves and
 log included) and for the engine alone (the search's tasks trained in-process on one
 thread, pairs of groups together as the search trains them, the sum divided by the cores;
-and each group apart, as before groups were paired).
+and each group apart, as before groups were paired; and the pairs scored only once, after
+the last epoch, without learning curves, to show what the scoring costs).
 
     python benchmarks/bench_engine.py                 # everything (reference takes minutes)
     python benchmarks/bench_engine.py --reference-quarter  # a quarter of the reference
@@ -218,7 +219,9 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
                             np.asarray(ds.yte, dtype=np.float64))
             lrs = [lr for lr in HOMEWORK.learning_rate for _ in HOMEWORK.l2]
             l2s = [l2 for _ in HOMEWORK.learning_rate for l2 in HOMEWORK.l2]
-            engine, apart = 0.0, 0.0  # the search's tasks; each group on its own
+            # the search's tasks; the same training scored once, at the end, without
+            # curves; each group on its own
+            engine, bare, apart = 0.0, 0.0, 0.0
             groups = plan_groups(HOMEWORK)
             for task in bundles(groups, [0] * len(groups), cores, d * X.dtype.itemsize):
                 specs = [GroupSpec(groups[i].batch_size, lrs, l2s, HOMEWORK.epochs,
@@ -226,6 +229,11 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
                 t0 = time.perf_counter()
                 train_groups(arrays, 0, specs)
                 engine += time.perf_counter() - t0
+                specs = [dataclasses.replace(s, epochs=(max(HOMEWORK.epochs),),
+                                             curves=False, weights=False) for s in specs]
+                t0 = time.perf_counter()
+                train_groups(arrays, 0, specs)
+                bare += time.perf_counter() - t0
             for bs in flop:
                 t0 = time.perf_counter()
                 train_group(arrays, 0, bs, lrs, l2s, HOMEWORK.epochs, curves=True,
@@ -249,6 +257,9 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
               f"({engine:.2f} s of the search's tasks on one thread / {cores}): "
               f"{100 * floor * cores / engine:.0f}%; each group apart "
               f"{apart / cores:.2f} s: {100 * floor * cores / apart:.0f}%")
+        print(f"    the same pairs scored once, after the last epoch, without curves (the "
+              f"scoring the floor does not count taken out): {bare / cores:.2f} s: "
+              f"{100 * floor * cores / bare:.0f}%")
 
 
 def main() -> None:
