@@ -50,11 +50,13 @@ from agereg.pipeline import start_search
 from agereg.plan import bundles, plan_groups
 from agereg.synth import write_synthetic
 
+LEARNING_RATES = (3e-8, 3e-6, 3e-5, 3e-3)
+L2S = (1e-7, 1e-5, 1e-3, 1e-1)
 HOMEWORK = Grid(
     batch_size=(160, 200, 400, 640),
-    learning_rate=(3e-8, 3e-6, 3e-5, 3e-3),
+    learning_rate=LEARNING_RATES,
     epochs=(16, 32, 48, 64),
-    l2=(1e-7, 1e-5, 1e-3, 1e-1),
+    l2=L2S,
 )
 
 
@@ -168,10 +170,11 @@ def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
     with each block first gathered in a random order from ``gather_from`` rows (what a
     minibatch step has to do), then used by ``panels`` panels of 16 columns."""
     rng = np.random.default_rng(0)
-    X = rng.random((max(rows, gather_from), d)).astype(dtype)
+    X: np.ndarray = rng.random((max(rows, gather_from), d)).astype(dtype)
     xs = X[:rows].copy()  # its own buffer: a view of X would make take() copy through a temporary
     Ws = [rng.random((d, PANEL)).astype(dtype) * 1e-3 for _ in range(panels)]
-    R, G = np.empty((rows, PANEL), dtype), np.empty((d, PANEL), dtype)
+    R: np.ndarray = np.empty((rows, PANEL), dtype)
+    G: np.ndarray = np.empty((d, PANEL), dtype)
     order = rng.permutation(len(X))
     best = 0.0
     for _ in range(3):
@@ -200,7 +203,7 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
     ds = load_dataset(data)
     split = load_split(data / "split.json", ds.info.n_train, ds.info.sha256["ytr"])
     n, d = len(split.train), int(np.prod(ds.Xtr.shape[1:]))
-    cols = len(HOMEWORK.learning_rate) * len(HOMEWORK.l2)
+    cols = len(LEARNING_RATES) * len(L2S)
     panels = -(-cols // PANEL)
     flop = {bs: 4 * n * d * PANEL * panels * max(HOMEWORK.epochs) for bs in HOMEWORK.batch_size}
     total = sum(flop.values())
@@ -217,8 +220,8 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
                             np.ascontiguousarray(X[split.val]), y[split.val],
                             np.asarray(ds.Xte, dtype=dtype).reshape(-1, d),
                             np.asarray(ds.yte, dtype=np.float64))
-            lrs = [lr for lr in HOMEWORK.learning_rate for _ in HOMEWORK.l2]
-            l2s = [l2 for _ in HOMEWORK.learning_rate for l2 in HOMEWORK.l2]
+            lrs = [lr for lr in LEARNING_RATES for _ in L2S]
+            l2s = [l2 for _ in LEARNING_RATES for l2 in L2S]
             # the search's tasks; the same training scored once, at the end, without
             # curves; each group on its own
             engine, bare, apart = 0.0, 0.0, 0.0
@@ -286,7 +289,7 @@ def main() -> None:
         results[precision] = best
 
     if args.reference_quarter:
-        grid = dataclasses.replace(HOMEWORK, learning_rate=HOMEWORK.learning_rate[:1])
+        grid = dataclasses.replace(HOMEWORK, learning_rate=LEARNING_RATES[:1])
         wall, rss, _ = timed_search(config(data, grid, engine="reference"), runs)
         ref_wall = wall * n / len(grid)
         label = f"reference, joblib (extrapolated from {len(grid)})"
