@@ -31,7 +31,7 @@ SGD_LR = 1e-3
 SGD_BATCH = 64
 VAL_FRACTION = 0.2
 
-GRID = {
+GRID: dict[str, list[float]] = {
     "batch_size": [160, 200, 400, 640],
     "lr": [3e-8, 3e-6, 3e-5, 3e-3],
     "epochs": [16, 32, 48, 64],
@@ -204,7 +204,7 @@ def main() -> None:
         best_va, best_te, best_cfg = np.inf, np.nan, None
         for cfg in itertools.product(*GRID.values()):
             bs, lr, ep, l2 = cfg
-            w, b = sgd(Xtr[tr_idx], ytr[tr_idx], lr, bs, ep, l2, seed)
+            w, b = sgd(Xtr[tr_idx], ytr[tr_idx], lr, int(bs), int(ep), l2, seed)
             va = fmse(Xtr[va_idx] @ w + b, ytr[va_idx])
             if va < best_va:  # NaN from a diverged run never compares smaller
                 best_va, best_te, best_cfg = va, fmse(Xte @ w + b, yte), cfg
