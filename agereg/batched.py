@@ -97,6 +97,13 @@ def column_fit(arrays: Arrays, w: np.ndarray, b: np.generic) -> Fit:
                (A[0], A[1], A[2]))
 
 
+def block_rows(batch_size: int, n: int) -> int:
+    """The rows of each block a minibatch of ``batch_size`` (of ``n`` training rows) is
+    split into: near-equal blocks of at most :data:`ROW_BLOCK` rows."""
+    rows = min(batch_size, n)
+    return -(-rows // -(-rows // ROW_BLOCK))
+
+
 def _unpack(M: np.ndarray) -> np.ndarray:
     """``(P, X, PANEL)`` panels -> ``(P * PANEL, X)`` slots (a copy)."""
     P, X, _ = M.shape
@@ -348,8 +355,8 @@ class _Trainer:
         # 2 x 80 rather than 128 + 32, whose thin remainder wastes the products).
         # A minibatch never holds more than the n training rows: a batch size beyond n is
         # one full batch per epoch, and the buffers are sized by the rows, not the setting.
-        self.rows_per_step = rows = min(spec.batch_size, n)
-        self.block = -(-rows // -(-rows // ROW_BLOCK))
+        self.rows_per_step = min(spec.batch_size, n)
+        self.block = block_rows(spec.batch_size, n)
         self.limit = explode_limit(arrays.y_train())
         self.X_S = np.empty((self.block, d), dtype=dtype)  # buffers reused by every step
         self.G_part = np.empty((d, PANEL), dtype=dtype)

@@ -40,23 +40,23 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from agereg.batched import PANEL, ROW_BLOCK, GroupSpec, train_group, train_groups
+from agereg.batched import PANEL, GroupSpec, block_rows, train_groups
 from agereg.config import Config, DataConfig, ExecutionConfig, Grid
 from agereg.engine import Arrays
 from agereg.pipeline import start_search
-from agereg.plan import bundles, plan_groups
+from agereg.plan import Group, bundles, plan_groups
 from agereg.synth import write_synthetic
 
 LEARNING_RATES = (3e-8, 3e-6, 3e-5, 3e-3)
-L2S = (1e-7, 1e-5, 1e-3, 1e-1)
 HOMEWORK = Grid(
     batch_size=(160, 200, 400, 640),
     learning_rate=LEARNING_RATES,
     epochs=(16, 32, 48, 64),
-    l2=L2S,
+    l2=(1e-7, 1e-5, 1e-3, 1e-1),
 )
 
 
@@ -158,12 +158,6 @@ def row(name: str, wall: float, n: int, rss: int, ref: float | None) -> str:
     return f"{name:<42} {wall:9.2f} s {n / wall:10.1f} {rss / 2**20:10.0f} MiB {speed}"
 
 
-def block_rows(batch_size: int, n: int) -> int:
-    """The engine's block: a minibatch split into near-equal blocks of <= ROW_BLOCK rows."""
-    rows = min(batch_size, n)
-    return -(-rows // -(-rows // ROW_BLOCK))
-
-
 def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
                  gather_from: int = 0, panels: int = 1) -> float:
     """One thread's FLOP/s for the engine's two products at one block size: cache-hot, or
@@ -203,53 +197,52 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
     ds = load_dataset(data)
     split = load_split(data / "split.json", ds.info.n_train, ds.info.sha256["ytr"])
     n, d = len(split.train), int(np.prod(ds.Xtr.shape[1:]))
-    cols = len(LEARNING_RATES) * len(L2S)
-    panels = -(-cols // PANEL)
-    flop = {bs: 4 * n * d * PANEL * panels * max(HOMEWORK.epochs) for bs in HOMEWORK.batch_size}
-    total = sum(flop.values())
-    print(f"\nfloor: {total / 1e9:.0f} GFLOP of training products ({len(flop)} batch sizes x "
-          f"{panels} panel of {PANEL} columns x {max(HOMEWORK.epochs)} epochs x {n} rows x "
-          f"D={d}; two products per row); {cores} cores")
+    groups = plan_groups(HOMEWORK)  # what the search trains
+    blocks = [block_rows(g.batch_size, n) for g in groups]
+    panels = [-(-len(g.columns) // PANEL) for g in groups]
+    flop = [4 * n * d * PANEL * p * g.epochs[-1] for g, p in zip(groups, panels, strict=True)]
+    print(f"\nfloor: {sum(flop) / 1e9:.0f} GFLOP of training products ({len(groups)} groups, "
+          f"{sum(panels)} panels of {PANEL} columns in all, x {max(HOMEWORK.epochs)} epochs x "
+          f"{n} rows x D={d}; two products per row); {cores} cores")
+
+    def spec(g: Group, epochs: tuple[int, ...] | None = None, **kw: Any) -> GroupSpec:
+        """The group as the launcher trains it (its epochs, or ``epochs``)."""
+        return GroupSpec(g.batch_size, [lr for lr, _ in g.columns],
+                         [l2 for _, l2 in g.columns], epochs or g.epochs, **kw)
+
     for precision, dtype in (("float64", np.float64), ("float32", np.float32)):
         with threadpool_limits(1, user_api="blas"):
-            rates = {bs: product_rate(block_rows(bs, n), d, dtype) for bs in flop}
-            floor = sum(flop[bs] / rates[bs] for bs in flop) / cores
+            rates = {rows: product_rate(rows, d, dtype) for rows in sorted(set(blocks))}
+            floor = sum(f / rates[rows] for f, rows in zip(flop, blocks, strict=True)) / cores
             X = np.asarray(ds.Xtr, dtype=dtype).reshape(len(ds.ytr), d)
             y = np.asarray(ds.ytr, dtype=np.float64)
             arrays = Arrays(np.ascontiguousarray(X[split.train]), y[split.train],
                             np.ascontiguousarray(X[split.val]), y[split.val],
                             np.asarray(ds.Xte, dtype=dtype).reshape(-1, d),
                             np.asarray(ds.yte, dtype=np.float64))
-            lrs = [lr for lr in LEARNING_RATES for _ in L2S]
-            l2s = [l2 for _ in LEARNING_RATES for l2 in L2S]
             # the search's tasks; the same training scored once, at the end, without
             # curves; each group on its own
             engine, bare, apart = 0.0, 0.0, 0.0
-            groups = plan_groups(HOMEWORK)
             for task in bundles(groups, [0] * len(groups), cores, d * X.dtype.itemsize):
-                specs = [GroupSpec(groups[i].batch_size, lrs, l2s, HOMEWORK.epochs,
-                                   curves=True, weights=True) for i in task]
                 t0 = time.perf_counter()
-                train_groups(arrays, 0, specs)
+                train_groups(arrays, 0, [spec(groups[i], curves=True, weights=True)
+                                         for i in task])
                 engine += time.perf_counter() - t0
-                specs = [dataclasses.replace(s, epochs=(max(HOMEWORK.epochs),),
-                                             curves=False, weights=False) for s in specs]
                 t0 = time.perf_counter()
-                train_groups(arrays, 0, specs)
+                train_groups(arrays, 0, [spec(groups[i], epochs=groups[i].epochs[-1:])
+                                         for i in task])
                 bare += time.perf_counter() - t0
-            for bs in flop:
+            for g in groups:
                 t0 = time.perf_counter()
-                train_group(arrays, 0, bs, lrs, l2s, HOMEWORK.epochs, curves=True,
-                            weights=True)
+                train_groups(arrays, 0, [spec(g, curves=True, weights=True)])
                 apart += time.perf_counter() - t0
-            gathered = {bs: product_rate(block_rows(bs, n), d, dtype, gather_from=n)
-                        for bs in flop}
-            rows = block_rows(min(flop), n)
+            gathered = {rows: product_rate(rows, d, dtype, gather_from=n) for rows in rates}
+            rows = min(rates)
             shared = {p: product_rate(rows, d, dtype, gather_from=n, panels=p) for p in (2, 4)}
-        shown = ", ".join(f"{block_rows(bs, n)} rows {rates[bs] / 1e9:.1f}" for bs in flop)
+        shown = ", ".join(f"{rows} rows {rate / 1e9:.1f}" for rows, rate in rates.items())
         print(f"  {precision}: one thread, cache-hot: {shown} GFLOP/s -> floor "
               f"{floor:.2f} s on {cores} cores")
-        shown = ", ".join(f"{gathered[bs] / 1e9:.1f}" for bs in flop)
+        shown = ", ".join(f"{rate / 1e9:.1f}" for rate in gathered.values())
         print(f"    the same products with each block gathered from the {n} training rows "
               f"first: {shown} GFLOP/s")
         print(f"    one gathered {rows}-row block used by 2 panels: {shared[2] / 1e9:.1f}, "
