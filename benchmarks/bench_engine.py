@@ -20,7 +20,9 @@ number of cores. The fraction is given for the whole search (start-up, scoring, 
 log included) and for the engine alone (the search's tasks trained in-process on one
 thread, pairs of groups together as the search trains them, the sum divided by the cores;
 and each group apart, as before groups were paired; and the pairs scored only once, after
-the last epoch, without learning curves, to show what the scoring costs).
+the last epoch, without learning curves, to show what the scoring costs). It also measures
+the rate of 32-column products (two groups' panels in one product, an idea measured and
+not kept: README).
 
     python benchmarks/bench_engine.py                 # everything (reference takes minutes)
     python benchmarks/bench_engine.py --reference-quarter  # a quarter of the reference
@@ -159,16 +161,17 @@ def row(name: str, wall: float, n: int, rss: int, ref: float | None) -> str:
 
 
 def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
-                 gather_from: int = 0, panels: int = 1) -> float:
+                 gather_from: int = 0, panels: int = 1, width: int = PANEL) -> float:
     """One thread's FLOP/s for the engine's two products at one block size: cache-hot, or
     with each block first gathered in a random order from ``gather_from`` rows (what a
-    minibatch step has to do), then used by ``panels`` panels of 16 columns."""
+    minibatch step has to do), then used by ``panels`` panels of ``width`` columns (the
+    engine's are 16 wide)."""
     rng = np.random.default_rng(0)
     X: np.ndarray = rng.random((max(rows, gather_from), d)).astype(dtype)
     xs = X[:rows].copy()  # its own buffer: a view of X would make take() copy through a temporary
-    Ws = [rng.random((d, PANEL)).astype(dtype) * 1e-3 for _ in range(panels)]
-    R: np.ndarray = np.empty((rows, PANEL), dtype)
-    G: np.ndarray = np.empty((d, PANEL), dtype)
+    Ws = [rng.random((d, width)).astype(dtype) * 1e-3 for _ in range(panels)]
+    R: np.ndarray = np.empty((rows, width), dtype)
+    G: np.ndarray = np.empty((d, width), dtype)
     order = rng.permutation(len(X))
     best = 0.0
     for _ in range(3):
@@ -182,7 +185,7 @@ def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
                     np.matmul(xs, W, out=R)
                     np.matmul(xs.T, R, out=G)
             reps += 20
-        best = max(best, 4 * rows * d * PANEL * panels * reps / el)
+        best = max(best, 4 * rows * d * width * panels * reps / el)
     return best
 
 
@@ -239,6 +242,8 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
             gathered = {rows: product_rate(rows, d, dtype, gather_from=n) for rows in rates}
             rows = min(rates)
             shared = {p: product_rate(rows, d, dtype, gather_from=n, panels=p) for p in (2, 4)}
+            wide = {r: product_rate(r, d, dtype, width=2 * PANEL) for r in rates}
+            wide_gathered = product_rate(rows, d, dtype, gather_from=n, width=2 * PANEL)
         shown = ", ".join(f"{rows} rows {rate / 1e9:.1f}" for rows, rate in rates.items())
         print(f"  {precision}: one thread, cache-hot: {shown} GFLOP/s -> floor "
               f"{floor:.2f} s on {cores} cores")
@@ -248,6 +253,10 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
         print(f"    one gathered {rows}-row block used by 2 panels: {shared[2] / 1e9:.1f}, "
               f"by 4: {shared[4] / 1e9:.1f} GFLOP/s (the most sharing blocks across batch "
               "sizes could give)")
+        shown = ", ".join(f"{rows} rows {rate / 1e9:.1f}" for rows, rate in wide.items())
+        print(f"    {2 * PANEL} columns a product instead of {PANEL} (two groups' panels at once), "
+              f"cache-hot: {shown} GFLOP/s; one gathered {rows}-row block used by one "
+              f"{2 * PANEL}-column product: {wide_gathered / 1e9:.1f} GFLOP/s")
         print(f"    whole search {walls[precision]:.2f} s: {100 * floor / walls[precision]:.0f}% "
               f"of the floor; engine alone {engine / cores:.2f} s "
               f"({engine:.2f} s of the search's tasks on one thread / {cores}): "
