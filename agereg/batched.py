@@ -32,7 +32,7 @@ ROW_BLOCK = 128
 # Columns per matrix product. Every product of the batched engine is exactly this wide
 # (fewer columns are padded with zeros), so that a column's numbers are the same whatever
 # trains beside it: BLAS kernels pick their code path by the shape, and a different width
-# can change the last bits. 32 columns run at 1.2-1.3x the cache-hot rate of 16, but
+# can change the last bits. 32 columns run at 1.1-1.4x the cache-hot rate of 16, but
 # multiplying two groups' panels in one product made the engine only 0-6% faster (README,
 # "Against this machine's floor"), so it is not done.
 PANEL = 16
