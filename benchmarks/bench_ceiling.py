@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from bench_engine import HOMEWORK, machine, product_rate
+from bench_engine import HOMEWORK, floor_seconds, machine, product_rate
 from threadpoolctl import threadpool_limits
 
 from agereg.batched import PANEL, GroupSpec, block_rows, train_groups
@@ -98,9 +98,10 @@ def train_pair(a: Arrays, sizes: tuple[int, int], epochs: int, recorded: set[int
                                              (D, K)).copy())
         return factors[rows]
 
+    labels = a.y_fit.astype(dtype)
     for epoch in range(1, epochs + 1):
         order = epoch_order(0, epoch, n)
-        y = a.y_fit.astype(dtype)[order][:, None]
+        y = labels[order][:, None]
         for lo in range(0, n, block):
             np.take(X, order[lo : lo + block], axis=0, out=xs, mode="clip")
             if work.width == PANEL:
@@ -192,8 +193,7 @@ def main() -> None:
                                 for _ in range(args.repeat))) for name, work in ladder]
             after = {r: product_rate(r, D, dtype) for r in blocks}
         rates = {r: max(before[r], after[r]) for r in blocks}
-        floor = sum(4 * N_FIT * D * PANEL * args.epochs
-                    / rates[block_rows(g.batch_size, N_FIT)] for g in groups)
+        floor = floor_seconds(groups, N_FIT, D, rates, args.epochs)
         extra = (sum(N_FIT + N_VAL + N_TEST for _ in recorded)
                  + N_VAL * (args.epochs - len(recorded))) / (2 * N_FIT * args.epochs)
         print(f"\n{np.dtype(dtype).name}: pairs {pairs}, {args.epochs} epochs, floor "

@@ -189,6 +189,20 @@ def product_rate(rows: int, d: int, dtype: type, seconds: float = 0.5,
     return best
 
 
+def training_flop(g: Group, n: int, d: int, epochs: int | None = None) -> int:
+    """A group's training FLOP on ``n`` rows of ``d`` features: two products per panel of
+    :data:`PANEL` columns, row and epoch, up to its last epoch (or ``epochs``)."""
+    return 4 * n * d * PANEL * -(-len(g.columns) // PANEL) * (epochs or g.epochs[-1])
+
+
+def floor_seconds(groups: list[Group], n: int, d: int, rates: dict[int, float],
+                  epochs: int | None = None) -> float:
+    """One thread's time for the groups' training products at ``rates``, this machine's
+    cache-hot FLOP/s by block size (:func:`product_rate`)."""
+    return sum(training_flop(g, n, d, epochs) / rates[block_rows(g.batch_size, n)]
+               for g in groups)
+
+
 def floor_report(data: Path, walls: dict[str, float]) -> None:
     """The fraction of this machine's floor that the homework grid reaches."""
     from threadpoolctl import threadpool_limits
@@ -203,7 +217,7 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
     groups = plan_groups(HOMEWORK)  # what the search trains
     blocks = [block_rows(g.batch_size, n) for g in groups]
     panels = [-(-len(g.columns) // PANEL) for g in groups]
-    flop = [4 * n * d * PANEL * p * g.epochs[-1] for g, p in zip(groups, panels, strict=True)]
+    flop = [training_flop(g, n, d) for g in groups]
     print(f"\nfloor: {sum(flop) / 1e9:.0f} GFLOP of training products ({len(groups)} groups, "
           f"{sum(panels)} panels of {PANEL} columns in all, x {max(HOMEWORK.epochs)} epochs x "
           f"{n} rows x D={d}; two products per row); {cores} cores")
@@ -216,7 +230,7 @@ def floor_report(data: Path, walls: dict[str, float]) -> None:
     for precision, dtype in (("float64", np.float64), ("float32", np.float32)):
         with threadpool_limits(1, user_api="blas"):
             rates = {rows: product_rate(rows, d, dtype) for rows in sorted(set(blocks))}
-            floor = sum(f / rates[rows] for f, rows in zip(flop, blocks, strict=True)) / cores
+            floor = floor_seconds(groups, n, d, rates) / cores
             X = np.asarray(ds.Xtr, dtype=dtype).reshape(len(ds.ytr), d)
             y = np.asarray(ds.ytr, dtype=np.float64)
             arrays = Arrays(np.ascontiguousarray(X[split.train]), y[split.train],
