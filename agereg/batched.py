@@ -331,8 +331,8 @@ class _Trainer:
         T = epochs[-1] - first
         self.rec = _Recorder(len(epochs), K, list(spec.snapshots),
                              (d, dtype) if spec.weights else None)
-        self.curve = (np.full((T, K), np.nan), np.full((T, K), np.nan),
-                      np.full((T, K), np.nan))
+        shape = (T, K) if spec.curves else (0, K)  # T can be large: only when recorded
+        self.curve = (np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan))
         self.best_val = np.full(K, np.inf) if start is None or start.best_val is None else \
             np.array(start.best_val, dtype=np.float64)
         self.best_at = np.zeros(K, dtype=np.int64) if start is None or \

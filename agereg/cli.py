@@ -246,7 +246,8 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
         for notice in summary.notices:
             out.print(f"[yellow]note[/]: {escape(notice)}")
     reused = f", {outcome.reused} reused" if outcome.reused else ""
-    err.print(escape(f"{len(outcome.ranked)} trials ({outcome.computed} trained now{reused}; "
+    n = len(outcome.ranked)
+    err.print(escape(f"{n} trial{'s' * (n != 1)} ({outcome.computed} trained now{reused}; "
               f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
               f"results in {outcome.run_dir}/"))
     failed = outcome.failure()

@@ -536,6 +536,19 @@ def search_budget(search: SearchConfig, grid: Grid) -> int:
     return columns * n_epochs + (search.rounds - 1) * later
 
 
+def curve_rows(search: SearchConfig, grid: Grid) -> int:
+    """The most rows of learning curves (one per trained column and epoch) a search can
+    write for one fold: every column trains to at most the largest epoch count, which
+    ``refine`` doubles at most once a round."""
+    n_epochs = len(grid.epochs)
+    columns = _n_trials(grid) // n_epochs if search.n_trials is None else search.n_trials
+    top = max(grid.epochs)
+    if search.strategy != "refine":
+        return columns * top
+    return columns * top + sum(3 * search.points**2 * top * 2**r
+                               for r in range(1, search.rounds))
+
+
 def _search(raw: object, grid: Grid) -> SearchConfig:
     if raw is None:
         raw = {}

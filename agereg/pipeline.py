@@ -25,12 +25,13 @@ from agereg.config import (
     Config,
     Distribution,
     config_to_dict,
+    curve_rows,
     dump_config,
     load_config,
     search_budget,
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
-from agereg.errors import RunError, SplitError, TrialsFailed
+from agereg.errors import ConfigError, RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, GroupOutcome, launch, prepare_arrays, read_progress
 from agereg.params import save_params
@@ -38,6 +39,7 @@ from agereg.plan import Group, for_folds, group_columns
 from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord, combine_folds
 from agereg.runs import (
     CONFIG_NAME,
+    CURVE_ROWS,
     FOLD_LOG_NAME,
     RunLock,
     append_curves,
@@ -149,6 +151,18 @@ def split_for(cfg: Config, dataset: Dataset, log: Log) -> tuple[Split, Config]:
     return split, dataclasses.replace(cfg, split=section)
 
 
+def _check_curves(cfg: Config) -> None:
+    """Refuse, before any work, a search whose learning curves could outgrow what a run
+    folder keeps (a worker would also hold a group's curves in memory)."""
+    rows = curve_rows(cfg.search, cfg.grid) * (cfg.split.folds or 1)
+    if cfg.execution.curves and rows > CURVE_ROWS:
+        raise ConfigError(
+            f"grid.epochs: learning curves of up to {max(cfg.grid.epochs):,} epochs could "
+            f"take {rows:,} rows of curves.csv (one per trial, fold and epoch), more than "
+            f"the {CURVE_ROWS:,} a run keeps; lower the epochs, or turn the curves off "
+            "(--no-curves, or execution.curves: false)")
+
+
 def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log) -> None:
     """Say in one line which learning rates exceed the full-batch stability limit
     2 / lambda_max of the training rows (a few power iterations); never refuse to run."""
@@ -211,6 +225,7 @@ def start_search(
 ) -> SearchOutcome:
     """Validate everything, create a run folder and run the search. With ``extend`` (a
     finished or interrupted run), trials logged there are reused, not trained again."""
+    _check_curves(cfg)
     dataset = load_dataset(cfg.data.dir)
     base = None if extend is None else Extension.open(extend, runs_dir, cfg, dataset.info)
     check_backend(cfg.execution, runs_dir, log)  # an unreachable cluster writes nothing
@@ -260,6 +275,7 @@ def resume_search(
         dataset = load_dataset(cfg.data.dir)
         check_dataset(run_dir, dataset.info)
         split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
+        _check_curves(cfg)
         done = read_log(run_dir, repair=True)
         read_plan(run_dir, repair=True)
         info = read_json(run_dir / "run.json", "this run folder is damaged")
@@ -478,7 +494,8 @@ class _Sweep:
             return
         n_trials = len({key for g in todo for key in self._pending(g)})
         folds = f" x {k} folds" if k else ""
-        self.log(f"{proposal.stage}: training {n_trials} trials{folds} in {len(todo)} groups")
+        self.log(f"{proposal.stage}: training {n_trials} trial{'s' * (n_trials != 1)}{folds} "
+                 f"in {len(todo)} group{'s' * (len(todo) != 1)}")
         if self.ref is None:
             self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,
                                       self.run_dir / ".work")

@@ -155,6 +155,9 @@ def write_json(path: Path, obj: object) -> None:
 
 JSON_LIMIT = 64 * MiB  # run.json, best.json, eval.json, dataset.json, split.json
 LOG_LIMIT = 1 << 31  # trials.jsonl, folds.jsonl, plan.jsonl, curves.csv: 2 GiB
+# The most rows of learning curves a search may plan (one per column, fold and epoch): at the
+# 80-110 bytes of a row, curves.csv stays under LOG_LIMIT.
+CURVE_ROWS = 20_000_000
 
 
 def read_json(path: Path, what: str) -> dict:

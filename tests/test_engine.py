@@ -365,3 +365,28 @@ def test_a_group_that_raises_is_dropped_and_the_others_go_on():
     assert isinstance(fine, batched.GroupResult)
     assert np.array_equal(fine.losses, alone.losses) and np.array_equal(fine.state.W,
                                                                           alone.state.W)
+
+
+def test_memory_does_not_grow_with_the_epochs_without_curves():
+    """Without curves nothing is sized by the epoch count: a group asked for 10^12 epochs
+    starts training (and is stopped here after its first epoch); with curves, its (T, K)
+    curves could not even be allocated."""
+    from agereg import batched
+
+    a = make_arrays(n=60, d=4, seed=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int) -> None:
+        raise Stop(epoch)
+
+    def trained(curves: bool) -> object:
+        spec = batched.GroupSpec(8, [1e-2] * 16, [0.0] * 16, (10**12,), curves=curves,
+                                 on_epoch=stop)
+        (res,) = batched.train_groups(a, 0, [spec])
+        return res
+
+    stopped = trained(curves=False)
+    assert isinstance(stopped, Stop) and stopped.args == (1,)
+    assert isinstance(trained(curves=True), MemoryError)

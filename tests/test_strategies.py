@@ -422,3 +422,36 @@ def test_the_report_shows_the_strategys_own_view(tmp_path: Path, data_copy: Path
     grid_run = search(write_config(tmp_path, data_copy, "{strategy: grid}", name="g"), runs)
     code, _, err = run(["report", str(grid_run)])
     assert code == 0 and not (grid_run / "halving_rungs.png").exists()
+
+
+@pytest.mark.parametrize("search_", STRATEGIES)
+def test_curve_rows_bounds_what_a_search_writes(tmp_path: Path, data_copy: Path, search_: str):
+    from agereg.config import curve_rows
+
+    config = write_config(tmp_path, data_copy, search_)
+    cfg = load_config(config)
+    run_dir = search(config, tmp_path / "runs")
+    written = len((run_dir / "curves.csv").read_text().splitlines()) - 1  # the header
+    assert 0 < written <= curve_rows(cfg.search, cfg.grid)
+    if search_ == "{strategy: grid}":  # 2 batch sizes x 6 lrs x 2 l2s, to 9 epochs
+        assert curve_rows(cfg.search, cfg.grid) == 24 * 9
+
+
+def test_a_search_whose_curves_outgrow_the_run_is_refused_before_any_work(tmp_path: Path,
+                                                                          data_copy: Path):
+    from dataclasses import replace
+
+    from agereg.errors import ConfigError
+    from agereg.pipeline import _check_curves
+
+    text = SPACE_CONFIG.format(name="long", data=data_copy, search="{strategy: grid}",
+                               lr=LRS, n_jobs=1).replace("[1, 3, 9]", "[1, 1000000]")
+    code, err = search_with(tmp_path, text)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "24,000,000 rows of curves.csv" in err and "--no-curves" in err
+    assert not (tmp_path / "runs").exists() and not (data_copy / "split.json").exists()
+    # without curves the same search is accepted (not run here: a million epochs)
+    cfg = load_config(tmp_path / "c.yaml")
+    _check_curves(replace(cfg, execution=replace(cfg.execution, curves=False)))
+    with pytest.raises(ConfigError, match="120,000,000 rows"):  # 5 folds: 5 times as many
+        _check_curves(replace(cfg, split=replace(cfg.split, folds=5)))
