@@ -512,7 +512,7 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
     p = predict_images(images, run, Path(runs_dir), trial, log=_log)
     if as_json:
         text = json.dumps({"run": str(p.run_dir), "rank": p.rank, "trial_id": p.trial_id,
-                           "model": str(p.folder), "n": len(p.ages),
+                           "model": str(p.folder), "n": len(p.ages), "notes": list(p.notes),
                            "predicted_age": [float(a) for a in p.ages]}, indent=2) + "\n"
     else:
         text = "index,predicted_age\n" + "".join(f"{i},{a!r}\n" for i, a in
@@ -523,6 +523,8 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
         atomic_write_text(Path(out_file), text)
     err.print(escape(f"{len(p.ages)} predictions with trial #{p.rank} ({p.trial_id}), model "
                      f"in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
+    for notice in p.notes:
+        err.print(f"[yellow]note[/]: {escape(notice)}")
 
 
 # ---------------------------------------------------------------- analyze

@@ -28,6 +28,7 @@ class Prediction:
     folder: Path  # where the model lives
     trained_now: bool  # no evaluation had saved the model: it was evaluated first
     ages: np.ndarray  # (N,)
+    notes: tuple[str, ...] = ()  # where the model extrapolates (:func:`range_notes`)
 
 
 def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
@@ -62,8 +63,32 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
         outcome = evaluate_run(run_dir, runs_dir, rank=k, log=log)
         folder = outcome.folder
     w, b = load_model(folder, d)
-    return Prediction(run_dir, k, rec.trial_id, folder, trained_now,
-                      linear_predict(np.asarray(X, dtype=np.float64), w, b))
+    ages = linear_predict(np.asarray(X, dtype=np.float64), w, b)
+    return Prediction(run_dir, k, rec.trial_id, folder, trained_now, ages,
+                      range_notes(X, ctx.dataset.Xtr, ages, ctx.dataset.ytr))
 
 
-__all__ = ["DataError", "Prediction", "predict_images"]
+def range_notes(X: np.ndarray, X_train: np.ndarray, ages: np.ndarray, y_train: np.ndarray
+                ) -> tuple[str, ...]:
+    """Where the model extrapolates: images whose pixels lie far outside the training
+    images' range (beyond it by more than its own width; images scaled 0-255 for a model
+    trained on pixels in [0, 1] get ages in the thousands), and predicted ages outside the
+    training ages. Notes, never errors: the numbers are what the model computes."""
+    lo, hi = float(np.min(X_train)), float(np.max(X_train))
+    a, b = float(np.min(X)), float(np.max(X))
+    notes = []
+    if a < lo - (hi - lo) or b > hi + (hi - lo):
+        hint = " (dividing by 255 would match)" if lo >= 0 and hi <= 1 and 100 < b <= 255 \
+            else ""
+        notes.append(f"the images' pixels lie in [{a:.4g}, {b:.4g}], the training images' "
+                     f"in [{lo:.4g}, {hi:.4g}]: the model extrapolates; scale the images as "
+                     f"the training images were{hint}")
+    y_lo, y_hi = float(np.min(y_train)), float(np.max(y_train))
+    outside = int(np.count_nonzero((ages < y_lo) | (ages > y_hi)))
+    if outside:
+        notes.append(f"{outside} of {len(ages)} predicted ages lie outside the training ages "
+                     f"({y_lo:.4g} to {y_hi:.4g} years)")
+    return tuple(notes)
+
+
+__all__ = ["DataError", "Prediction", "predict_images", "range_notes"]

@@ -111,3 +111,33 @@ def test_a_damaged_saved_model_is_one_line(searched, data_copy: Path, tmp_path: 
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert "the saved model is unreadable" in errors[0] and fragment in errors[0], err
+
+
+def test_images_scaled_unlike_the_training_images_get_a_note(searched, data_copy: Path,
+                                                             tmp_path: Path):
+    run_dir, _ = searched
+    Xtr = np.load(data_copy / "age_regression_Xtr.npy")
+    ytr = np.load(data_copy / "age_regression_ytr.npy")
+    X = np.load(data_copy / "age_regression_Xte.npy")[:6]
+    assert Xtr.min() >= 0 and Xtr.max() <= 1
+    np.save(tmp_path / "same.npy", X)
+    B = np.round(X * 255).astype(np.uint8)  # the same images, pixels 0-255
+    np.save(tmp_path / "bytes.npy", B)
+    code, out, err = run(["predict", str(tmp_path / "same.npy"), "--run", str(run_dir),
+                          "--json"])
+    assert code == 0, err
+    doc = json.loads(out)
+    ages = np.array(doc["predicted_age"])
+    outside = int(np.sum((ages < ytr.min()) | (ages > ytr.max())))  # direct numpy
+    assert not any("pixels" in n for n in doc["notes"])
+    assert len(doc["notes"]) == (outside > 0)
+    code, out, err = run(["predict", str(tmp_path / "bytes.npy"), "--run", str(run_dir),
+                          "--json"])
+    assert code == 0, err
+    pixels, ages_note = json.loads(out)["notes"]
+    assert (f"lie in [{B.min():.4g}, {B.max():.4g}], the training "
+            f"images' in [{Xtr.min():.4g}, {Xtr.max():.4g}]") in pixels
+    assert "dividing by 255 would match" in pixels and "note: the images' pixels" in err
+    predicted = np.array(json.loads(out)["predicted_age"])
+    assert ages_note.startswith(
+        f"{int(np.sum((predicted < ytr.min()) | (predicted > ytr.max())))} of 6 predicted")
