@@ -7,11 +7,15 @@ to find runs, including the ones that need attention.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agereg.errors import AgeregError, RunError
+from agereg.fileio import open_no_follow
 from agereg.runs import (
     CONFIG_NAME,
     RUN_NAME,
@@ -31,7 +35,7 @@ class RunRow:
     started: str | None  # ISO time from the folder name
     data: str | None  # dataset kind: course, synthetic, user
     strategy: str | None
-    status: str  # running / interrupted / failed / finished, or "damaged"
+    status: str  # running / killed / interrupted / failed / finished, or "damaged"
     trials_done: int | None
     trials_planned: int | None
     best_val_loss: float | None
@@ -89,10 +93,31 @@ def _row(folder: Path, latest: Path | None) -> RunRow:
     def text(v: object) -> str | None:
         return v if isinstance(v, str) else None
 
+    status = text(info.get("status")) or "?"
+    if status == "running" and not _locked(folder):
+        status = "killed"  # run.json says running, but no process holds the run's lock
+
     return RunRow(
         folder.name, name or folder.name, started, text(dataset.get("kind")),
-        text(info.get("strategy")) or "grid", text(info.get("status")) or "?",
+        text(info.get("strategy")) or "grid", status,
         count(info.get("trials_done")), count(info.get("trials_planned")),
         float(val) if isinstance(val, int | float) and not isinstance(val, bool) else None,
         n_evals, is_latest,
     )  # fmt: skip
+
+
+def _locked(folder: Path) -> bool:
+    """Whether a process holds the run's lock (:class:`agereg.runs.RunLock`, an exclusive
+    flock the kernel drops when its process dies): tried with a shared flock, released at
+    once; nothing is written."""
+    try:
+        fd = open_no_follow(folder / ".lock", os.O_RDONLY)
+    except OSError:
+        return False  # no lock file (or a planted link): no agereg process holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)

@@ -429,6 +429,11 @@ def runs_(runs_dir: str, as_json: bool) -> None:
     for r in rows:
         if r.problem:
             err.print(f"[yellow]damaged[/]: {escape(r.problem)}")
+        if r.status == "killed":
+            where = Path(runs_dir) / r.folder
+            err.print(f"[yellow]killed[/]: {escape(str(where))}: the search stopped without "
+                      "saying so (killed, or the machine went down); its finished trials are "
+                      f"kept: {escape(f'agereg search --resume {where}')} goes on")
     if not rows:
         err.print(escape(f"no runs in {runs_dir} yet; start one with `agereg search CONFIG`"))
 

@@ -99,3 +99,36 @@ def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
     assert code == 0 and "configs differ in: grid.l2" in out and "A better in" in out
     code, _, err = run(["compare", str(a), str(a)])
     assert code == 2 and "two different runs" in err
+
+
+def test_a_run_whose_process_died_is_listed_as_killed(tiny_config: Path, tmp_path: Path):
+    """run.json says running; a live process holding the run's lock makes it running, the
+    same process killed with SIGKILL (nothing written on the way out) makes it killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    runs = tmp_path / "runs"
+    r = search(tiny_config, runs)
+    info = json.loads((r / "run.json").read_text())
+    (r / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    holder = subprocess.Popen(  # takes the run's lock as a search does, then waits
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from agereg.runs import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
+         "print('locked', flush=True); time.sleep(60)", str(r)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
+        assert code == 0 and json.loads(out)[0]["status"] == "running", err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(0.05)
+    code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
+    assert code == 0 and json.loads(out)[0]["status"] == "killed", err
+    code, out, err = run(["runs", "--runs-dir", str(runs)])
+    assert code == 0 and " killed " in out
+    assert f"agereg search --resume {r}" in " ".join(err.split())
+    assert json.loads((r / "run.json").read_text())["status"] == "running"  # only read
