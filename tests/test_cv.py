@@ -359,3 +359,39 @@ def test_trials_trained_together_get_exactly_their_own_numbers(tmp_path: Path,
         (alone,) = _train_columns(ctx.cfg, arrays, [rec])
         assert fit.losses == alone.losses == (rec.train_loss, rec.val_loss, rec.test_loss)
         assert np.array_equal(fit.w, alone.w) and fit.b == alone.b
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_prepared_arrays_are_in_memorys_arrays_written_by_np_save(tmp_path: Path, folds: int,
+                                                                  precision: str,
+                                                                  monkeypatch):
+    """The workers' files, written a block of rows at a time (three rows a block here),
+    hold byte for byte what np.save writes of the arrays made in one go: in_memory's, and
+    for K folds the training files' rows in their own order (the pool the folds index)."""
+    import agereg.launcher as launcher
+    from agereg.data import load_dataset
+    from agereg.split import make_split
+
+    data = write_synthetic(tmp_path / "d", seed=4, n_train=50, n_test=20, side=5)
+    ds = load_dataset(data)
+    sha = ds.info.sha256["ytr"]
+    split = make_folds(50, 2, folds, sha) if folds else make_split(50, 2, 0.3, sha)
+    monkeypatch.setattr(launcher, "WRITE_BYTES", 3 * 25 * np.dtype(precision).itemsize)
+    ref = launcher.prepare_arrays(ds, split, precision, tmp_path / "work")
+    arrays = in_memory(ds, split, precision)
+    expected = {"X_fit": arrays.X_fit, "y_fit": arrays.y_fit, "X_te": arrays.X_te,
+                "y_te": arrays.y_te}
+    if folds:
+        expected.update(X_fit=np.ascontiguousarray(ds.Xtr, dtype=precision),
+                        y_fit=np.asarray(ds.ytr, dtype=np.float64))
+        expected.update({f"fold{i}_{part}": rows for i in range(folds)
+                         for part, rows in zip(("train", "val"), split.fold(i), strict=True)})
+    else:
+        expected.update({"X_val": arrays.X_val, "y_val": arrays.y_val})
+    assert sorted(p.stem for p in (tmp_path / "work").iterdir()) == sorted(expected)
+    for name, array in expected.items():
+        np.save(tmp_path / "np_save.npy", array)
+        assert (tmp_path / "work" / f"{name}.npy").read_bytes() == \
+            (tmp_path / "np_save.npy").read_bytes(), name
+    assert ref.folds == folds

@@ -413,10 +413,15 @@ def test_a_full_disk_while_preparing_the_arrays_is_one_line(tmp_path: Path, data
 
     import agereg.launcher as launcher
 
-    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real, calls = launcher._save, []
 
-    monkeypatch.setattr(launcher.np, "save", full)
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[0])
+        if len(calls) == 3:  # X_fit and y_fit written, X_val not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(launcher, "_save", full)
     (tmp_path / "h.yaml").write_text(CONFIG.format(data=data_copy))
     code, _, err = run(["search", str(tmp_path / "h.yaml"), "--runs-dir",
                         str(tmp_path / "runs"), "--quiet"])
@@ -425,4 +430,28 @@ def test_a_full_disk_while_preparing_the_arrays_is_one_line(tmp_path: Path, data
     assert "cannot write the prepared arrays (No space left on device)" in err
     run_dir = next((tmp_path / "runs").glob("*-h"))
     assert not (run_dir / ".work").exists()  # the partial arrays are gone
+    assert [p.name for p in calls] == ["X_fit.npy", "y_fit.npy", "X_val.npy"]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_write_refused_by_the_os_while_preparing_the_arrays_is_one_line(tmp_path: Path,
+                                                                        data_copy: Path):
+    """The prepared arrays are written a block at a time by ndarray.tofile; a real write
+    error from the OS (here: a 16 KB file size limit, EFBIG; the training rows take 26 KB)
+    is the same one line, and nothing partial is left."""
+    import resource
+    import subprocess
+    import sys
+
+    (tmp_path / "h.yaml").write_text(CONFIG.format(data=data_copy))
+    (data_copy / "split.json").unlink(missing_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agereg", "search", str(tmp_path / "h.yaml"), "--runs-dir",
+         str(tmp_path / "runs"), "--quiet"], capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384)))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()[-1:]
+    assert "cannot write the prepared arrays (File too large)" in line, proc.stderr
+    assert "Traceback" not in proc.stderr
+    run_dir = next((tmp_path / "runs").glob("*-h"))
+    assert not (run_dir / ".work").exists()
