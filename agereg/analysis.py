@@ -44,9 +44,9 @@ class Eigen:
 def _hessian_matvec(X: np.ndarray, l2: float, v: np.ndarray) -> np.ndarray:
     """``H v`` without forming H: ``X~^T (X~ v) / n`` plus ``l2`` on the weights."""
     n, d = X.shape
-    u = X @ v[:d] + v[d]  # (n, D) @ (D,) -> (n,)
+    u = X @ v[:d].astype(X.dtype, copy=False) + v[d]  # (n, D) @ (D,) -> (n,), float64
     out = np.empty(d + 1)
-    out[:d] = X.T @ u / n + l2 * v[:d]
+    out[:d] = X.T @ u.astype(X.dtype, copy=False) / n + l2 * v[:d]
     out[d] = u.sum() / n
     return out
 
@@ -59,10 +59,15 @@ def top_eigenvalue(X: np.ndarray, l2: float = 0.0, tol: float = 1e-8,
     no eigenvector is missed (the mean row alone can be exactly another eigenvector): for
     images the top eigenvector is close to the mean row, so a few iterations suffice.
     Stops when the relative residual ``|H v - lambda v| / lambda`` is below ``tol``.
+    float32 rows are multiplied as they are, in float32 (good to about 1e-6 relative: for
+    ``tol`` of 1e-4 and above, where a float64 copy would cost more than the iterations);
+    any other rows in float64.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
+    if X.dtype != np.float32:
+        X = np.asarray(X, dtype=np.float64)
     d = X.shape[1]
-    mean = np.concatenate([X.mean(axis=0), [1.0]])
+    mean = np.concatenate([X.mean(axis=0, dtype=np.float64), [1.0]])
     noise = np.random.default_rng(0).standard_normal(d + 1)
     v = mean + 0.1 * np.linalg.norm(mean) / np.sqrt(d + 1) * noise
     v /= np.linalg.norm(v)

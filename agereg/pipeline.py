@@ -172,7 +172,7 @@ def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log)
     # average of x x^T is estimated well by a sample, and 200,000 rows in float64 would
     # be 3.7 GB for a one-line note.
     rows = split.train[:CHECK_ROWS]
-    X = np.asarray(dataset.Xtr[np.sort(rows)], dtype=np.float64)  # (n, D)
+    X = np.asarray(dataset.Xtr[np.sort(rows)])  # (n, D); float32 images stay float32
     notice = lr_notice(cfg.grid, top_eigenvalue(X, tol=1e-4).lr_limit)
     if notice:
         log(f"note: {notice}")

@@ -58,6 +58,19 @@ def test_top_eigenvalue_matches_a_dense_eigensolver():
     assert eig.lambda_max == pytest.approx(np.linalg.eigvalsh(H)[-1], rel=1e-8)
 
 
+def test_top_eigenvalue_of_float32_images_is_good_to_the_check_s_tolerance():
+    """The search's check multiplies float32 images as they are (no float64 copy)."""
+    rng = np.random.default_rng(5)
+    X = rng.random((400, 144), dtype=np.float32)  # pixels in [0, 1], like images
+    Xt = np.hstack([X.astype(np.float64), np.ones((400, 1))])
+    exact = np.linalg.eigvalsh(Xt.T @ Xt / 400)[-1]
+    eig = top_eigenvalue(X, tol=1e-4)
+    assert eig.residual <= 1e-4
+    assert eig.lambda_max == pytest.approx(exact, rel=1e-4)
+    assert top_eigenvalue(X.astype(np.float64), tol=1e-4).lambda_max == pytest.approx(
+        eig.lambda_max, rel=1e-5)
+
+
 def test_per_example_gradients_by_hand():
     X = np.array([[1.0, 2.0], [0.0, -1.0], [3.0, 1.0]])
     y = np.array([1.0, 2.0, 0.0])
