@@ -137,7 +137,7 @@ def cli(debug: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--n-train", default=5000, show_default=True, type=click.IntRange(min=2))
 @click.option("--n-test", default=2500, show_default=True, type=click.IntRange(min=1))
-@click.option("--side", default=48, show_default=True, type=click.IntRange(min=2),
+@click.option("--side", default=48, show_default=True, type=click.IntRange(min=4),
               help="Images are side x side pixels.")
 @click.option("--force", is_flag=True,
               help="Replace existing data files (never the course files).")

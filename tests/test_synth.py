@@ -80,6 +80,21 @@ def test_invalid_sizes_raise(bad: dict[str, int]) -> None:
         make_synthetic(seed=0, **{**SMALL, **bad})
 
 
+@pytest.mark.parametrize("side", [3, 4])
+def test_the_cli_accepts_exactly_the_sides_synth_makes(tmp_path, side: int) -> None:
+    """--side's range is synth's own (side >= 4): what --help promises, synth makes."""
+    from tests_helpers import run
+
+    code, _, err = run(["synth", "--out", str(tmp_path / "d"), "--side", str(side),
+                        "--n-train", "2", "--n-test", "1"])
+    if side < 4:
+        assert code == 2 and "x>=4" in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "d").exists()
+    else:
+        assert code == 0, err
+        assert np.load(tmp_path / "d" / FILE_NAMES["Xtr"]).shape == (2, 4, 4)
+
+
 def test_write_synthetic_roundtrip(tmp_path, small: tuple[np.ndarray, ...]) -> None:
     out = tmp_path / "nested" / "data"
     result = write_synthetic(out, seed=3, **SMALL)
