@@ -75,12 +75,24 @@ def n_validation(n: int, val_fraction: float) -> int:
     return round(n * val_fraction)
 
 
+def _shown(fraction: float, n: int) -> str:
+    """``fraction`` with the fewest digits (3 or more) that still leaves a validation and a
+    training row out of ``n``."""
+    for digits in range(3, 18):
+        text = f"{fraction:.{digits}g}"
+        if 1 <= n_validation(n, float(text)) <= n - 1:
+            return text
+    return repr(fraction)
+
+
 def make_split(n: int, seed: int, val_fraction: float, ytr_sha256: str) -> Split:
     """Split ``range(n)`` with ``np.random.default_rng(seed).permutation(n)``."""
     n_val = n_validation(n, val_fraction)
     if n_val < 1 or n - n_val < 1:
+        fix = (f"use a val_fraction from {_shown(1 / n, n)} to {_shown((n - 1) / n, n)}"
+               if n >= 2 else "a split needs at least 2 training images")
         raise SplitError(f"val_fraction {val_fraction} leaves {n_val} validation and "
-                         f"{n - n_val} training rows out of {n}; both need at least one")
+                         f"{n - n_val} training rows out of {n}; both need at least one: {fix}")
     perm = np.random.default_rng(seed).permutation(n)
     return Split(seed, float(val_fraction), n, ytr_sha256, train=perm[n_val:], val=perm[:n_val])
 

@@ -92,3 +92,17 @@ def test_not_json_and_missing_keys(split_file: Path):
 def test_split_of_another_dataset_size(split_file: Path):
     with pytest.raises(SplitError, match="made for other data"):
         load_split(split_file, 25, "sha")
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 2001, 4000])
+def test_a_split_with_no_validation_row_says_which_fractions_work(n: int):
+    import re
+
+    with pytest.raises(SplitError) as info:
+        make_split(n, 0, 0.0001, "x")
+    low, high = re.search(r"use a val_fraction from (\S+) to (\S+)$", str(info.value)).groups()
+    for fraction in (float(low), float(high)):  # both ends of the advice work
+        split = make_split(n, 0, fraction, "x")
+        assert len(split.val) >= 1 and len(split.train) >= 1
+    assert len(make_split(n, 0, float(low), "x").val) == 1
+    assert len(make_split(n, 0, float(high), "x").train) == 1
