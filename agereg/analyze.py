@@ -22,7 +22,7 @@ from agereg.analysis import (
 )
 from agereg.config import Distribution
 from agereg.data import load_dataset
-from agereg.errors import RunError
+from agereg.errors import DataError, RunError
 from agereg.fileio import atomic_write_bytes, make_folder
 from agereg.launcher import in_memory
 from agereg.pipeline import Log, quiet
@@ -76,6 +76,9 @@ def analyze(
     arrays = in_memory(dataset, split, "float64")
     X, y = arrays.X_fit, arrays.y_fit
     n = len(y)
+    if n < 2:  # minibatches of a single row vary by nothing: no noise to measure
+        raise DataError(f"{where}: {n} training row; gradient noise needs at least 2 "
+                        "(a larger training file, or a smaller val_fraction)")
     log(f"analysing {n} training rows of {where}")
     eig = top_eigenvalue(X)
     result: dict[str, Any] = {

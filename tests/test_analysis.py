@@ -178,3 +178,14 @@ def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path
     assert (run_dir / "analysis" / "gradient_noise.png").is_file()
     code, out, err = run(["report", str(run_dir)])
     assert code == 0 and "Batch size and learning rate" in (run_dir / "report.html").read_text()
+
+
+def test_analyze_with_one_training_row_is_one_line(tmp_path: Path):
+    from agereg.synth import write_synthetic
+
+    data = write_synthetic(tmp_path / "d", seed=0, n_train=2, n_test=1, side=4)
+    code, _, err = run(["split", "--seed", "0", "--val-fraction", "0.5", "--data", str(data)])
+    assert code == 0, err
+    code, _, err = run(["analyze", "--data", str(data)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "1 training row; gradient noise needs at least 2" in err
