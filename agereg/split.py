@@ -100,6 +100,9 @@ def make_split(n: int, seed: int, val_fraction: float, ytr_sha256: str) -> Split
 def make_folds(n: int, seed: int, k: int, ytr_sha256: str) -> Split:
     """K folds of ``range(n)``: ``np.array_split(np.random.default_rng(seed).permutation(n),
     k)``."""
+    if n < 4:
+        raise SplitError(f"{k} folds of {n} rows: cross-validation needs at least 4 training "
+                         "images (2 folds that validate on 2 rows each); use a holdout split")
     if not 2 <= k <= n // 2:
         raise SplitError(f"{k} folds of {n} rows: give 2 <= folds <= {n // 2}, so that "
                          "every fold validates on at least 2 rows")

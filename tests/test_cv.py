@@ -13,6 +13,7 @@ import pytest
 
 from agereg.assessment import open_run, retrain
 from agereg.engine import train_reference
+from agereg.errors import SplitError
 from agereg.launcher import in_memory
 from agereg.records import REGULARISATION_ORDER, Status, TrialRecord, rank, select
 from agereg.runs import FOLD_LOG_NAME, read_log
@@ -68,6 +69,10 @@ def test_folds_follow_the_pinned_formula(data_copy: Path):
     assert train.tolist() == np.concatenate([expected[0], expected[1], expected[3]]).tolist()
     uneven = make_folds(10, 0, 3, "x")  # array_split: the first folds take the remainder
     assert [len(f) for f in uneven.folds] == [4, 3, 3]
+    assert [len(f) for f in make_folds(4, 0, 2, "x").folds] == [2, 2]  # the smallest
+    for n in (2, 3):  # no number of folds works: said so, not "2 <= folds <= 1"
+        with pytest.raises(SplitError, match="needs at least 4 training images"):
+            make_folds(n, 0, 2, "x")
 
 
 @pytest.mark.parametrize("args, fragment", [
