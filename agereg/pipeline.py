@@ -157,10 +157,10 @@ def _check_curves(cfg: Config) -> None:
     rows = curve_rows(cfg.search, cfg.grid) * (cfg.split.folds or 1)
     if cfg.execution.curves and rows > CURVE_ROWS:
         raise ConfigError(
-            f"grid.epochs: learning curves of up to {max(cfg.grid.epochs):,} epochs could "
-            f"take {rows:,} rows of curves.csv (one per trial, fold and epoch), more than "
-            f"the {CURVE_ROWS:,} a run keeps; lower the epochs, or turn the curves off "
-            "(--no-curves, or execution.curves: false)")
+            f"grid.epochs: learning curves could take up to {rows:,} rows of curves.csv (one "
+            f"per configuration, fold and epoch trained; the largest epoch count is "
+            f"{max(cfg.grid.epochs):,}), more than the {CURVE_ROWS:,} a run keeps; lower "
+            "the epochs, or turn the curves off (--no-curves, or execution.curves: false)")
 
 
 def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log) -> None:
