@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -101,6 +102,9 @@ def create_run_dir(runs_dir: Path, name: str) -> Path:
     raise RunError(f"{runs_dir}: too many runs named {name!r} this second")
 
 
+LOCK_TRIES = 20  # RunLock tries this many times, 10 ms apart, before naming the holder
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<run>/.lock``; the kernel drops it if the process dies."""
 
@@ -119,13 +123,20 @@ class RunLock:
                                "in a run folder: remove it") from None
             raise RunError(f"{self.path.parent}: cannot lock the run folder "
                            f"({exc.strerror or exc}); check permissions") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunError(f"{self.path.parent}: another agereg process (pid {other}) is "
-                           "writing this run; wait for it or stop it first") from None
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # `agereg runs` holds a shared lock for a moment to see whether a search
+                # is alive: wait that out; a real holder holds on for its whole command
+                if attempt < LOCK_TRIES - 1:
+                    time.sleep(0.01)
+                    continue
+                other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunError(f"{self.path.parent}: another agereg process (pid {other}) "
+                               "is writing this run; wait for it or stop it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

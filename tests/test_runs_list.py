@@ -132,3 +132,24 @@ def test_a_run_whose_process_died_is_listed_as_killed(tiny_config: Path, tmp_pat
     assert code == 0 and " killed " in out
     assert f"agereg search --resume {r}" in " ".join(err.split())
     assert json.loads((r / "run.json").read_text())["status"] == "running"  # only read
+
+
+def test_a_listing_s_glance_at_the_lock_never_fails_a_search(tmp_path: Path):
+    """`agereg runs` holds a shared lock for a moment to see whether a search is alive; a
+    search taking the lock just then waits it out instead of failing (a real holder still
+    fails it, after about 0.2 s)."""
+    import fcntl
+    import threading
+
+    from agereg.errors import RunError
+    from agereg.runs import RunLock
+
+    (tmp_path / ".lock").write_text("")
+    fd = os.open(tmp_path / ".lock", os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # the glance, released 50 ms later
+    threading.Timer(0.05, lambda: os.close(fd)).start()
+    with RunLock(tmp_path):
+        pass
+    with RunLock(tmp_path), pytest.raises(RunError, match="another agereg process"):
+        with RunLock(tmp_path):
+            pass
