@@ -150,6 +150,6 @@ def test_a_listing_s_glance_at_the_lock_never_fails_a_search(tmp_path: Path):
     threading.Timer(0.05, lambda: os.close(fd)).start()
     with RunLock(tmp_path):
         pass
-    with RunLock(tmp_path), pytest.raises(RunError, match="another agereg process"):
-        with RunLock(tmp_path):
-            pass
+    with RunLock(tmp_path), pytest.raises(RunError, match="another agereg process"), \
+            RunLock(tmp_path):
+        pass
