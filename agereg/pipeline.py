@@ -416,6 +416,8 @@ class _Sweep:
     def run(self, strategy: Strategy) -> None:
         seen: set[tuple[str, int]] = set()
         while (proposal := strategy.propose(self.results)) is not None:
+            if not seen:
+                self._note_fewer(proposal)
             marker = (proposal.stage, len(self.results))
             if marker in seen:  # a strategy must make progress: never spin
                 raise RuntimeError(f"strategy {strategy.name} repeated {proposal.stage}")
@@ -423,6 +425,14 @@ class _Sweep:
             self._prune(proposal)
             if proposal.columns:
                 self._train(proposal, strategy.continues)
+
+    def _note_fewer(self, first: Proposal) -> None:
+        """Say so when the first proposal holds fewer configurations than n_trials asks
+        (a finite grid with fewer: all of it is drawn)."""
+        n, got = self.cfg.search.n_trials, len(first.columns)
+        if n is not None and got < n:
+            self.log(f"note: search.n_trials = {n} configurations, but the grid holds only "
+                     f"{got}: each of them is trained")
 
     def _append(self, records: list[TrialRecord]) -> None:
         append_records(self.run_dir, records)  # durable before it counts as done

@@ -455,3 +455,21 @@ def test_a_search_whose_curves_outgrow_the_run_is_refused_before_any_work(tmp_pa
     _check_curves(replace(cfg, execution=replace(cfg.execution, curves=False)))
     with pytest.raises(ConfigError, match="120,000,000 rows"):  # 5 folds: 5 times as many
         _check_curves(replace(cfg, split=replace(cfg.split, folds=5)))
+
+
+@pytest.mark.parametrize("search_", ["{strategy: random, n_trials: 30, seed: 1}",
+                                     "{strategy: random, n_trials: 24, seed: 1}",
+                                     "{strategy: halving, n_trials: 40}"])
+def test_asking_for_more_configurations_than_the_grid_holds_is_said(tmp_path: Path,
+                                                                     data_copy: Path,
+                                                                     search_: str):
+    config = write_config(tmp_path, data_copy, search_)  # 2 x 6 x 2 = 24 configurations
+    code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert code == 0, err
+    said = " ".join(err.split())
+    n = int(search_.split("n_trials: ")[1].split(",")[0].rstrip("}"))
+    if n > 24:
+        assert (f"note: search.n_trials = {n} configurations, but the grid holds only 24: "
+                "each of them is trained") in said
+    else:
+        assert "holds only" not in said
