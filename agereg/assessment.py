@@ -327,6 +327,8 @@ def _measure(
     fit_vs = fits[1] if other is not None else None
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
+    if unfinished := _unfinished(ctx):
+        notes.append(unfinished)
     if k:
         notes.append(f"cross-validated run ({k} folds): the trial was refit on all "
                      f"{len(train_rows.y_fit)} training rows, so there is no validation "
@@ -367,6 +369,23 @@ def _measure(
         "notes": notes,
     }
     return result, fit, pred_te
+
+
+def _unfinished(ctx: RunContext) -> str | None:
+    """A note when the search did not finish: the trials ranked are only those it logged
+    (None for a finished run, or when run.json cannot say)."""
+    try:
+        info = read_json(ctx.run_dir / "run.json", "this run folder is damaged")
+    except RunError:
+        return None
+    planned = info.get("trials_planned")
+    ended = {"interrupted": "was interrupted", "running": "was killed",  # eval holds the lock
+             "failed": "ended with failed trials"}.get(str(info.get("status")))
+    if ended is None:
+        return None
+    of = f" of {planned} planned" if isinstance(planned, int) else ""
+    return (f"the search {ended}: {len(ctx.records)}{of} trials are in its log, so the "
+            f"ranking may change when `agereg search --resume {ctx.run_dir}` completes it")
 
 
 def _trial_dict(rec: TrialRecord, rank: int) -> dict:

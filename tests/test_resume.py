@@ -273,3 +273,34 @@ def test_small_searches_train_in_process(tiny_config: Path, tmp_path: Path, monk
     monkeypatch.setattr(pipeline, "IN_PROCESS_SECONDS", 0.0)
     search(tiny_config, tmp_path / "runs", "--n-jobs", "2")
     assert seen == [1, 2]
+
+
+def test_evaluating_an_unfinished_run_says_its_ranking_may_change(tiny_config: Path,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch):
+    import agereg.pipeline as pipeline
+
+    from tests_helpers import interrupt_at_call
+
+    runs = tmp_path / "runs"
+    calls = interrupt_at_call(monkeypatch, pipeline, "append_records", 2)
+    code, _, _ = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
+    assert code == 130
+    monkeypatch.setattr(pipeline, "append_records", calls["real"])
+    cut = latest_run(runs)
+    logged = len(read_log(cut))
+    planned = json.loads((cut / "run.json").read_text())["trials_planned"]
+    assert 0 < logged < planned
+    code, out, err = run(["eval", "--run", str(cut), "--bootstrap", "0", "--no-plots",
+                          "--json"])
+    assert code == 0, err
+    assert (f"the search was interrupted: {logged} of {planned} planned trials are in its "
+            f"log, so the ranking may change when `agereg search --resume {cut}` completes "
+            "it") in json.loads(out)["notes"]
+    code, _, err = run(["search", "--resume", str(cut), "--runs-dir", str(runs), "--quiet"])
+    assert code == 0, err
+    code, out, err = run(["eval", "--run", str(cut), "--bootstrap", "0", "--no-plots",
+                          "--json", "--force"])
+    assert code == 0, err
+    assert not any("did not finish" in n or "ranking may change" in n
+                   for n in json.loads(out)["notes"])
