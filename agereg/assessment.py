@@ -41,6 +41,7 @@ from agereg.runs import (
     RunLock,
     eval_folder,
     json_safe,
+    lock_held,
     read_json,
     read_log,
     read_plan,
@@ -327,8 +328,8 @@ def _measure(
     fit_vs = fits[1] if other is not None else None
     pred_te = predict(arrays.X_te, fit.w, fit.b)  # (M,)
     test = regression_metrics(arrays.y_te, pred_te)
-    if unfinished := _unfinished(ctx):
-        notes.append(unfinished)
+    if said := unfinished(ctx):
+        notes.append(said)
     if k:
         notes.append(f"cross-validated run ({k} folds): the trial was refit on all "
                      f"{len(train_rows.y_fit)} training rows, so there is no validation "
@@ -371,21 +372,27 @@ def _measure(
     return result, fit, pred_te
 
 
-def _unfinished(ctx: RunContext) -> str | None:
+def unfinished(ctx: RunContext, locked: bool = True) -> str | None:
     """A note when the search did not finish: the trials ranked are only those it logged
-    (None for a finished run, or when run.json cannot say)."""
+    (None for a finished run, or when run.json cannot say). ``locked``: the caller holds
+    the run's lock, so a run still ``running`` was killed; otherwise the lock tells."""
     try:
         info = read_json(ctx.run_dir / "run.json", "this run folder is damaged")
     except RunError:
         return None
     planned = info.get("trials_planned")
-    ended = {"interrupted": "was interrupted", "running": "was killed",  # eval holds the lock
-             "failed": "ended with failed trials"}.get(str(info.get("status")))
+    status = str(info.get("status"))
+    if status == "running":
+        status = "killed" if locked or not lock_held(ctx.run_dir) else "running"
+    ended = {"interrupted": "was interrupted", "killed": "was killed",
+             "running": "is still running", "failed": "ended with failed trials"}.get(status)
     if ended is None:
         return None
     of = f" of {planned} planned" if isinstance(planned, int) else ""
+    then = ("it finishes" if status == "running" else
+            f"`agereg search --resume {ctx.run_dir}` completes it")
     return (f"the search {ended}: {len(ctx.records)}{of} trials are in its log, so the "
-            f"ranking may change when `agereg search --resume {ctx.run_dir}` completes it")
+            f"ranking may change when {then}")
 
 
 def _trial_dict(rec: TrialRecord, rank: int) -> dict:

@@ -7,19 +7,16 @@ to find runs, including the ones that need attention.
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agereg.errors import AgeregError, RunError
-from agereg.fileio import open_no_follow
 from agereg.runs import (
     CONFIG_NAME,
     RUN_NAME,
     evaluations,
+    lock_held,
     read_json,
     resolve_run,
     stored_config,
@@ -94,7 +91,7 @@ def _row(folder: Path, latest: Path | None) -> RunRow:
         return v if isinstance(v, str) else None
 
     status = text(info.get("status")) or "?"
-    if status == "running" and not _locked(folder):
+    if status == "running" and not lock_held(folder):
         status = "killed"  # run.json says running, but no process holds the run's lock
 
     return RunRow(
@@ -104,20 +101,3 @@ def _row(folder: Path, latest: Path | None) -> RunRow:
         float(val) if isinstance(val, int | float) and not isinstance(val, bool) else None,
         n_evals, is_latest,
     )  # fmt: skip
-
-
-def _locked(folder: Path) -> bool:
-    """Whether a process holds the run's lock (:class:`agereg.runs.RunLock`, an exclusive
-    flock the kernel drops when its process dies): tried with a shared flock, released at
-    once; nothing is written."""
-    try:
-        fd = open_no_follow(folder / ".lock", os.O_RDONLY)
-    except OSError:
-        return False  # no lock file (or a planted link): no agereg process holds it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
-    finally:
-        os.close(fd)

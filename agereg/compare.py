@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agereg.assessment import RunContext, load_model, open_run
+from agereg.assessment import RunContext, load_model, open_run, unfinished
 from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
@@ -56,6 +56,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
         "same_training_data": ctxs[0].dataset.info.sha256.get("ytr") ==
                               ctxs[1].dataset.info.sha256.get("ytr"),
         "paired_test": None,
+        "unfinished": [unfinished(c, locked=False) for c in ctxs],  # read without the lock
     }
     same_test = all(ctxs[0].dataset.info.sha256.get(k) == ctxs[1].dataset.info.sha256.get(k)
                     for k in ("Xte", "yte"))
@@ -99,6 +100,9 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
             f"{d['key']} {d['a']!r} vs {d['b']!r}" for d in doc["config_differs"]))
     else:
         lines.append("the configs are the same")
+    for name, said in zip("AB", doc["unfinished"], strict=True):
+        if said:
+            lines.append(f"note: {name}: {said}")
     if not doc["same_training_data"]:
         lines.append("note: the runs trained on different training files")
     p = doc["paired_test"]

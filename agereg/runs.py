@@ -148,6 +148,25 @@ class RunLock:
             self._fd = None
 
 
+def lock_held(run_dir: Path) -> bool:
+    """Whether another process holds the run's :class:`RunLock` (an exclusive flock the
+    kernel drops when its process dies): tried with a shared flock, released at once
+    (RunLock waits such a moment out); nothing is written."""
+    import fcntl
+
+    try:
+        fd = open_no_follow(run_dir / ".lock", os.O_RDONLY)
+    except OSError:
+        return False  # no lock file (or a planted link): no agereg process holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)
+
+
 def json_safe(v: object) -> object:
     """``v`` with every non-finite float, at any depth, replaced by None (JSON has no
     NaN); tuples become lists."""

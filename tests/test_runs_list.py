@@ -153,3 +153,34 @@ def test_a_listing_s_glance_at_the_lock_never_fails_a_search(tmp_path: Path):
     with RunLock(tmp_path), pytest.raises(RunError, match="another agereg process"), \
             RunLock(tmp_path):
         pass
+
+
+def test_compare_says_when_a_run_s_search_did_not_finish(tiny_config: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    a, b = search(tiny_config, runs), search(tiny_config, runs)
+    code, out, err = run(["compare", str(a), str(b), "--json"])
+    assert code == 0 and json.loads(out)["unfinished"] == [None, None], err
+    info = json.loads((a / "run.json").read_text())
+    (a / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    code, out, err = run(["compare", str(a), str(b), "--json"])
+    assert code == 0, err
+    said = json.loads(out)["unfinished"]
+    assert said[0].startswith("the search was killed: 24 of 24 planned trials are in its log")
+    assert said[1] is None
+    holder = subprocess.Popen(  # a live search holds the lock: not killed, still running
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from agereg.runs import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
+         "print('locked', flush=True); time.sleep(60)", str(a)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        code, out, err = run(["compare", str(a), str(b)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 0, err
+    assert ("note: A: the search is still running: 24 of 24 planned trials are in its log, "
+            "so the ranking may change when it finishes") in " ".join(out.split())
