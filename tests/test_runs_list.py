@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_helpers import latest_run, run, search
+from tests_helpers import latest_run, lock_held_elsewhere, run, search
 
 
 def test_latest_is_a_link_to_the_newest_created_run(tiny_config: Path, tmp_path: Path):
@@ -104,27 +104,15 @@ def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
 def test_a_run_whose_process_died_is_listed_as_killed(tiny_config: Path, tmp_path: Path):
     """run.json says running; a live process holding the run's lock makes it running, the
     same process killed with SIGKILL (nothing written on the way out) makes it killed."""
-    import signal
-    import subprocess
-    import sys
     import time
 
     runs = tmp_path / "runs"
     r = search(tiny_config, runs)
     info = json.loads((r / "run.json").read_text())
     (r / "run.json").write_text(json.dumps({**info, "status": "running"}))
-    holder = subprocess.Popen(  # takes the run's lock as a search does, then waits
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from agereg.runs import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
-         "print('locked', flush=True); time.sleep(60)", str(r)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with lock_held_elsewhere(r):
         code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
         assert code == 0 and json.loads(out)[0]["status"] == "running", err
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
     time.sleep(0.05)
     code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
     assert code == 0 and json.loads(out)[0]["status"] == "killed", err
@@ -156,9 +144,6 @@ def test_a_listing_s_glance_at_the_lock_never_fails_a_search(tmp_path: Path):
 
 
 def test_compare_says_when_a_run_s_search_did_not_finish(tiny_config: Path, tmp_path: Path):
-    import subprocess
-    import sys
-
     runs = tmp_path / "runs"
     a, b = search(tiny_config, runs), search(tiny_config, runs)
     code, out, err = run(["compare", str(a), str(b), "--json"])
@@ -170,17 +155,8 @@ def test_compare_says_when_a_run_s_search_did_not_finish(tiny_config: Path, tmp_
     said = json.loads(out)["unfinished"]
     assert said[0].startswith("the search was killed: 24 of 24 planned trials are in its log")
     assert said[1] is None
-    holder = subprocess.Popen(  # a live search holds the lock: not killed, still running
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from agereg.runs import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
-         "print('locked', flush=True); time.sleep(60)", str(a)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with lock_held_elsewhere(a):  # a live search holds the lock: still running
         code, out, err = run(["compare", str(a), str(b)])
-    finally:
-        holder.kill()
-        holder.wait()
     assert code == 0, err
     assert ("note: A: the search is still running: 24 of 24 planned trials are in its log, "
             "so the ranking may change when it finishes") in " ".join(out.split())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -55,3 +57,24 @@ def interrupt_at_call(monkeypatch, module, name: str, call: int) -> dict:  # typ
 
     monkeypatch.setattr(module, name, interrupting)
     return calls
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(run_dir: Path) -> Iterator[None]:
+    """Another process takes ``run_dir``'s RunLock, as a live search does, for the block;
+    then it is killed with SIGKILL (nothing written on the way out), as by the OOM killer."""
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from agereg.runs import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
+         "print('locked', flush=True); time.sleep(60)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
