@@ -113,12 +113,17 @@ def test_a_run_whose_process_died_is_listed_as_killed(tiny_config: Path, tmp_pat
     with lock_held_elsewhere(r):
         code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
         assert code == 0 and json.loads(out)[0]["status"] == "running", err
+        code, _, err = run(["report", str(r), "--runs-dir", str(runs)])
+        assert code == 0 and "; status running; " in (r / "report.html").read_text(), err
     time.sleep(0.05)
     code, out, err = run(["runs", "--runs-dir", str(runs), "--json"])
     assert code == 0 and json.loads(out)[0]["status"] == "killed", err
     code, out, err = run(["runs", "--runs-dir", str(runs)])
     assert code == 0 and " killed " in out
     assert f"agereg search --resume {r}" in " ".join(err.split())
+    code, _, err = run(["report", str(r), "--runs-dir", str(runs)])
+    assert code == 0 and "; status killed (no process holds the run any more; " in (
+        r / "report.html").read_text(), err
     assert json.loads((r / "run.json").read_text())["status"] == "running"  # only read
 
 
