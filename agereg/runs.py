@@ -149,9 +149,9 @@ class RunLock:
 
 
 def lock_held(run_dir: Path) -> bool:
-    """Whether another process holds the run's :class:`RunLock` (an exclusive flock the
-    kernel drops when its process dies): tried with a shared flock, released at once
-    (RunLock waits such a moment out); nothing is written."""
+    """Whether the run's :class:`RunLock` is held (an exclusive flock the kernel drops when
+    its process dies; held by this process too counts): tried with a shared flock,
+    released at once (RunLock waits such a moment out); nothing is written."""
     import fcntl
 
     try:
