@@ -41,11 +41,11 @@ from agereg.runs import (
     RunLock,
     eval_folder,
     json_safe,
-    lock_held,
     read_json,
     read_log,
     read_plan,
     resolve_run,
+    run_status,
     write_json,
 )
 from agereg.split import SPLIT_NAME, Split, load_split
@@ -381,9 +381,7 @@ def unfinished(ctx: RunContext, locked: bool = True) -> str | None:
     except RunError:
         return None
     planned = info.get("trials_planned")
-    status = str(info.get("status"))
-    if status == "running":
-        status = "killed" if locked or not lock_held(ctx.run_dir) else "running"
+    status = run_status(ctx.run_dir, info, locked) or ""
     ended = {"interrupted": "was interrupted", "killed": "was killed",
              "running": "is still running", "failed": "ended with failed trials"}.get(status)
     if ended is None:

@@ -16,9 +16,9 @@ from agereg.runs import (
     CONFIG_NAME,
     RUN_NAME,
     evaluations,
-    lock_held,
     read_json,
     resolve_run,
+    run_status,
     stored_config,
 )
 
@@ -90,13 +90,9 @@ def _row(folder: Path, latest: Path | None) -> RunRow:
     def text(v: object) -> str | None:
         return v if isinstance(v, str) else None
 
-    status = text(info.get("status")) or "?"
-    if status == "running" and not lock_held(folder):
-        status = "killed"  # run.json says running, but no process holds the run's lock
-
     return RunRow(
         folder.name, name or folder.name, started, text(dataset.get("kind")),
-        text(info.get("strategy")) or "grid", status,
+        text(info.get("strategy")) or "grid", run_status(folder, info) or "?",
         count(info.get("trials_done")), count(info.get("trials_planned")),
         float(val) if isinstance(val, int | float) and not isinstance(val, bool) else None,
         n_evals, is_latest,

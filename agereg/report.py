@@ -35,12 +35,12 @@ from agereg.runs import (
     CurveKey,
     CurvePoint,
     evaluations,
-    lock_held,
     mean_curve,
     read_curves,
     read_json,
     read_log,
     resolve_run,
+    run_status,
     stored_config,
 )
 
@@ -419,7 +419,7 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     ranked = rank(read_log(run_dir), cfg.select_by)
     counts = status_counts(ranked)
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
-    if info.get("status") == "running" and not lock_held(run_dir):
+    if run_status(run_dir, info) == "killed":
         info = {**info, "status": "killed (no process holds the run any more; "
                                   "`agereg search --resume` goes on)"}
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")

@@ -167,6 +167,18 @@ def lock_held(run_dir: Path) -> bool:
         os.close(fd)
 
 
+def run_status(run_dir: Path, info: dict, locked: bool = False) -> str | None:
+    """run.json's ``status`` (None when it is not text), but ``killed`` for a run still
+    ``running`` whose lock no process holds: its search died without a word. ``locked``:
+    the caller holds the lock itself, so no search can."""
+    status = info.get("status")
+    if not isinstance(status, str):
+        return None
+    if status == "running" and (locked or not lock_held(run_dir)):
+        return "killed"
+    return status
+
+
 def json_safe(v: object) -> object:
     """``v`` with every non-finite float, at any depth, replaced by None (JSON has no
     NaN); tuples become lists."""
