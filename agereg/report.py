@@ -421,7 +421,7 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
     if run_status(run_dir, info) == "killed":
         info = {**info, "status": "killed (no process holds the run any more; "
-                                  "`agereg search --resume` goes on)"}
+                                  "agereg search --resume goes on)"}
     dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
     evals = read_evaluations(run_dir)
     analysis = read_analysis(run_dir)
