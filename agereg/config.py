@@ -203,6 +203,34 @@ class _Invalid(Exception):
     """A validation failure, before the file name or option is put in front of it."""
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int, first: int) -> None:
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping, which YAML
+    would otherwise settle silently by keeping the last (a second ``learning_rate:`` line
+    would drop the first). Keys brought in by a ``<<`` merge may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -231,7 +259,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     source = file.name or str(file)
     text = _read_text(file, source)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as dup:
+        raise _error(
+            f"{source}: line {dup.line} sets {_show(dup.key)} again (first set on line "
+            f"{dup.first}); YAML would keep only the last, so delete one of them"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

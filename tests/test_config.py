@@ -249,6 +249,26 @@ def test_yaml_errors(tmp_path: Path, text: str, fragments: list[str]) -> None:
     load_error(tmp_path, text, *fragments)
 
 
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("name: a\nname: b\n" + GRID, "line 2 sets 'name' again (first set on line 1)"),
+        (GRID + "  l2: [0.5]\n", "line 6 sets 'l2' again (first set on line 5)"),
+        ("split: {seed: 1, seed: 2}\n" + GRID, "line 1 sets 'seed' again (first set on line 1)"),
+        (GRID + "grid: {l2: [0.5]}\n", "line 6 sets 'grid' again (first set on line 1)"),
+    ],
+)
+def test_a_key_set_twice_is_refused(tmp_path: Path, text: str, fragment: str) -> None:
+    # YAML itself keeps the last value silently, dropping the first line's values
+    load_error(tmp_path, text, fragment, "delete one of them")
+
+
+def test_a_merged_key_may_be_overridden(tmp_path: Path) -> None:
+    text = ("grid: {<<: {batch_size: [8], learning_rate: [0.1], epochs: [1], l2: [0.0]}, "
+            "l2: [0.5]}\n")
+    assert load_config(write(tmp_path, text)).grid.l2 == (0.5,)
+
+
 def test_deep_nesting(tmp_path: Path) -> None:
     # PyYAML composes nodes recursively. A low recursion limit keeps the input small, since
     # PyYAML's scanner is quadratic in the nesting depth; the limit is restored at once.
