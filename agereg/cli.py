@@ -7,8 +7,10 @@ The only module (with ``__main__``) that imports click or rich. Every
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import os
 import re
 import signal
 import sys
@@ -68,9 +70,33 @@ from agereg.report import (
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGPIPE = 141  # what a shell reports for a tool that SIGPIPE ended, as `| head` does
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+
+class _ReaderGone(BaseException):
+    """The reader of stdout or stderr went away (``agereg report | head -1``): like a
+    Unix tool that SIGPIPE ends, agereg stops (a search as on Ctrl-C: saved, resumable)
+    and :func:`main` exits quietly with :data:`EXIT_SIGPIPE`. Not an OSError, which click
+    would turn into exit code 1, the code of a bug (and so would rich), and not an
+    Exception, which a search could take for a failed trial."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise _ReaderGone
+
+
+def _echo(text: str) -> None:
+    """Print ``text`` (a result) on stdout."""
+    try:
+        click.echo(text, nl=False)
+    except BrokenPipeError:
+        raise _ReaderGone from None
+
+
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
+out = _Console(highlight=False)
 
 
 # C0 and C1 control characters and DEL: a value from a config or a run folder must not
@@ -238,7 +264,7 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
         doc = summary_dict(outcome.run_dir, outcome.ranked, summary.selection, summary.notices,
                            top)
         doc.update(computed=outcome.computed, reused=outcome.reused, seconds=outcome.seconds)
-        click.echo(json.dumps(doc, indent=2))
+        _echo(json.dumps(doc, indent=2) + "\n")
     else:
         _print_ranking(outcome.ranked, top, summary.by)
         if said := selection_text(summary.selection):
@@ -357,7 +383,7 @@ def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: b
                            plots=not no_plots, log=_log, force=force, again=again)
     res = outcome.result
     if as_json:
-        click.echo(json.dumps(res, indent=2))
+        _echo(json.dumps(res, indent=2) + "\n")
     else:
         _print_eval(describe_eval(res, outcome.folder / "eval.json"))
     if outcome.existing:
@@ -409,7 +435,7 @@ def runs_(runs_dir: str, as_json: bool) -> None:
 
     rows = list_runs(Path(runs_dir))
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        _echo(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
         return
     table = Table(title=f"runs in {escape(runs_dir)} (* latest)", title_justify="left",
                   box=None, pad_edge=False)
@@ -456,7 +482,7 @@ def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -
 
     doc = compare_runs(run_a, run_b, Path(runs_dir), n_boot)
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        _echo(json.dumps(doc, indent=2) + "\n")
         return
     for line in compare_lines(doc):
         out.print(escape(line))
@@ -523,7 +549,7 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
         text = "index,predicted_age\n" + "".join(f"{i},{a!r}\n" for i, a in
                                                   enumerate(p.ages.tolist()))
     if out_file is None:
-        click.echo(text, nl=False)
+        _echo(text)
     else:
         atomic_write_text(Path(out_file), text)
     err.print(escape(f"{len(p.ages)} predictions with trial #{p.rank} ({p.trial_id}), model "
@@ -558,7 +584,7 @@ def analyze(data_dir: str | None, run: str | None, runs_dir: str, batch_size: in
         raise click.UsageError("give --data or --run, not both")
     res = run_analysis(data_dir, run, Path(runs_dir), batch_size, draws=draws, log=_log)
     if as_json:
-        click.echo(json.dumps(res, indent=2))
+        _echo(json.dumps(res, indent=2) + "\n")
         return
     for line in analysis_lines(res):
         out.print(escape(line))
@@ -586,7 +612,7 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
         doc.update(trials_planned=rep.trials_planned, report=str(rep.html_path),
                    evaluations=[{"folder": str(e.folder), **e.result} for e in rep.evals],
                    analysis=rep.analysis)
-        click.echo(json.dumps(doc, indent=2))
+        _echo(json.dumps(doc, indent=2) + "\n")
         return
     _print_ranking(rep.ranked, top, rep.selection.by)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
@@ -639,6 +665,14 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error[/]: {escape(exc.format_message().rstrip('.'))}{escape(where)}",
                   soft_wrap=True)
         return exc.exit_code
+    except _ReaderGone:
+        # nothing more can reach the reader: both streams are pointed at /dev/null, so
+        # that no last word and no final flush of the interpreter fails again
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for stream in (sys.stdout, sys.stderr):
+                os.dup2(devnull, stream.fileno())
+        return EXIT_SIGPIPE
     except (KeyboardInterrupt, click.Abort, Terminated) as exc:
         code = EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
         err.print(escape(f"interrupted ({'SIGTERM' if code == EXIT_SIGTERM else 'Ctrl-C'})"

@@ -259,7 +259,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     source = file.name or str(file)
     text = _read_text(file, source)
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+        raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except _DuplicateKey as dup:
         raise _error(
             f"{source}: line {dup.line} sets {_show(dup.key)} again (first set on line "

@@ -202,3 +202,42 @@ def test_the_ranking_table_fits_80_columns_and_never_cuts_an_exponent():
     text = console.export_text()
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "…" not in text and "3.4567890e5" in text and "2.100e6" in text
+
+
+def _closed_reader(args: list[str], stream: str, cwd: Path, until: bytes = b""
+                   ) -> subprocess.CompletedProcess:
+    """Run agereg with its ``stream`` ("stdout" or "stderr") a pipe whose reader goes away
+    (as in ``agereg report | head -1``) at once, or after a line starting ``until``."""
+    other = "stderr" if stream == "stdout" else "stdout"
+    proc = subprocess.Popen([sys.executable, "-m", "agereg", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader = getattr(proc, stream)
+    lines = []
+    while until and not (lines and lines[-1].startswith(until)):
+        lines.append(reader.readline())
+        assert lines[-1], f"no line starting {until!r}"
+    reader.close()
+    kept = proc.communicate(timeout=120)[0 if other == "stdout" else 1]
+    return subprocess.CompletedProcess(args, proc.returncode, lines, kept)
+
+
+def test_a_reader_that_goes_away_ends_agereg_quietly_with_141(tiny_config: Path,
+                                                              tmp_path: Path):
+    # 141 is what a shell reports for a tool that SIGPIPE ended; 1 would say "a bug"
+    runs = str(tmp_path / "runs")
+    stopped = _closed_reader(["search", str(tiny_config), "--runs-dir", runs], "stderr",
+                             tmp_path, until=b"run folder: ")
+    assert stopped.returncode == 141 and stopped.stderr == b""
+    run_dir = latest_run(Path(runs))
+    # stopped as on Ctrl-C: saved and resumable
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    code, _, err = run(["search", "--resume", str(run_dir), "--runs-dir", runs, "--quiet"])
+    assert code == 0, err
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    for args in (["report", "--runs-dir", runs], ["runs", "--runs-dir", runs, "--json"],
+                 ["eval", "--runs-dir", runs, "--bootstrap", "0", "--no-plots"]):
+        done = _closed_reader(args, "stdout", tmp_path)
+        assert done.returncode == 141, args
+        assert b"error" not in done.stderr and b"Traceback" not in done.stderr, args
+    # the evaluation was saved before its result was printed
+    assert len(list((run_dir / "evals").glob("*/eval.json"))) == 1
