@@ -540,6 +540,9 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
     if out_file is not None and Path(out_file).exists() and not force:
         raise AgeregError(f"{out_file}: exists; agereg never writes over your files: choose "
                           "another --out or pass --force")
+    if out_file is not None and not Path(out_file).parent.is_dir():
+        raise AgeregError(f"--out {out_file}: the folder {Path(out_file).parent} does not "
+                          "exist; create it first")
     p = predict_images(images, run, Path(runs_dir), trial, log=_log)
     if as_json:
         text = json.dumps({"run": str(p.run_dir), "rank": p.rank, "trial_id": p.trial_id,

@@ -51,6 +51,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         atomic_write(path, lambda f: f.write(data))
     except OSError as exc:
+        if exc.errno == errno.ENOENT and not Path(path).parent.is_dir():
+            raise RunError(f"{path}: cannot write: the folder {Path(path).parent} does not "
+                           "exist; create it first") from None
         raise RunError(f"{path}: cannot write ({exc.strerror or exc}); "
                        "check free space and permissions") from None
 

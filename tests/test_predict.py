@@ -85,6 +85,26 @@ def test_predict_never_overwrites_an_output_without_force(searched, data_copy: P
     assert code == 0 and target.read_text().startswith("index,predicted_age\n")
 
 
+def test_predict_into_a_missing_folder_says_so_before_any_work(searched, data_copy: Path,
+                                                               tmp_path: Path):
+    run_dir, _ = searched
+    np.save(tmp_path / "new.npy", np.load(data_copy / "age_regression_Xte.npy")[:3])
+    out = tmp_path / "no" / "ages.csv"
+    code, _, err = run(["predict", str(tmp_path / "new.npy"), "--run", str(run_dir),
+                        "--out", str(out)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"the folder {out.parent} does not exist; create it first" in err
+    assert not (run_dir / "evals").exists()
+
+
+def test_an_atomic_write_into_a_missing_folder_names_the_folder(tmp_path: Path):
+    from agereg.errors import RunError
+    from agereg.fileio import atomic_write_text
+
+    with pytest.raises(RunError, match=r"the folder .*/gone does not exist; create it first"):
+        atomic_write_text(tmp_path / "gone" / "x.txt", "x")
+
+
 @pytest.mark.parametrize("damage, fragment", [
     ("fifo", "not a regular file"),  # never opened for reading: no hang
     ("pickle", "not a numpy file"),
