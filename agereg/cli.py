@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import json
 import os
 import re
@@ -718,6 +719,11 @@ def run() -> None:
     # The objects of the imports live as long as the process: the garbage collector
     # need not walk them again and again (here, not in main(), which tests call).
     gc.freeze()
+    for stream in (sys.stdout, sys.stderr):
+        # a terminal or pipe that cannot show a character (PYTHONIOENCODING=ascii, a
+        # legacy code page) gets "?" for it, not an internal error after the work is done
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     code = main()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Likewise spare the interpreter's last collection the walk over every object that

@@ -241,3 +241,18 @@ def test_a_reader_that_goes_away_ends_agereg_quietly_with_141(tiny_config: Path,
         assert b"error" not in done.stderr and b"Traceback" not in done.stderr, args
     # the evaluation was saved before its result was printed
     assert len(list((run_dir / "evals").glob("*/eval.json"))) == 1
+
+
+def test_a_stream_that_cannot_show_a_character_gets_a_question_mark(tiny_config: Path,
+                                                                    tmp_path: Path):
+    # the report's "R²" on an ASCII stdout was an internal error after the work was done
+    import os
+
+    runs = str(tmp_path / "runs")
+    assert run(["search", str(tiny_config), "--runs-dir", runs, "--quiet"])[0] == 0
+    assert run(["eval", "--runs-dir", runs, "--bootstrap", "0", "--no-plots"])[0] == 0
+    proc = subprocess.run([sys.executable, "-m", "agereg", "report", "--runs-dir", runs],
+                          capture_output=True, cwd=tmp_path, check=False,
+                          env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0, proc.stderr
+    assert b"test R? " in proc.stdout
