@@ -9,6 +9,8 @@ file name, names the key and the bad value, and says how to fix it.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
 import os
 import re
@@ -38,10 +40,12 @@ __all__ = [
     "SearchConfig",
     "SplitConfig",
     "apply_overrides",
+    "config_digest",
     "config_to_dict",
     "dump_config",
     "load_config",
     "parse_config",
+    "result_defining",
 ]
 
 ENGINES = ("batched", "reference")
@@ -349,6 +353,29 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "loss": list(grid.loss),
         },
     }
+
+
+
+def result_defining(cfg: Config) -> dict[str, Any]:
+    """The keys that change a run's numbers (its trials, their ranking, the strategy's
+    decisions): a resumed run must agree on all of them."""
+    d = config_to_dict(cfg)
+    return {
+        "grid": d["grid"],
+        "search": d["search"],
+        "select_by": d["select_by"],
+        "seed": d["seed"],
+        "split": d["split"],
+        "execution.engine": d["execution"]["engine"],
+        "execution.precision": d["execution"]["precision"],
+    }
+
+
+def config_digest(cfg: Config) -> str:
+    """SHA-256 of :func:`result_defining`: recorded in run.json when a run starts, so that
+    a stored config edited afterwards is caught before its numbers are trusted."""
+    text = json.dumps(result_defining(cfg), sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:

@@ -24,10 +24,11 @@ from agereg.cluster import check_backend
 from agereg.config import (
     Config,
     Distribution,
-    config_to_dict,
+    config_digest,
     curve_rows,
     dump_config,
     load_config,
+    result_defining,
     search_budget,
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
@@ -201,20 +202,6 @@ def write_split(data_dir: Path, seed: int, val_fraction: float,
 # ---------------------------------------------------------------- search
 
 
-# Keys that change the numbers: a resumed run must agree on all of them.
-def result_defining(cfg: Config) -> dict:
-    d = config_to_dict(cfg)
-    return {
-        "grid": d["grid"],
-        "search": d["search"],
-        "select_by": d["select_by"],
-        "seed": d["seed"],
-        "split": d["split"],
-        "execution.engine": d["execution"]["engine"],
-        "execution.precision": d["execution"]["precision"],
-    }
-
-
 def start_search(
     cfg: Config,
     runs_dir: Path,
@@ -240,7 +227,7 @@ def start_search(
         write_json(run_dir / "dataset.json", dataset.info.to_dict())
         save_split(split, run_dir / SPLIT_NAME)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       **Extension.run_info(base))
+                       config_digest=config_digest(cfg), **Extension.run_info(base))
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
@@ -285,7 +272,8 @@ def resume_search(
             base = Extension.open(extends, runs_dir, cfg, dataset.info)
             base.check_split(split)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       resumed=True, **Extension.run_info(base))
+                       resumed=True, config_digest=config_digest(cfg),
+                       **Extension.run_info(base))
         # runs/latest stays on the newest created run: resuming an older one does not move it
         if on_start:
             on_start(run_dir)
@@ -689,7 +677,8 @@ def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
         if status == "finished" and summary.counts[Status.FAILED.value]:
             shown = "failed"  # on_error: record; --resume trains them again
         write_run_info(run_dir, shown, trials_planned=planned, trials_done=len(logged),
-                       strategy=cfg.search.strategy, **Extension.run_info(base))
+                       strategy=cfg.search.strategy, config_digest=config_digest(cfg),
+                       **Extension.run_info(base))
     except RunError:
         if status == "finished":
             raise

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from agereg import __version__, interrupts
 from agereg.batched import Curves
-from agereg.config import LOSSES, MAX_SEED, Config, load_config
+from agereg.config import LOSSES, MAX_SEED, Config, config_digest, load_config
 from agereg.errors import ConfigError, RunError
 from agereg.fileio import (
     KiB,
@@ -277,13 +277,22 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
 
 
 def stored_config(run_dir: Path) -> Config:
-    """The run's resolved config, validated like any config."""
+    """The run's resolved config, validated like any config, and checked against the
+    digest run.json recorded when the run started (runs made before it was recorded are
+    not checked): the logged trials were trained with that config, not an edited one."""
     path = run_dir / CONFIG_NAME
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         raise RunError(f"{run_dir}: its {CONFIG_NAME} is not valid ({exc}); "
                        "this run cannot be resumed, start a new one") from None
+    recorded = read_json(run_dir / RUN_NAME, "this run folder is damaged").get("config_digest")
+    if recorded is not None and recorded != config_digest(cfg):
+        raise RunError(f"{path}: changed since the run started, in what sets its numbers "
+                       "(grid, search, seed, split, select_by, engine or precision), "
+                       "and its trials were trained with the original: restore it (a new "
+                       "config needs a new search)")
+    return cfg
 
 
 # ---------------------------------------------------------------- trial log

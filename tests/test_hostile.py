@@ -112,6 +112,14 @@ def nothing(w: World) -> None:
     pass
 
 
+def edit_config(old: str, new: str) -> Callable[[World], None]:
+    def damage(w: World) -> None:
+        text = (w.run_dir / "config.yaml").read_text()
+        assert old in text
+        (w.run_dir / "config.yaml").write_text(text.replace(old, new, 1))
+    return damage
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -181,6 +189,10 @@ CASES = [
          "does not name a run folder"),
     Case("latest: a path outside", write_file("/runs/latest", b"../../etc\n"), report_latest,
          "does not name a run folder"),
+    Case("config.yaml: seed edited, then resume", edit_config("seed: 3", "seed: 4"), resume,
+         "config.yaml: changed since the run started"),
+    Case("config.yaml: grid edited, then eval", edit_config("epochs: [1, 3]", "epochs: [1, 4]"),
+         evaluate, "config.yaml: changed since the run started"),
     Case("split.json: a FIFO", replace_with("split.json", fifo), evaluate,
          "not a regular file"),
     Case("split.json: link to /dev/zero", replace_with("split.json", link_to("/dev/zero")),
@@ -251,6 +263,22 @@ def test_hostile_input_is_one_line_exit_2_and_writes_nothing(case: Case, base: P
     after = snapshot(root)
     written = {k for k in after if after[k] != before.get(k)}
     assert written <= {"big.yaml", "esc.yaml"}, written  # the case's own input only
+
+
+def test_an_edit_that_changes_no_number_is_accepted_and_old_runs_are_not_checked(
+        base: Path, tmp_path: Path):
+    root = tmp_path / "w"
+    shutil.copytree(base, root, symlinks=True)
+    run_dir = next((root / "runs").glob("*-h"))
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("n_jobs: 1", "n_jobs: 2") + "# mine\n")
+    assert run(report(World(root, run_dir)))[0] == 0
+    # a run made before run.json recorded the digest: the stored config is taken as it is
+    config.write_text(config.read_text().replace("seed: 3", "seed: 4"))
+    info = json.loads((run_dir / "run.json").read_text())
+    del info["config_digest"]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert run(report(World(root, run_dir)))[0] == 0
 
 
 # ---------------------------------------------------------------- links are never followed
