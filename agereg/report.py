@@ -312,10 +312,12 @@ def eval_lines(res: dict) -> list[str]:
     decades = res.get("by_decade")
     if decades:
         worst = max(decades, key=lambda d: d["mae"])
+        signed = worst["mean_signed_error"]
+        lean = "" if signed == 0 else f": predicted too {'old' if signed > 0 else 'young'}"
         lines.append(f"error by age: the largest MAE is in ages {worst['decade']}, "
-                     f"{fmt(worst['mae'])} years over {worst['count']} images (mean signed "
-                     f"error {fmt(worst['mean_signed_error'], True)}: predicted too "
-                     f"{'old' if worst['mean_signed_error'] > 0 else 'young'})")
+                     f"{fmt(worst['mae'])} years over {worst['count']} "
+                     f"image{'s' * (worst['count'] != 1)} (mean signed error "
+                     f"{fmt(signed, True)}{lean})")
     boot = res.get("bootstrap")
     winner = res["trial"]["rank"] == 1
     if boot:

@@ -225,6 +225,22 @@ def test_eval_prints_the_new_findings(evaluated: dict):
     assert "test error by decade of true age" in out
 
 
+@pytest.mark.parametrize(("count", "signed", "text"), [
+    (1, 35.88, "35.88 years over 1 image (mean signed error +35.88: predicted too old)"),
+    (7, -2.5, "over 7 images (mean signed error -2.5: predicted too young)"),
+    (2, 0.0, "over 2 images (mean signed error +0)"),
+])
+def test_the_worst_decade_line_reads_right(evaluated: dict, count: int, signed: float,
+                                           text: str):
+    from agereg.report import eval_lines
+
+    res = dict(evaluated["eval"], by_decade=[
+        {"decade": "0-9", "count": count, "mae": 35.88, "mean_signed_error": signed},
+        {"decade": "10-19", "count": 9, "mae": 1.0, "mean_signed_error": 0.5}])
+    (line,) = [x for x in eval_lines(res) if x.startswith("error by age")]
+    assert text in line, line
+
+
 def test_report_writes_a_self_contained_page(evaluated: dict):
     run_dir, root = evaluated["run_dir"], evaluated["root"]
     code, out, err = run(["report", str(run_dir), "--runs-dir", str(root / "runs"), "--top",
