@@ -425,7 +425,8 @@ def _bootstrap(
         notes.append(f"no paired comparison: trial #{vs_rank} diverged when trained again")
     else:
         pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
-    log(f"bootstrap: {n_boot} resamples of {len(arrays.y_te)} test images")
+    log(f"bootstrap: {n_boot} resample{'s' * (n_boot != 1)} of {len(arrays.y_te)} test "
+        f"image{'s' * (len(arrays.y_te) != 1)}")
     boot = bootstrap_test(arrays.y_te, pred_te, pred_vs, n_boot, ctx.cfg.seed)
     paired = None
     if boot.paired is not None and pred_vs is not None:

@@ -556,8 +556,9 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
         _echo(text)
     else:
         atomic_write_text(Path(out_file), text)
-    err.print(escape(f"{len(p.ages)} predictions with trial #{p.rank} ({p.trial_id}), model "
-                     f"in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
+    n = len(p.ages)
+    err.print(escape(f"{n} prediction{'s' * (n != 1)} with trial #{p.rank} ({p.trial_id}), "
+                     f"model in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
     for notice in p.notes:
         err.print(f"[yellow]note[/]: {escape(notice)}")
 
@@ -621,7 +622,8 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
     _print_ranking(rep.ranked, top, rep.selection.by)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts
-    out.print(escape(f"{len(rep.ranked)} trials{planned}: {counts_text(c)}"))
+    n = len(rep.ranked)
+    out.print(escape(f"{n} trial{'s' * (n != 1)}{planned}: {counts_text(c)}"))
     if said := selection_text(rep.selection):
         out.print(escape(said))
     for notice in rep.notices:
@@ -701,7 +703,7 @@ def _resume_hint() -> str:
     try:
         best = json.loads(read_regular(Path(run_dir) / "best.json", 1 << 20))
         done, planned = int(best["trials_done"]), int(best["trials_planned"])
-        saved = f"{done} of {planned} trials "
+        saved = f"{done} of {planned} trial{'s' * (planned != 1)} "
     except (OSError, ValueError, KeyError, TypeError, NotReadable, RecursionError):
         pass
     return (f"; {saved or 'finished trials '}saved in {run_dir}/ (ranked partial results in "

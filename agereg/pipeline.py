@@ -640,7 +640,8 @@ def _run(
     sweep = _Sweep(cfg, dataset, split, run_dir, done, log, progress,
                    None if base is None else base.cache())
     if sweep.results:
-        log(f"resuming: {len(sweep.results)} trials already done")
+        n = len(sweep.results)
+        log(f"resuming: {n} trial{'s' * (n != 1)} already done")
     t0 = time.perf_counter()
     sweep._report(0.0)
     status = "interrupted"

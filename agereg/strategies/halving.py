@@ -40,6 +40,7 @@ class Halving:
             start = self.rungs[k - 1] if k else 0
             keys = [at_epochs(c, epoch) for c in alive]
             if missing(keys, results):
+                # the stage's name keys its groups in plan.jsonl: kept as runs stored it
                 return Proposal(f"rung {k + 1} of {len(self.rungs)} ({epoch} epochs)",
                                 tuple(alive), (epoch,), start, tuple(pruned))
             if k == len(self.rungs) - 1:
