@@ -62,7 +62,7 @@ def analyze(
     if run is not None or data is None:
         run_dir = resolve_run(run, runs_dir)
         with RunLock(run_dir):
-            ctx = open_run(run_dir, runs_dir)
+            ctx = open_run(run_dir, runs_dir, log)
         dataset, split, seed = ctx.dataset, ctx.split, ctx.cfg.seed
         where = f"run {ctx.run_dir}"
     else:

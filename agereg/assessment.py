@@ -15,7 +15,7 @@ import numpy as np
 from agereg.basis import ridge_basis_beside
 from agereg.batched import column_fit, train_group
 from agereg.config import Config, Distribution
-from agereg.data import Dataset, load_dataset
+from agereg.data import Dataset
 from agereg.engine import Arrays, Fit, diverged_fit, train_reference
 from agereg.errors import RunError
 from agereg.evaluate import (
@@ -31,7 +31,7 @@ from agereg.evaluate import (
 from agereg.fileio import KiB, NotReadable, read_npy
 from agereg.launcher import in_memory
 from agereg.params import load_params
-from agereg.pipeline import Log, check_dataset, quiet, stored_config
+from agereg.pipeline import Log, load_run_dataset, quiet, stored_config
 from agereg.plan import Group
 from agereg.records import RunSummary, TrialRecord
 from agereg.records import rank as rank_records
@@ -69,11 +69,10 @@ class RunContext:
                           rule=self.cfg.select, by=self.cfg.select_by)
 
 
-def open_run(run: str | Path | None, runs_dir: Path) -> RunContext:
+def open_run(run: str | Path | None, runs_dir: Path, log: Log = quiet) -> RunContext:
     run_dir = resolve_run(run, runs_dir)
     cfg = stored_config(run_dir)
-    dataset = load_dataset(cfg.data.dir)
-    check_dataset(run_dir, dataset.info)
+    dataset = load_run_dataset(run_dir, cfg, log)
     split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
     return RunContext(run_dir, cfg, dataset, split, read_log(run_dir), read_plan(run_dir))
 
@@ -233,7 +232,7 @@ def evaluate_run(
                        f"{MAX_BOOTSTRAP:,}")
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
-        ctx = open_run(run_dir, runs_dir)
+        ctx = open_run(run_dir, runs_dir, log)
         summary = ctx.summary()
         ranked = [r for r in summary.ranked if r.status.has_losses()]
         selected = summary.selection.rank or 1

@@ -32,7 +32,7 @@ from agereg.config import (
     search_budget,
 )
 from agereg.data import Dataset, DatasetInfo, load_dataset
-from agereg.errors import ConfigError, RunError, SplitError, TrialsFailed
+from agereg.errors import ConfigError, DataError, RunError, SplitError, TrialsFailed
 from agereg.fileio import atomic_write_text
 from agereg.launcher import ArraysRef, GroupOutcome, launch, prepare_arrays, read_progress
 from agereg.params import save_params
@@ -259,8 +259,11 @@ def resume_search(
         _check_same(stored, cfg, run_dir)
     with RunLock(run_dir):
         check_backend(cfg.execution, run_dir, log)
-        dataset = load_dataset(cfg.data.dir)
-        check_dataset(run_dir, dataset.info)
+        if cfg_path is None:
+            dataset = load_run_dataset(run_dir, cfg, log)
+        else:  # the data.dir the user gave, and no other
+            dataset = load_dataset(cfg.data.dir)
+            check_dataset(run_dir, dataset.info)
         split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
         _check_curves(cfg)
         done = read_log(run_dir, repair=True)
@@ -295,6 +298,38 @@ def check_dataset(run_dir: Path, info: DatasetInfo) -> None:
     if stored.get("sha256") != info.sha256:
         raise RunError(f"{run_dir}: the files in {info.path} differ from the data this run "
                        f"used ({stored.get('path')}); point data.dir at the original files")
+
+
+def load_run_dataset(run_dir: Path, cfg: Config, log: Log = quiet) -> Dataset:
+    """The data of a run, as its stored config names it: ``data.dir``, relative to the
+    current directory. When that folder is missing or holds other files, the folder where
+    the search read them (``dataset.json``'s absolute ``path``), if it still holds the
+    run's files (checked by SHA-256), and a line saying so."""
+    given = Path(cfg.data.dir)
+    try:
+        dataset = load_dataset(given)
+        check_dataset(run_dir, dataset.info)
+        return dataset
+    except (DataError, RunError) as exc:
+        problem = exc
+    recorded = read_json(run_dir / "dataset.json", "this run folder is damaged").get("path")
+    if not isinstance(recorded, str) or not Path(recorded).is_absolute():
+        raise problem
+    if Path(recorded).is_dir() and Path(recorded).resolve() != given.resolve():
+        try:
+            dataset = load_dataset(recorded)
+            check_dataset(run_dir, dataset.info)
+        except (DataError, RunError):
+            raise problem from None
+        here = "holds other files" if given.is_dir() else "does not exist"
+        log(f"data: {recorded}, where the search read this run's files (data.dir "
+            f"{str(given)!r} {here} here)")
+        return dataset
+    if given.is_dir():
+        raise problem
+    raise RunError(f"{run_dir}: its data folder {str(given)!r} does not exist here, nor does "
+                   f"{recorded}, where the search read its files; run agereg from the "
+                   "folder the search ran in, or put the four files back there")
 
 
 @dataclass(frozen=True)

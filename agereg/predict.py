@@ -37,7 +37,7 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
     one image) with trial ``trial`` ("best": as the run's select rule picks; or a rank)."""
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):
-        ctx = open_run(run_dir, runs_dir)
+        ctx = open_run(run_dir, runs_dir, log)
     summary = ctx.summary()
     ranked = [r for r in summary.ranked if r.status.has_losses()]
     if not ranked:

@@ -256,3 +256,41 @@ def test_a_stream_that_cannot_show_a_character_gets_a_question_mark(tiny_config:
                           env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert proc.returncode == 0, proc.stderr
     assert b"test R? " in proc.stdout
+
+
+def test_a_run_finds_its_data_from_another_folder(tmp_path: Path, tiny_data: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    home = tmp_path / "project"
+    shutil.copytree(tiny_data, home / "data")
+    (home / "c.yaml").write_text("name: c\nn_jobs: 1\ndata: {dir: data}\ngrid: {batch_size: "
+                                 "[8], learning_rate: [0.01], epochs: [1, 2], l2: [0.0]}\n")
+    monkeypatch.chdir(home)
+    assert run(["search", "c.yaml", "--quiet"])[0] == 0
+    run_dir = str(latest_run(home / "runs"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # data.dir "data" does not exist here: the folder where the search read the files
+    code, _, err = run(["eval", "--run", run_dir, "--bootstrap", "0", "--no-plots"])
+    assert code == 0, err
+    assert f"data: {home / 'data'}, where the search read this run's files (data.dir 'data' " \
+           "does not exist here)" in err
+    # "data" here holds other files: the same, said so
+    from agereg.synth import write_synthetic
+
+    write_synthetic(elsewhere / "data", seed=9, n_train=50, n_test=20, side=6)
+    code, _, err = run(["search", "--resume", run_dir, "--quiet"])
+    assert code == 0 and "(data.dir 'data' holds other files here)" in err, err
+    # a config given with --resume is taken at its word
+    (elsewhere / "c.yaml").write_text((home / "c.yaml").read_text())
+    code, _, err = run(["search", "--resume", run_dir, "--quiet", "c.yaml"])
+    assert code == 2 and "differ from the data this run used" in err, err
+    # the files gone from both places: one line saying where they were
+    shutil.rmtree(elsewhere / "data")
+    (home / "data").rename(home / "moved")
+    code, _, err = run(["predict", str(home / "moved" / "age_regression_Xte.npy"), "--run",
+                        run_dir])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"its data folder 'data' does not exist here, nor does {home / 'data'}" in err
