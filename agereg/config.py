@@ -867,7 +867,9 @@ def _dir(value: object, key: str) -> str:
         raise _Invalid(f"{_at(key, value)} is not a folder path; give one like 'data'")
     if "\x00" in value or not _is_utf8(value):
         raise _Invalid(f"{_at(key, value)} holds characters no path can contain; fix the path")
-    return value
+    # "~/faces" as a shell would read it: YAML leaves the tilde, and the folder "~" in
+    # the current directory is never what was meant
+    return os.path.expanduser(value)
 
 
 def _choice(value: object, key: str, allowed: tuple[str, ...]) -> str:

@@ -95,6 +95,15 @@ def test_shipped_tiny_grid_loads() -> None:
     assert len(cfg.grid) == 16
 
 
+def test_a_data_dir_under_home_is_read_as_a_shell_would(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    cfg = load_config(write(tmp_path, "data: {dir: ~/faces}\n" + GRID))
+    assert cfg.data.dir == str(tmp_path / "me" / "faces")
+    assert load_config(write(tmp_path, "data: {dir: a~b}\n" + GRID)).data.dir == "a~b"
+
+
 def test_defaults_are_filled_in(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GRID))
     assert cfg == Config(
