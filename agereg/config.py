@@ -208,6 +208,8 @@ class _Invalid(Exception):
 
 
 class _DuplicateKey(Exception):
+    """A key set twice in one YAML mapping: ``line``, and the ``first`` line setting it."""
+
     def __init__(self, key: object, line: int, first: int) -> None:
         self.key, self.line, self.first = key, line, first
 
@@ -353,7 +355,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
             "loss": list(grid.loss),
         },
     }
-
 
 
 def result_defining(cfg: Config) -> dict[str, Any]:

@@ -315,21 +315,26 @@ def load_run_dataset(run_dir: Path, cfg: Config, log: Log = quiet) -> Dataset:
     recorded = read_json(run_dir / "dataset.json", "this run folder is damaged").get("path")
     if not isinstance(recorded, str) or not Path(recorded).is_absolute():
         raise problem
-    if Path(recorded).is_dir() and Path(recorded).resolve() != given.resolve():
+    elsewhere = Path(recorded).resolve() != given.resolve()
+    if elsewhere and Path(recorded).is_dir():
         try:
             dataset = load_dataset(recorded)
             check_dataset(run_dir, dataset.info)
+            here = "holds other files" if given.is_dir() else "does not exist"
+            log(f"data: {recorded}, where the search read this run's files (data.dir "
+                f"{str(given)!r} {here} here)")
+            return dataset
         except (DataError, RunError):
-            raise problem from None
-        here = "holds other files" if given.is_dir() else "does not exist"
-        log(f"data: {recorded}, where the search read this run's files (data.dir "
-            f"{str(given)!r} {here} here)")
-        return dataset
+            pass
     if given.is_dir():
         raise problem
-    raise RunError(f"{run_dir}: its data folder {str(given)!r} does not exist here, nor does "
-                   f"{recorded}, where the search read its files; run agereg from the "
-                   "folder the search ran in, or put the four files back there")
+    if not elsewhere:
+        raise RunError(f"{run_dir}: its data folder {recorded} does not exist any more; put "
+                       "the run's four files back there")
+    state = "holds other files now" if Path(recorded).is_dir() else "does not exist either"
+    raise RunError(f"{run_dir}: its data folder {str(given)!r} does not exist here, and "
+                   f"{recorded}, where the search read its files, {state}: run agereg from "
+                   "the folder the search ran in, or put the run's four files back there")
 
 
 @dataclass(frozen=True)

@@ -293,4 +293,21 @@ def test_a_run_finds_its_data_from_another_folder(tmp_path: Path, tiny_data: Pat
     code, _, err = run(["predict", str(home / "moved" / "age_regression_Xte.npy"), "--run",
                         run_dir])
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"its data folder 'data' does not exist here, nor does {home / 'data'}" in err
+    assert f"its data folder 'data' does not exist here, and {home / 'data'}, where the " \
+           "search read its files, does not exist either" in err
+    # the config names the recorded folder itself, gone
+    (elsewhere / "data").mkdir()
+    code, _, err = run(["eval", "--run", run_dir])
+    assert code == 2 and "holds other files now" not in err, err  # an empty folder: its error
+    assert "age_regression_Xtr.npy" in err, err
+
+
+def test_a_run_whose_absolute_data_folder_is_gone_says_so(tiny_config: Path, data_copy: Path,
+                                                          tmp_path: Path):
+    runs = str(tmp_path / "runs")
+    assert run(["search", str(tiny_config), "--runs-dir", runs, "--quiet"])[0] == 0
+    data_copy.rename(tmp_path / "moved")
+    code, _, err = run(["eval", "--runs-dir", runs])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"its data folder {data_copy} does not exist any more; put the run's four files " \
+           "back there" in err
