@@ -311,3 +311,16 @@ def test_a_run_whose_absolute_data_folder_is_gone_says_so(tiny_config: Path, dat
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"its data folder {data_copy} does not exist any more; put the run's four files " \
            "back there" in err
+
+
+def test_more_workers_than_cores_is_noted(tiny_config: Path, tmp_path: Path):
+    from joblib import cpu_count
+
+    runs = str(tmp_path / "runs")
+    many = str(cpu_count() + 1)
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", runs, "--quiet",
+                        "--n-jobs", many])
+    assert code == 0 and f"note: n_jobs {many} on {cpu_count()} cores" in err, err
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", runs, "--quiet",
+                        "--n-jobs", str(cpu_count())])
+    assert code == 0 and "n_jobs" not in err, err
