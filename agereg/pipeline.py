@@ -166,8 +166,8 @@ def _check_curves(cfg: Config) -> None:
 
 def _note_jobs(cfg: Config, log: Log) -> None:
     """Say so when more local workers are asked for than this machine has cores: they
-    take turns, and the engine's pairs of groups are split up (the homework grid: 15%
-    slower with 4 or 16 workers on 2 cores than with -1)."""
+    take turns, and the engine's pairs of groups are split up (the homework grid with 4
+    workers on 2 cores: 1.11 x the time of -1, README)."""
     from joblib import cpu_count
 
     cores = cpu_count()
