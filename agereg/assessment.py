@@ -415,6 +415,10 @@ def _bootstrap(
     if n_boot == 0:
         notes.append("bootstrap disabled (--bootstrap 0)")
         return None
+    if len(arrays.y_te) < 2:  # every resample is that image: an interval of one point
+        notes.append("no bootstrap: the test set holds a single image, so every resample "
+                     "is that image and the intervals would say nothing")
+        return None
     vs_rank = 2 if rank == 1 else 1
     pred_vs = None
     if vs_rank > len(ranked):

@@ -66,6 +66,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
     elif any(m is None for m in models):
         doc["paired_note"] = ("not evaluated: run `agereg eval --best --run RUN` on both "
                               "for a paired bootstrap of the test difference")
+    elif len(ctxs[0].dataset.yte) < 2:
+        doc["paired_note"] = ("the test set holds a single image: every resample would be "
+                              "that image, so no paired bootstrap")
     else:
         X_te = np.asarray(ctxs[0].dataset.Xte, dtype=np.float64).reshape(
             len(ctxs[0].dataset.yte), -1)
@@ -112,7 +115,8 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
         lo, hi = p["difference_ci"]
         lines.append(
             f"paired bootstrap on the same {p['n_images']} test images ({p['resamples']} "
-            f"resamples, seed 0): test fMSE {p['test_fmse'][0]:.4g} (A) vs "
-            f"{p['test_fmse'][1]:.4g} (B); A minus B {p['observed_difference']:+.4g} "
+            f"resample{'s' * (p['resamples'] != 1)}, seed 0): test fMSE "
+            f"{p['test_fmse'][0]:.4g} (A) vs {p['test_fmse'][1]:.4g} (B); A minus B "
+            f"{p['observed_difference']:+.4g} "
             f"[{lo:+.4g}, {hi:+.4g}]; A better in {p['share_a_better']:.0%} of resamples")
     return lines

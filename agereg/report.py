@@ -333,9 +333,9 @@ def eval_lines(res: dict) -> list[str]:
                 f"{fmt(paired['mean_difference'], True)} [{fmt(lo, True)}, {fmt(hi, True)}] "
                 f"(test fMSE, {who} minus {other})")
         lines.append(
-            f"bootstrap: {boot['resamples']} resamples of the {boot['n_images']} test "
-            f"images (seed {boot['seed']}); an average resample leaves out "
-            f"{boot['left_out_share']:.1%} of them (1/e = 36.8%)")
+            f"bootstrap: {boot['resamples']} resample{'s' * (boot['resamples'] != 1)} of "
+            f"the {boot['n_images']} test images (seed {boot['seed']}); an average resample "
+            f"leaves out {boot['left_out_share']:.1%} of them (1/e = 36.8%)")
     ridge = res.get("ridge")
     if ridge:
         kind = ("minimum-norm least squares, l2 = 0: expect it to overfit"

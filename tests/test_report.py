@@ -348,6 +348,23 @@ def test_single_trial_run_has_no_paired_comparison(tmp_path: Path, tiny_data: Pa
     assert res["bootstrap"]["paired"] is None and res["bootstrap"]["test_fmse_ci"]
 
 
+def test_a_single_test_image_gets_no_bootstrap(tmp_path: Path):
+    from agereg.synth import write_synthetic
+
+    data = write_synthetic(tmp_path / "data", seed=0, n_train=40, n_test=1, side=4)
+    run_dir = make_run(tmp_path, data)
+    code, out, err = run(["eval", "--best", "--run", str(run_dir), "--no-plots"])
+    assert code == 0, err
+    assert "no bootstrap: the test set holds a single image" in out
+    (folder,) = (run_dir / "evals").iterdir()
+    assert json.loads((folder / "eval.json").read_text())["bootstrap"] is None
+    assert run(["report", str(run_dir)])[0] == 0
+    other = make_run(tmp_path, data, name="other")
+    assert run(["eval", "--run", str(other), "--no-plots"])[0] == 0
+    code, out, err = run(["compare", str(run_dir), str(other)])
+    assert code == 0 and "test set holds a single image" in out, err
+
+
 def test_eval_on_flat_data_says_weights_png_was_skipped(tmp_path: Path, tiny_data: Path):
     data = tmp_path / "flat"
     shutil.copytree(tiny_data, data)
