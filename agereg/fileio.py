@@ -159,8 +159,9 @@ def open_no_follow(path: Path, flags: int, mode: int = 0o644) -> int:
 
 
 def append_durable(path: Path, text: str) -> None:
-    """Append ``text`` and fsync before returning: once this returns, it survives a crash.
-    A symbolic link at ``path`` is refused, never followed."""
+    """Append ``text`` to ``path``, a file of a run folder, and fsync before returning:
+    once this returns, it survives a crash. A symbolic link at ``path`` is refused, never
+    followed."""
     try:
         fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         with os.fdopen(fd, "a", encoding="utf-8") as f:
@@ -171,7 +172,7 @@ def append_durable(path: Path, text: str) -> None:
         if exc.errno == errno.ELOOP:
             raise RunError(f"{path}: is a symbolic link; agereg never follows links in a run "
                            "folder: remove the link, then resume with `agereg search "
-                           "--resume`") from None
+                           f"--resume {path.parent}`") from None
         raise RunError(f"{path}: cannot append ({exc.strerror or exc}); "
                        "check free space and permissions, then resume with "
-                       "`agereg search --resume`") from None
+                       f"`agereg search --resume {path.parent}`") from None

@@ -79,7 +79,7 @@ def prepare_arrays(dataset: Dataset, split: Split, precision: str, folder: Path)
         shutil.rmtree(folder, ignore_errors=True)
         raise RunError(f"{folder}: cannot write the prepared arrays ({exc.strerror or exc}); "
                        "free some space (they take about the size of the data), then "
-                       "`agereg search --resume`") from None
+                       f"`agereg search --resume {folder.parent}`") from None
 
 
 def _write_arrays(dataset: Dataset, split: Split, precision: str, folder: Path) -> ArraysRef:

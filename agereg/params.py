@@ -42,7 +42,7 @@ def params_path(run_dir: Path, group: Group) -> Path:
 def save_params(run_dir: Path, group: Group, W: np.ndarray, b: np.ndarray) -> None:
     """Write a group's parameters, ``W`` (E, K, D) and ``b`` (E, K), atomically."""
     path = params_path(run_dir, group)
-    make_folder(path.parent, then=", then resume with `agereg search --resume`")
+    make_folder(path.parent, then=f", then resume with `agereg search --resume {run_dir}`")
     save_npz(path, W=W, b=b, identity=np.array(_identity(group)))
 
 
