@@ -31,7 +31,7 @@ from agereg.evaluate import (
 from agereg.fileio import KiB, NotReadable, read_npy
 from agereg.launcher import in_memory
 from agereg.params import load_params
-from agereg.pipeline import Log, load_run_dataset, quiet, stored_config
+from agereg.pipeline import Log, load_run_dataset, load_run_split, quiet, stored_config
 from agereg.plan import Group
 from agereg.records import RunSummary, TrialRecord
 from agereg.records import rank as rank_records
@@ -48,7 +48,7 @@ from agereg.runs import (
     run_status,
     write_json,
 )
-from agereg.split import SPLIT_NAME, Split, load_split
+from agereg.split import Split
 
 MAX_BOOTSTRAP = 1_000_000  # resamples: their (resamples, 2) means stay 16 MB
 
@@ -73,7 +73,7 @@ def open_run(run: str | Path | None, runs_dir: Path, log: Log = quiet) -> RunCon
     run_dir = resolve_run(run, runs_dir)
     cfg = stored_config(run_dir)
     dataset = load_run_dataset(run_dir, cfg, log)
-    split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
+    split = load_run_split(run_dir, dataset.info)
     return RunContext(run_dir, cfg, dataset, split, read_log(run_dir), read_plan(run_dir))
 
 

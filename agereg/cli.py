@@ -171,12 +171,16 @@ def cli(debug: bool) -> None:
 def synth(out_dir: str, seed: int, n_train: int, n_test: int, side: int, force: bool) -> None:
     """Write a synthetic stand-in for the course files (same shapes and dtypes). Existing
     files are never replaced without --force; the course files never."""
+    from agereg.data import FILE_NAMES, sha256_file
+    from agereg.split import stale_split_note
     from agereg.synth import write_synthetic
 
     path = write_synthetic(out_dir, seed=seed, n_train=n_train, n_test=n_test, side=side,
                            force=force)
     err.print(escape(f"wrote a synthetic stand-in to {path}/ ({n_train} training and {n_test} test "
               f"images of {side}x{side}, seed {seed}); it is not real faces"))
+    if notice := stale_split_note(path, n_train, sha256_file(path / FILE_NAMES["ytr"])):
+        err.print(f"[yellow]note[/]: {escape(notice)}")
 
 
 # ---------------------------------------------------------------- split

@@ -202,11 +202,13 @@ def write_split(data_dir: Path, seed: int, val_fraction: float,
     if path.exists() and not force:
         try:
             same = load_split(path, n, sha).to_dict() == split.to_dict()
+            why = "holds another split"
         except SplitError:
             same = False  # damaged or for other data: still the user's file
+            why = "was made for other files (or is damaged)"
         if not same:
-            raise SplitError(f"{path}: exists and holds another split; agereg split never "
-                             "replaces it silently: pass --force to replace it")
+            raise SplitError(f"{path}: exists and {why}; agereg split never replaces it "
+                             "silently: pass --force to replace it")
     save_split(split, path)
     return path, split
 
@@ -278,7 +280,7 @@ def resume_search(
         else:  # the data.dir the user gave, and no other
             dataset = load_dataset(cfg.data.dir)
             check_dataset(run_dir, dataset.info)
-        split = load_split(run_dir / SPLIT_NAME, dataset.info.n_train, dataset.info.sha256["ytr"])
+        split = load_run_split(run_dir, dataset.info)
         _check_curves(cfg)
         done = read_log(run_dir, repair=True)
         read_plan(run_dir, repair=True)
@@ -312,6 +314,17 @@ def check_dataset(run_dir: Path, info: DatasetInfo) -> None:
     if stored.get("sha256") != info.sha256:
         raise RunError(f"{run_dir}: the files in {info.path} differ from the data this run "
                        f"used ({stored.get('path')}); point data.dir at the original files")
+
+
+def load_run_split(run_dir: Path, info: DatasetInfo) -> Split:
+    """The split a run's search used, kept in the run folder. Damage there is damage to the
+    run, not to a data folder's split: said so, without the advice to write a new one."""
+    try:
+        return load_split(run_dir / SPLIT_NAME, info.n_train, info.sha256["ytr"])
+    except SplitError as exc:
+        problem = str(exc).rsplit("; ", 1)[0]  # the data folder's fix does not apply here
+        raise RunError(f"{problem}; the run folder is damaged: restore the split.json its "
+                       "search used, or start a new search") from None
 
 
 def load_run_dataset(run_dir: Path, cfg: Config, log: Log = quiet) -> Dataset:

@@ -205,5 +205,21 @@ def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
     if split.n != n or split.ytr_sha256 != ytr_sha256:
         raise SplitError(f"{path}: made for other data (n={split.n}, ytr sha256 "
                          f"{split.ytr_sha256[:12]}...) but the training labels have n={n}, "
-                         f"sha256 {ytr_sha256[:12]}...; rerun `agereg split --seed N`")
+                         f"sha256 {ytr_sha256[:12]}...; replace it with `agereg split "
+                         f"--seed N --force --data {path.parent}`")
     return split
+
+
+def stale_split_note(folder: Path, n: int, ytr_sha256: str) -> str | None:
+    """A note when ``folder``'s split.json does not fit the training labels given (new
+    data written over old, keeping the old split), else None."""
+    path = Path(folder) / SPLIT_NAME
+    if not path.exists():
+        return None
+    try:
+        load_split(path, n, ytr_sha256)
+    except SplitError:
+        return (f"{path} was made for other files (or is damaged) and a search on "
+                f"{folder} would refuse it: replace it with `agereg split --seed N --force "
+                f"--data {folder}`, or delete it")
+    return None

@@ -204,6 +204,11 @@ CASES = [
     Case("split.json: a 400-digit index", write_file("split.json", json.dumps(
         {"seed": 1, "val_fraction": 0.25, "n": 120, "ytr_sha256": "x",
          "train": [int("9" * 400)], "val": [1]}).encode()), evaluate, "index too large"),
+    Case("split.json: made for other data", write_file("split.json", json.dumps(
+        {"seed": 1, "val_fraction": 0.25, "n": 120, "ytr_sha256": "0" * 64,
+         "train": list(range(1, 120)), "val": [0]}).encode()), evaluate,
+         "made for other data (n=120, ytr sha256 000000000000...) but the training labels "
+         "have n=120"),
     Case("split.json: a 30-digit seed", write_file("/data/split.json", json.dumps(
         {"seed": 10**30, "val_fraction": 0.25, "n": 120, "ytr_sha256": "x",
          "train": list(range(1, 120)), "val": [0]}).encode()),
@@ -260,6 +265,9 @@ def test_hostile_input_is_one_line_exit_2_and_writes_nothing(case: Case, base: P
     assert code == case.code, err
     assert len(lines) == 1 and case.fragment in lines[0], err
     assert "Traceback" not in err and "\x1b" not in err and "internal error" not in err
+    if case.name.startswith("split.json") and "/data/" not in case.name and \
+            args[0] != "search":  # the run's own split: no data-folder advice
+        assert "the run folder is damaged" in lines[0] and "agereg split" not in lines[0], err
     after = snapshot(root)
     written = {k for k in after if after[k] != before.get(k)}
     assert written <= {"big.yaml", "esc.yaml"}, written  # the case's own input only

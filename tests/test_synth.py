@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,20 @@ def test_split_never_replaces_a_different_split_without_force(data_copy) -> None
     assert (data_copy / "split.json").read_text() == first
     assert run([*args, "--seed", "2", "--force"])[0] == 0
     assert (data_copy / "split.json").read_text() != first
+
+
+def test_new_data_over_old_says_the_old_split_no_longer_fits(tmp_path: Path) -> None:
+    from tests_helpers import run
+
+    small = ["--n-train", "40", "--n-test", "10", "--side", "4"]
+    data = str(tmp_path / "d")
+    assert run(["synth", "--out", data, *small])[0] == 0
+    assert run(["split", "--seed", "1", "--data", data])[0] == 0
+    code, _, err = run(["synth", "--out", data, *small, "--seed", "5", "--force"])
+    assert code == 0 and f"note: {data}/split.json was made for other files" in err, err
+    assert f"`agereg split --seed N --force --data {data}`" in err
+    code, _, err = run(["split", "--seed", "1", "--data", data])  # still needs --force
+    assert code == 2 and "exists and was made for other files" in err, err
+    assert run(["split", "--seed", "1", "--data", data, "--force"])[0] == 0
+    code, _, err = run(["synth", "--out", data, *small, "--seed", "5", "--force"])
+    assert code == 0 and "note" not in err, err  # the split fits the files again
