@@ -120,15 +120,15 @@ def _indices(value: object, key: str, n: int, path: Path) -> np.ndarray:
         isinstance(i, int) and not isinstance(i, bool) for i in value
     ):
         raise SplitError(f"{path}: '{key}' must be a list of integer row indices; "
-                         "recreate it with `agereg split --seed N`")
+                         "recreate it with `agereg split --seed N --force`")
     try:
         arr = np.asarray(value, dtype=np.int64)
     except OverflowError:
         raise SplitError(f"{path}: '{key}' holds an index too large for a row number; "
-                         "recreate it with `agereg split --seed N`") from None
+                         "recreate it with `agereg split --seed N --force`") from None
     if arr.size and (arr.min() < 0 or arr.max() >= n):
         raise SplitError(f"{path}: '{key}' holds indices outside 0..{n - 1}; "
-                         "recreate it with `agereg split --seed N`")
+                         "recreate it with `agereg split --seed N --force`")
     return arr
 
 
@@ -139,7 +139,7 @@ def _seed_ok(seed: object) -> bool:
 
 def parse_split(raw: object, path: Path) -> Split:
     """Validate a decoded ``split.json`` document (without reference to any dataset)."""
-    fix = "recreate it with `agereg split --seed N`"
+    fix = "recreate it with `agereg split --seed N --force`"
     if isinstance(raw, dict) and "folds" in raw:
         return _parse_folds(raw, path)
     keys = ("seed", "val_fraction", "n", "ytr_sha256", "train", "val")
@@ -166,7 +166,7 @@ def parse_split(raw: object, path: Path) -> Split:
 
 
 def _parse_folds(raw: dict, path: Path) -> Split:
-    fix = "recreate it with `agereg split --folds K`"
+    fix = "recreate it with `agereg split --seed N --folds K --force`"
     keys = ("seed", "n", "ytr_sha256", "folds")
     if any(k not in raw for k in keys):
         raise SplitError(f"{path}: not an agereg fold split (needs keys {', '.join(keys)}); "
@@ -196,11 +196,11 @@ def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
     except FileNotFoundError:
         raise SplitError(f"{path}: split file not found; run `agereg split --seed N`") from None
     except NotReadable as exc:
-        raise SplitError(f"{path}: {exc}; recreate it with `agereg split --seed N`") from None
+        raise SplitError(f"{path}: {exc}; recreate it with `agereg split --seed N --force`") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = " ".join(str(exc).split())[:150]
         raise SplitError(f"{path}: not a readable JSON split file ({reason}); "
-                         "recreate it with `agereg split --seed N`") from None
+                         "recreate it with `agereg split --seed N --force`") from None
     split = parse_split(raw, path)
     if split.n != n or split.ytr_sha256 != ytr_sha256:
         raise SplitError(f"{path}: made for other data (n={split.n}, ytr sha256 "
