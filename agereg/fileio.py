@@ -137,6 +137,13 @@ def read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
     if isinstance(z, np.ndarray):
         raise NotReadable("an .npy array, not an .npz archive")
     with z:
+        # a member may be compressed: bound what it unpacks to, not only the file's size
+        # (zipfile reads no more than a member's declared size)
+        members = z.zip.infolist() if z.zip is not None else []
+        unpacked = sum(int(info.file_size) for info in members)
+        if unpacked > limit:
+            raise NotReadable(f"its arrays would unpack to {unpacked:,} bytes, more than the "
+                              f"{limit:,} expected")
         try:
             return {k: z[k] for k in z.files}
         except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:

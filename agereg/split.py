@@ -196,7 +196,8 @@ def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
     except FileNotFoundError:
         raise SplitError(f"{path}: split file not found; run `agereg split --seed N`") from None
     except NotReadable as exc:
-        raise SplitError(f"{path}: {exc}; recreate it with `agereg split --seed N --force`") from None
+        raise SplitError(f"{path}: {exc}; recreate it with `agereg split --seed N --force`"
+                         ) from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = " ".join(str(exc).split())[:150]
         raise SplitError(f"{path}: not a readable JSON split file ({reason}); "

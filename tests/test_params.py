@@ -126,13 +126,18 @@ def _damage(how: str, run_dir: Path) -> None:
         elif how == "fifo":
             f.unlink()
             os.mkfifo(f)
+        elif how == "compressed bomb":  # a small file whose arrays unpack to 40 MB
+            with np.load(f) as z:
+                parts = {k: z[k] for k in z.files}
+            parts["W"] = np.zeros(5_000_000)
+            np.savez_compressed(f.with_suffix(""), **parts)
     if how == "other group":  # each a real parameters file, of another group
         for f, data in zip(files, contents[1:] + contents[:1], strict=True):
             f.write_bytes(data)
 
 
 @pytest.mark.parametrize("how", ["missing folder", "truncated", "other values", "fifo",
-                                 "other group"])
+                                 "other group", "compressed bomb"])
 def test_missing_or_damaged_parameters_are_never_trusted(tmp_path: Path, data_copy: Path,
                                                          how: str):
     run_dir = search(write(tmp_path, data_copy), tmp_path / "runs")
@@ -146,6 +151,8 @@ def test_missing_or_damaged_parameters_are_never_trusted(tmp_path: Path, data_co
     assert res["parameters"] == "trained again" and res["reproduced"] is True
     assert any(n.startswith("trial ") and "was trained again" in n for n in res["notes"]), res
     assert res["test"] == good["test"]  # the same model either way
+    if how == "compressed bomb":  # refused before unpacking, not found wrong after
+        assert any("would unpack to 40,00" in n for n in res["notes"]), res["notes"]
 
 
 def test_a_cross_validated_run_keeps_no_parameters(tmp_path: Path, data_copy: Path):
