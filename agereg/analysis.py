@@ -226,8 +226,10 @@ def scaling_rules(records: Sequence[TrialRecord], by: str = "fmse") -> Scaling:
     logs = np.diff(np.log(tried)) if len(tried) > 1 else np.array([math.inf])
     spacing = float(np.median(logs))
     if spacing > rules_gap:
-        verdict = (f"cannot tell: the learning rates tried are {spacing / math.log(10):.2g} "
-                   f"decades apart, wider than the {rules_gap / math.log(10):.2g} decades "
+        apart = spacing / math.log(10)
+        verdict = (f"cannot tell: the learning rates tried are {apart:.2g} "
+                   f"decade{'s' * (f'{apart:.2g}' != '1')} apart, wider than the "
+                   f"{rules_gap / math.log(10):.2g} decades "
                    "between the linear and square-root rules over these batch sizes; try "
                    "learning rates closer together")
     else:

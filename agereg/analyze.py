@@ -134,11 +134,15 @@ def analyze(
     at = result.get("noise_at_selected") or result["noise_at_zero"]
     result["b_simple"] = at["b_simple"]
     result["b_simple_at"] = "selected trial" if "noise_at_selected" in result else "w = 0"
-    values = suggest_learning_rates(eig.lr_limit, bs, at["b_simple"])
+    # a batch of all n rows (or more: the engine takes one full batch) has no noise
+    full = bs >= n
+    values = suggest_learning_rates(eig.lr_limit, bs, 0.0 if full else at["b_simple"])
     result["lr_range"] = {
         "batch_size": bs, "values": values,
         "yaml": "learning_rate: [" + ", ".join(_yaml_number(v) for v in values) + "]",
-        "rule": "top = 0.5 x lr_limit / (1 + B_simple / B), then 3 decades down",
+        "rule": (f"B >= the {n} training rows: one full batch an epoch, no minibatch noise; "
+                 "top = 0.5 x lr_limit" if full else
+                 "top = 0.5 x lr_limit / (1 + B_simple / B)") + ", then 3 decades down",
     }  # fmt: skip
     result = json_safe(result)  # type: ignore[assignment]
     if ctx is not None:

@@ -147,6 +147,25 @@ def test_scaling_rules_verdicts():
     assert scaling_rules(records({16: 1e-3, 64: 1e-3}, coarse)).verdict.startswith(
         "cannot tell")
     assert scaling_rules(records({16: 1e-3}, fine)).verdict.startswith("cannot tell")
+    assert "tried are 2 decades apart" in scaling_rules(records({16: 1e-3, 64: 1e-3},
+                                                                coarse)).verdict
+    assert "tried are 1 decade apart" in scaling_rules(records(
+        {16: 1e-3, 64: 1e-3}, [1e-4, 1e-3, 1e-2])).verdict
+
+
+def test_a_batch_of_every_row_gets_the_noise_free_range(data_copy: Path):
+    from agereg.analysis import suggest_learning_rates
+
+    args = ["analyze", "--data", str(data_copy), "--json", "--draws", "20"]
+    code, out, err = run([*args, "--batch-size", "1000000"])  # 96 training rows
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["lr_range"]["rule"].startswith("B >= the 96 training rows: one full batch")
+    assert res["lr_range"]["values"] == suggest_learning_rates(res["lr_limit"], 96, 0.0)
+    assert res["lr_range"]["values"][-1] == float(f"{0.5 * res['lr_limit']:.2g}")
+    res = json.loads(run([*args, "--batch-size", "8"])[1])  # the noise lowers the top
+    assert res["lr_range"]["values"] == suggest_learning_rates(res["lr_limit"], 8,
+                                                               res["b_simple"])
 
 
 def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path: Path):
