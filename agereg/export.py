@@ -11,6 +11,7 @@ the status at each epoch count as tags.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
         raise RunError(f"{run_dir}: no trials to export yet; resume the search first")
     report = build_report(run_dir, runs_dir)  # the page goes along as an artifact
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database chatter on stderr
+    started: list[str] = []  # the parent run, once created
     try:
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
@@ -51,7 +53,9 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
         exp_id = exp.experiment_id if exp else client.create_experiment(
             experiment, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
         key = str(run_dir.resolve())
-        earlier = client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{key}'")
+        # an export that failed or was interrupted halfway does not count as done
+        earlier = client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{key}' and "
+                                     "attributes.status = 'FINISHED'")
         if earlier and not force:
             raise RunError(f"{run_dir}: already exported to MLflow experiment {experiment!r} "
                            f"(run {earlier[0].info.run_id}); pass --force to export again")
@@ -60,6 +64,7 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
         parent = client.create_run(exp_id, run_name=run_dir.name,
                                    tags={TAG: key, "agereg.strategy": cfg.search.strategy})
         pid = parent.info.run_id
+        started.append(pid)
         now = int(time.time() * 1000)
         # MLflow's parameter values are bounded strings
         params = [Param(k, str(v)[:500]) for k, v in flat_config(cfg).items()]
@@ -75,9 +80,12 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
         children = _children(client, exp_id, pid, records, read_curves(run_dir), now,
                              Metric, Param, RunTag)
         client.set_terminated(pid)
-    except RunError:
-        raise
-    except Exception as exc:  # MLflow's own errors: an unreachable server, a bad URI...
+    except BaseException as exc:
+        for pid in started:  # shown as failed in MLflow; a later export starts afresh
+            with contextlib.suppress(Exception):
+                client.set_terminated(pid, "FAILED" if isinstance(exc, Exception) else "KILLED")
+        if isinstance(exc, RunError) or not isinstance(exc, Exception):
+            raise
         raise RunError(f"MLflow at {tracking_uri or 'its default tracking URI'} refused the "
                        f"export ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
                        "check --tracking-uri") from None

@@ -67,3 +67,30 @@ def test_export_to_a_local_tracking_uri(tiny_config: Path, tmp_path: Path,
     code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
                         "--experiment", "tiny", "--force"])
     assert code == 0, err
+
+
+@pytest.mark.slow
+def test_an_export_that_fails_halfway_is_marked_failed_and_not_counted(
+        tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from mlflow.tracking import MlflowClient
+
+    run_dir = search(tiny_config, tmp_path / "runs")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["export", str(run_dir), "--mlflow", "--tracking-uri", uri, "--experiment", "t"]
+    real = MlflowClient.log_artifact
+
+    def refused(self, *a, **k):  # the server goes away after the parent run was created
+        raise ConnectionError("server went away")
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", refused)
+    code, _, err = run(args)
+    assert code == 2 and "refused the export (ConnectionError: server went away)" in err
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.get_experiment_by_name("t").experiment_id
+    (first,) = client.search_runs([exp_id])
+    assert first.info.status == "FAILED"
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
+    code, _, err = run(args)  # the failed one does not count: no --force needed
+    assert code == 0, err
+    code, _, err = run(args)  # a finished one does
+    assert code == 2 and "already exported" in err
