@@ -37,6 +37,7 @@ from agereg.records import RunSummary, TrialRecord
 from agereg.records import rank as rank_records
 from agereg.runs import (
     EVAL_NAME,
+    RUN_NAME,
     EvalStaging,
     RunLock,
     eval_folder,
@@ -376,7 +377,7 @@ def unfinished(ctx: RunContext, locked: bool = True) -> str | None:
     (None for a finished run, or when run.json cannot say). ``locked``: the caller holds
     the run's lock, so a run still ``running`` was killed; otherwise the lock tells."""
     try:
-        info = read_json(ctx.run_dir / "run.json", "this run folder is damaged")
+        info = read_json(ctx.run_dir / RUN_NAME, "this run folder is damaged")
     except RunError:
         return None
     planned = info.get("trials_planned")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from agereg.errors import AgeregError, RunError
 from agereg.runs import (
+    BEST_NAME,
     CONFIG_NAME,
+    DATASET_NAME,
     RUN_NAME,
     evaluations,
     read_json,
@@ -73,9 +75,9 @@ def _row(folder: Path, latest: Path | None) -> RunRow:
     is_latest = latest is not None and latest.resolve() == folder.resolve()
     try:
         info = read_json(folder / RUN_NAME, "this run folder is damaged")
-        dataset = read_json(folder / "dataset.json", "this run folder is damaged")
-        best = read_json(folder / "best.json", "resume the run to rebuild it") \
-            if (folder / "best.json").exists() else {}
+        dataset = read_json(folder / DATASET_NAME, "this run folder is damaged")
+        best = read_json(folder / BEST_NAME, "resume the run to rebuild it") \
+            if (folder / BEST_NAME).exists() else {}
         n_evals = len(evaluations(folder)) + int((folder / "eval.json").is_file())
         name = stored_config(folder).name  # the folder's suffix (-2) is not part of it
     except RunError as exc:

@@ -67,6 +67,7 @@ from agereg.report import (
     several_losses,
     summary_dict,
 )
+from agereg.runs import BEST_NAME
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
@@ -705,7 +706,7 @@ def _resume_hint() -> str:
         return ""
     saved = ""
     try:
-        best = json.loads(read_regular(Path(run_dir) / "best.json", 1 << 20))
+        best = json.loads(read_regular(Path(run_dir) / BEST_NAME, 1 << 20))
         done, planned = int(best["trials_done"]), int(best["trials_planned"])
         saved = f"{done} of {planned} trial{'s' * (planned != 1)} "
     except (OSError, ValueError, KeyError, TypeError, NotReadable, RecursionError):

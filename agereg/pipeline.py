@@ -41,7 +41,9 @@ from agereg.records import Config3, RunSummary, Status, TrialKey, TrialRecord, c
 from agereg.runs import (
     CONFIG_NAME,
     CURVE_ROWS,
+    DATASET_NAME,
     FOLD_LOG_NAME,
+    RUN_NAME,
     RunLock,
     append_curves,
     append_fold_records,
@@ -239,7 +241,7 @@ def start_search(
     with RunLock(run_dir):
         # The resolved config and the inputs' records go down before any training.
         atomic_write_text(run_dir / CONFIG_NAME, dump_config(cfg))
-        write_json(run_dir / "dataset.json", dataset.info.to_dict())
+        write_json(run_dir / DATASET_NAME, dataset.info.to_dict())
         save_split(split, run_dir / SPLIT_NAME)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
                        config_digest=config_digest(cfg), **Extension.run_info(base))
@@ -284,7 +286,7 @@ def resume_search(
         _check_curves(cfg)
         done = read_log(run_dir, repair=True)
         read_plan(run_dir, repair=True)
-        info = read_json(run_dir / "run.json", "this run folder is damaged")
+        info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
         extends = info.get("extends")
         base = None
         if isinstance(extends, str):
@@ -310,7 +312,7 @@ def _check_same(stored: Config, given: Config, run_dir: Path) -> None:
 
 
 def check_dataset(run_dir: Path, info: DatasetInfo) -> None:
-    stored = read_json(run_dir / "dataset.json", "this run folder is damaged")
+    stored = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
     if stored.get("sha256") != info.sha256:
         raise RunError(f"{run_dir}: the files in {info.path} differ from the data this run "
                        f"used ({stored.get('path')}); point data.dir at the original files")
@@ -339,7 +341,7 @@ def load_run_dataset(run_dir: Path, cfg: Config, log: Log = quiet) -> Dataset:
         return dataset
     except (DataError, RunError) as exc:
         problem = exc
-    recorded = read_json(run_dir / "dataset.json", "this run folder is damaged").get("path")
+    recorded = read_json(run_dir / DATASET_NAME, "this run folder is damaged").get("path")
     if not isinstance(recorded, str) or not Path(recorded).is_absolute():
         raise problem
     elsewhere = Path(recorded).resolve() != given.resolve()

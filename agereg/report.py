@@ -29,6 +29,7 @@ from agereg.records import Config3, Selection, TrialRecord, rank, select, status
 from agereg.runs import (
     CONFIG_NAME,
     CURVES_NAME,
+    DATASET_NAME,
     EVAL_NAME,
     LOG_NAME,
     RUN_NAME,
@@ -424,7 +425,7 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     if run_status(run_dir, info) == "killed":
         info = {**info, "status": "killed (no process holds the run any more; "
                                   "agereg search --resume goes on)"}
-    dataset = read_json(run_dir / "dataset.json", "this run folder is damaged")
+    dataset = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
     evals = read_evaluations(run_dir)
     analysis = read_analysis(run_dir)
     selection = select(ranked, cfg.select, cfg.select_by)

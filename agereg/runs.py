@@ -72,6 +72,8 @@ CURVE_COLUMNS = ("batch_size", "learning_rate", "l2", "loss", "fold", "epoch",
 PLAN_NAME = "plan.jsonl"
 CONFIG_NAME = "config.yaml"
 RUN_NAME = "run.json"
+DATASET_NAME = "dataset.json"
+BEST_NAME = "best.json"
 LATEST_NAME = "latest"
 EVALS_DIR = "evals"
 EVAL_NAME = "eval.json"
@@ -469,7 +471,7 @@ def write_summaries(
     summary = RunSummary(rank(list(records), by), n_planned, notices, rule, by)
     atomic_write_text(run_dir / "results.csv", results_csv(summary.ranked))
     sel = summary.selection
-    write_json(run_dir / "best.json", {
+    write_json(run_dir / BEST_NAME, {
         "best": None if sel.trial is None else {**record_to_dict(sel.trial), "rank": sel.rank},
         "selection": selection_dict(sel),
         "trials_done": len(summary.ranked),
