@@ -62,6 +62,14 @@ def connect(address: str) -> Iterator[Client]:
             client = distributed.Client(address, timeout=CONNECT_TIMEOUT,
                                         set_as_default=False)
         except Exception as exc:  # OSError when it times out; ValueError for odd addresses
+            if not isinstance(exc, OSError | ValueError):
+                # the bytes of another protocol read as a dask message: a length in the
+                # exabytes (MemoryError), or a frame that does not unpack
+                raise ConfigError(
+                    f"something answered at {address}, but not a dask scheduler (a web "
+                    "server, or the dashboard's port, 8787 by default, instead of the "
+                    "scheduler's, 8786?); fix --scheduler / execution.scheduler"
+                ) from None
             why = "" if isinstance(exc, OSError) else f" ({' '.join(str(exc).split())})"
             raise ConfigError(
                 f"cannot reach the dask scheduler at {address} within {CONNECT_TIMEOUT:g} s"

@@ -212,6 +212,37 @@ def test_unreachable_scheduler_one_line_error(monkeypatch, tiny_config: Path, tm
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_address_that_is_not_a_scheduler_says_so(monkeypatch, tiny_config: Path,
+                                                    tmp_path: Path):
+    # a web server (or dask's dashboard, the port next to the scheduler's) answers in
+    # another protocol; dask read its bytes as a message of exabytes (MemoryError)
+    import socket
+
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 5.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path / "runs"),
+                            "--backend", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"])
+    finally:
+        server.close()
+    _one_line_error(code, err, f"something answered at tcp://127.0.0.1:{port}, but not a "
+                               "dask scheduler")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_with_unreachable_scheduler_changes_nothing(
     monkeypatch, tiny_config: Path, tmp_path: Path
 ):
