@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 EXTRA_HINT = "--backend dask needs the dask extra: pip install 'agereg[dask]'"
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler
 WORKERS_TIMEOUT = 10.0  # seconds to wait for a first worker
-RESUME_HINT = "the finished trials are saved; continue with `agereg search --resume`"
+RESUME_HINT = "the finished trials are saved; continue with `agereg search --resume{run}`"
 
 
 def _distributed() -> Any:
@@ -166,14 +166,15 @@ def _probe(path: str) -> tuple[str | None, str, str]:
 
 
 @contextmanager
-def dask_backend(address: str) -> Iterator[None]:
+def dask_backend(address: str, run_dir: Path | None = None) -> Iterator[None]:
     """joblib's dask backend on the cluster at ``address``, for ``Parallel`` created
-    inside. The cluster's own failures become one-line errors that say how to go on."""
+    inside. The cluster's own failures become one-line errors that say how to go on (to
+    resume ``run_dir``, the run being searched)."""
     from joblib import parallel_config
 
     with connect(address) as client, parallel_config(
         backend=_dask_backend_class()(client=client, wait_for_workers_timeout=WORKERS_TIMEOUT)
-    ), _cluster_errors(address):
+    ), _cluster_errors(address, run_dir):
         yield
 
 
@@ -195,10 +196,11 @@ def _quiet_logs() -> Iterator[None]:
 
 
 @contextmanager
-def _cluster_errors(address: str) -> Iterator[None]:
+def _cluster_errors(address: str, run_dir: Path | None) -> Iterator[None]:
     distributed = _distributed()
     from distributed.comm import CommClosedError
 
+    hint = RESUME_HINT.format(run="" if run_dir is None else f" {run_dir}")
     try:
         yield
     except distributed.KilledWorker as exc:
@@ -208,12 +210,12 @@ def _cluster_errors(address: str) -> Iterator[None]:
         raise RunError(
             f"dask gave up on a group of trials after "
             f"{'its workers' if tries is None else f'{tries + 1} workers'} died running "
-            f"it{who}; check the workers' logs (out of memory?); {RESUME_HINT}"
+            f"it{who}; check the workers' logs (out of memory?); {hint}"
         ) from None
     except (CancelledError, CommClosedError) as exc:
         raise RunError(
             f"lost the dask scheduler at {address} ({type(exc).__name__}); "
-            f"{RESUME_HINT} once it is back"
+            f"{hint} once it is back"
         ) from None
 
 

@@ -402,7 +402,7 @@ def launch(
     _install_quiet_abort_hook()
     # Workers need not share our working directory (dask workers do not).
     ref = ArraysRef(os.path.abspath(ref.folder), ref.precision, ref.folds)
-    with threadpool_limits(limits=1, user_api="blas"), _backend(backend, jobs, scheduler), \
+    with threadpool_limits(limits=1, user_api="blas"), _backend(backend, jobs, scheduler, ref), \
             warnings.catch_warnings():
         # loky (with psutil installed) restarts a worker whose memory grew by 300 MB, and
         # counts the pages of our memory-mapped arrays as growth; the restart is harmless
@@ -439,12 +439,13 @@ def plan_tasks(ref: ArraysRef, groups: Sequence[Group], firsts: Sequence[int], e
                    X.shape[1] * X.dtype.itemsize)
 
 
-def _backend(backend: str, jobs: int, scheduler: str | None) -> AbstractContextManager:
+def _backend(backend: str, jobs: int, scheduler: str | None, ref: ArraysRef
+             ) -> AbstractContextManager:
     """joblib's engine: local processes or threads, or the dask cluster at ``scheduler``."""
     if backend == "dask":
         from agereg.cluster import dask_backend
 
-        return dask_backend(str(scheduler))
+        return dask_backend(str(scheduler), Path(ref.folder).parent)  # <run>/.work
     from joblib import parallel_config
 
     return parallel_config(backend=backend, n_jobs=jobs,

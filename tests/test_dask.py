@@ -173,9 +173,10 @@ def test_worker_deaths_beyond_allowed_failures_then_resume(
                          progress=_kill_a_busy_worker(client, killed))
     finally:
         lc.scheduler.allowed_failures = allowed
-    assert "--resume" in str(info.value) and "\n" not in str(info.value)
-    assert killed and killed[0] not in _alive_pids(client)
     run_dir = latest_run(runs)
+    assert f"`agereg search --resume {run_dir.resolve()}`" in str(info.value), info.value
+    assert "\n" not in str(info.value)
+    assert killed and killed[0] not in _alive_pids(client)
     partial = read_results(run_dir)
     assert 16 <= sum(r["status"] == "ok" for r in partial) < 64
     outcome = resume_search(run_dir, runs, overrides=lambda c: apply_overrides(
