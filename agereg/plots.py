@@ -283,8 +283,11 @@ def heatmap_val(cells: GridCells, points: bool = False) -> bytes:
             fig.colorbar(im, ax=list(axes.flat),
                          label=f"validation fMSE (top: >= {HEATMAP_COLOUR_RANGE:g} x best)",
                          extend="max" if clipped else "neither")
-        fig.suptitle("validation fMSE at the best epoch count per cell (grey x: diverged or "
-                     "failed; red frame: best)", fontsize=11)
+        # broken into lines that fit the figure: one batch size makes a 5-inch picture,
+        # narrower than the title at 11 points
+        fits = int(fig.get_size_inches()[0] * TITLE_WIDTH / 5 * 9 / 11)
+        fig.suptitle(_wrap("validation fMSE at the best epoch count per cell (grey x: "
+                           "diverged or failed; red frame: best)", fits), fontsize=11)
         return _png(fig)
 
 

@@ -131,8 +131,17 @@ def test_each_picture_is_a_png_of_the_expected_size():
                                             (5, (1700, 800))])
 def test_heatmap_grows_with_the_batch_sizes(n_bs: int, size: tuple[int, int]):
     recs = [TrialRecord(2**i, 0.1, 1, 0.0, 1.0, 10.0 + i, 1.0, "ok", 0.1) for i in range(n_bs)]
-    assert png_size(plots.heatmap_val(grid_cells(recs))) == size
+    data = plots.heatmap_val(grid_cells(recs))
+    assert png_size(data) == size
     assert plots.heatmap_size(n_bs) == (size[0] / plots.DPI, size[1] / plots.DPI)
+    # the title fits: nothing drawn in the outermost columns of its rows (a title wider
+    # than a one-panel picture ran off both sides)
+    import io
+
+    import matplotlib.image
+
+    top = matplotlib.image.imread(io.BytesIO(data))[:40, :, :3]  # (40, W, 3) in [0, 1]
+    assert (top[:, :3] > 0.99).all() and (top[:, -3:] > 0.99).all()
 
 
 def test_pictures_close_their_figures():
