@@ -27,7 +27,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 DPI = 100
 # Figure sizes in inches; x DPI gives the PNG's pixels (all products are whole numbers).
@@ -445,24 +445,43 @@ def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: 
 
 
 def ridge_path(path: dict) -> bytes:
-    """Validation and test fMSE of the exact ridge solution against l2 (log axis; l2 = 0
-    left out), with the SGD trials' best validation fMSE at each searched l2 overlaid."""
+    """Validation and test fMSE of the exact ridge solution against l2, with the SGD
+    trials' best validation fMSE at each searched l2 overlaid. The l2 axis is logarithmic;
+    when l2 = 0 is on it (a grid with l2: [0], the path's start), symmetric-log, linear
+    below the smallest positive l2, so that 0 shows (as the heat map's points do)."""
     with _figure(SIZES["ridge_path"], fixed=True) as (fig, axes):
         ax = axes[0, 0]
         l2 = np.asarray(path["l2"], dtype=np.float64)
-        pos = l2 > 0
+        sgd = list(path.get("sgd_val_by_l2", []))
+        every = np.concatenate([l2, [a for a, _ in sgd]])
+        positive = every[every > 0]
+        zero = bool((every == 0).any()) and positive.size > 0
+        keep = l2 >= 0 if zero else l2 > 0
         if path.get("val_fmse") is not None:
-            ax.plot(l2[pos], np.asarray(path["val_fmse"])[pos], label="exact ridge: validation")
-        ax.plot(l2[pos], np.asarray(path["test_fmse"])[pos], linestyle="--",
+            ax.plot(l2[keep], np.asarray(path["val_fmse"])[keep],
+                    label="exact ridge: validation")
+        ax.plot(l2[keep], np.asarray(path["test_fmse"])[keep], linestyle="--",
                 label="exact ridge: test")
-        sgd = [(a, v) for a, v in path.get("sgd_val_by_l2", []) if a > 0]
-        if sgd:
-            ax.plot([a for a, _ in sgd], [v for _, v in sgd], "o", color="black",
+        shown = [(a, v) for a, v in sgd if a > 0 or zero]
+        if shown:
+            ax.plot([a for a, _ in shown], [v for _, v in shown], "o", color="black",
                     label="SGD trials: best validation at that l2")
         if path.get("best_l2"):
             ax.axvline(path["best_l2"], color="grey", linewidth=0.8,
                        label=f"best ridge l2 {path['best_l2']:.3g}")
-        ax.set_xscale("log")
+        if zero:
+            ax.set_xscale("symlog", linthresh=float(positive.min()), linscale=1.0)
+            lo = math.floor(math.log10(float(positive.min())))
+            hi = math.ceil(math.log10(float(every.max())))
+            step = max(1, math.ceil((hi - lo) / 7))  # at most 8 decade labels
+            decades = list(range(lo, hi + 1, step))
+            ax.set_xticks([0.0] + [10.0**k for k in decades],
+                          ["0"] + [f"$10^{{{k}}}$" for k in decades])
+            ax.xaxis.set_minor_locator(NullLocator())
+            # a little room left of 0, so that a point there is not cut in half
+            ax.set_xlim(-0.25 * float(positive.min()), float(every.max()) * 1.5)
+        else:
+            ax.set_xscale("log")
         _finish(ax, "l2", "fMSE", "exact ridge solutions over l2, and the SGD trials",
                 grid_which="both")
         _margins(fig, ax=ax, title="exact ridge solutions over l2, and the SGD trials")

@@ -144,6 +144,16 @@ def test_heatmap_grows_with_the_batch_sizes(n_bs: int, size: tuple[int, int]):
     assert (top[:, :3] > 0.99).all() and (top[:, -3:] > 0.99).all()
 
 
+def test_the_ridge_path_shows_trials_at_l2_zero():
+    # a grid with l2: [0] has its SGD trials there; a log axis had no place for them
+    path = {"l2": [0.0, 1e-3, 1e-1], "val_fmse": [3, 2, 1], "test_fmse": [3, 2, 2],
+            "best_l2": 0.1}
+    alone = plots.ridge_path({**path, "sgd_val_by_l2": []})
+    with_trials = plots.ridge_path({**path, "sgd_val_by_l2": [[0.0, 2.5]]})
+    assert with_trials != alone
+    assert png_size(with_trials) == EXPECTED_SIZES["ridge_path.png"]
+
+
 def test_pictures_close_their_figures():
     import matplotlib.pyplot as plt
 
