@@ -174,7 +174,8 @@ def worst_test(
         ax.imshow(tiles, cmap=colormaps["gray"].with_extremes(bad="white"), vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_axis_off()
-        fig.suptitle(f"the {len(order)} test images with the largest absolute errors",
+        fig.suptitle(f"the {len(order)} test images with the largest absolute errors"
+                     if len(order) != 1 else "the test image and its absolute error",
                      fontsize=10)
         return _png(fig)
 
@@ -192,8 +193,8 @@ def pred_vs_true(y: np.ndarray, pred: np.ndarray, title: str = "") -> bytes:
         ax.set_xlabel("true age (years)")
         ax.set_ylabel("predicted age (years)")
         ax.set_title(title, fontsize=9)
-        ax.legend(loc="upper left")
         ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(loc="best")  # away from the points (one image sat under "upper left")
         _margins(fig, ax=ax, title=title)
         return _png(fig)
 
