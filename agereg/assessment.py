@@ -238,8 +238,11 @@ def evaluate_run(
         ranked = [r for r in summary.ranked if r.status.has_losses()]
         selected = summary.selection.rank or 1
         if not ranked:
-            raise RunError(f"{ctx.run_dir}: no finished trial to evaluate (all diverged, "
-                           "failed or not run yet); resume the search or widen the grid")
+            done = len(ctx.records) > 0 and unfinished(ctx) is None
+            raise RunError(f"{ctx.run_dir}: no finished trial to evaluate " + (
+                "(every trial diverged or failed); search again with other learning rates "
+                "(`agereg analyze` suggests a range that trains)" if done else
+                "(all diverged, failed or not run yet); resume the search"))
         if rank is None:
             rank = selected
         if not 1 <= rank <= len(ranked):

@@ -55,6 +55,7 @@ from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
     NO_EVAL,
+    NOTHING_TO_EVAL,
     EvalText,
     analysis_lines,
     build_report,
@@ -637,7 +638,8 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
         for line in rep.analysis:
             out.print(escape(line))
     if not rep.evals:
-        out.print(escape(NO_EVAL))
+        finished = any(r.status.has_losses() for r in rep.ranked)
+        out.print(escape(NO_EVAL if finished else NOTHING_TO_EVAL))
     for ev in rep.evals:
         _print_eval(ev.text)
         out.print(escape(f"(files in {ev.folder}/)"))

@@ -277,7 +277,7 @@ def heatmap_val(cells: GridCells, points: bool = False) -> bytes:
             ax.set_xlabel("l2")
             ax.set_ylabel("learning rate")
             ax.set_title(f"batch size {bs}", fontsize=10)
-        if im is not None:
+        if im is not None and has_best:  # no colours to explain when nothing finished
             finite = cells.values[np.isfinite(cells.values)]
             clipped = bool(finite.size) and norm.vmax is not None and \
                 float(finite.max()) > float(norm.vmax)
@@ -353,7 +353,8 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
             ax.set_xticks(marks)
         # a see-through legend: lines that run together stay visible behind it
         _finish(ax, "epochs", "validation fMSE",
-                f"validation fMSE of the best {len(curves)} configurations",
+                f"validation fMSE of the best {len(curves)} configurations" if curves
+                else "validation fMSE: no finished trial",
                 legend=bool(curves), legend_size=8, legend_alpha=0.6)
         _margins(fig, ax=ax, title="validation fMSE of the best configurations")
         return _png(fig)

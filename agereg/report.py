@@ -77,6 +77,8 @@ CAPTIONS = {
                          "searched epoch counts) for the best configurations.",
 }
 NO_EVAL = "run `agereg eval --best` for test-set metrics"
+NOTHING_TO_EVAL = ("no finished trial to evaluate: every trial diverged or failed "
+                   "(`agereg analyze` suggests learning rates that train)")
 TOP_CURVES = 5
 
 
@@ -656,7 +658,7 @@ def analysis_lines(res: dict) -> list[str]:
                                                             sc["best_learning_rate"],
                                                             strict=True))
         lines.append(f"scaling rules: best learning rate per batch size {pairs}; "
-                     f"{sc['verdict']}")
+                     f"{sc['verdict']}" if pairs else f"scaling rules: {sc['verdict']}")
     return lines
 
 
@@ -793,7 +795,8 @@ def render_html(
         parts += [_img(run_dir / p) for p in pictures]
     parts.append("<h2>Test-set evaluations</h2>\n")
     if not evals:
-        parts.append(f"<p>No evaluation in this run folder: {_e(NO_EVAL)}.</p>\n")
+        hint = NO_EVAL if any(r.status.has_losses() for r in ranked) else NOTHING_TO_EVAL
+        parts.append(f"<p>No evaluation in this run folder: {_e(hint)}.</p>\n")
     for ev in evals:
         t = ev.text
         where = ev.folder.relative_to(run_dir) if ev.folder != run_dir else Path(".")

@@ -355,6 +355,23 @@ def test_an_interrupted_eval_leaves_nothing_a_report_shows(tmp_path: Path, tiny_
     assert not list(run_dir.glob("*.npy"))
 
 
+def test_a_run_where_every_trial_diverged_gets_advice_that_works(tmp_path: Path,
+                                                                 tiny_data: Path):
+    grid = "  batch_size: [8]\n  learning_rate: [1.0e+20]\n  epochs: [1, 2]\n  l2: [0.0]\n"
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)  # a search writes split.json into its data folder
+    run_dir = make_run(tmp_path, data, grid=grid, name="div")
+    code, out, err = run(["report", str(run_dir)])
+    assert code == 0 and "no finished trial to evaluate: every trial diverged" in out, err
+    assert "run `agereg eval --best`" not in out  # it would fail
+    assert "every trial diverged" in (run_dir / "report.html").read_text()
+    code, _, err = run(["eval", "--run", str(run_dir)])
+    assert code == 2 and "search again with other learning rates" in err, err
+    assert "resume the search" not in err  # it finished
+    code, out, err = run(["analyze", "--run", str(run_dir), "--draws", "5"])
+    assert code == 0 and "scaling rules: cannot tell" in out, err
+
+
 def test_single_trial_run_has_no_paired_comparison(tmp_path: Path, tiny_data: Path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
