@@ -284,11 +284,13 @@ def heatmap_val(cells: GridCells, points: bool = False) -> bytes:
             fig.colorbar(im, ax=list(axes.flat),
                          label=f"validation fMSE (top: >= {HEATMAP_COLOUR_RANGE:g} x best)",
                          extend="max" if clipped else "neither")
-        # broken into lines that fit the figure: one batch size makes a 5-inch picture,
-        # narrower than the title at 11 points
+        # on two lines where one does not fit the figure (one batch size makes a 5-inch
+        # picture, narrower than the title at 11 points), the key on the second
         fits = int(fig.get_size_inches()[0] * TITLE_WIDTH / 5 * 9 / 11)
-        fig.suptitle(_wrap("validation fMSE at the best epoch count per cell (grey x: "
-                           "diverged or failed; red frame: best)", fits), fontsize=11)
+        what, key = ("validation fMSE at the best epoch count per cell",
+                     "(grey x: diverged or failed; red frame: best)")
+        fig.suptitle(f"{what} {key}" if len(what) + len(key) < fits else f"{what}\n{key}",
+                     fontsize=11)
         return _png(fig)
 
 
@@ -306,7 +308,7 @@ def _scatter_panel(ax: Axes, cells: GridCells, i: int, norm: Normalize, cmap: Co
     ax.scatter(l2[kb], lr[jb], marker="x", color="0.5", s=30)
     if best is not None and best[0] == i:
         ax.scatter([l2[best[2]]], [lr[best[1]]], marker="s", s=140, facecolors="none",
-                   edgecolors="black", linewidths=2)
+                   edgecolors="red", linewidths=2)
     positive = l2[l2 > 0]
     ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1e-12)
     ax.set_yscale("log")
