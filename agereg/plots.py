@@ -27,7 +27,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
 DPI = 100
 # Figure sizes in inches; x DPI gives the PNG's pixels (all products are whole numbers).
@@ -443,6 +443,9 @@ def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: 
         ax.axhline(lr_limit, color="red", linewidth=0.8, label="full-batch limit 2/lambda_max")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if len(b) <= 12:  # the batch sizes themselves as plain numbers, not 2 x 10^1
+            ax.set_xticks(b, [f"{int(v)}" for v in b])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         _finish(ax, "batch size", "learning rate", "best learning rate against batch size",
                 grid_which="both")
         return _png(fig)
