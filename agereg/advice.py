@@ -19,12 +19,16 @@ def _suggest(axis: str, value: float, largest: bool) -> str:
     return f"{axis}: [{', '.join(str(x) for x in values)}]"
 
 
-def edge_notices(records: Sequence[TrialRecord], by: str = "fmse") -> tuple[str, ...]:
-    """One sentence per axis on which the best trial's value is the smallest or largest
-    value tried (of an axis with at least two values), with the next range to try."""
+def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "best"
+                 ) -> tuple[str, ...]:
+    """One sentence per axis on which the best trial's value (the lowest validation loss)
+    is the smallest or largest value tried (of an axis with at least two values), with
+    the next range to try. Under the ``one_se`` rule the selected trial may be another,
+    more regularised one: the sentences then say "lowest-validation" instead of "best"."""
     best = best_record(rank(list(records), by))
     if best is None:
         return ()
+    who = "best" if rule == "best" else "lowest-validation"
     out = []
     for axis in AXES:
         tried = sorted({getattr(r, axis) for r in records})
@@ -33,10 +37,10 @@ def edge_notices(records: Sequence[TrialRecord], by: str = "fmse") -> tuple[str,
             continue
         largest = value == tried[-1]
         if axis == "l2" and value == 0:
-            out.append("best l2 0 is the smallest tried: regularisation does not help at "
+            out.append(f"{who} l2 0 is the smallest tried: regularisation does not help at "
                        "these settings")
             continue
         side, where = ("largest", "above") if largest else ("smallest", "below")
-        out.append(f"best {axis} {value:g} is the {side} tried: the optimum may lie {where} "
-                   f"it; try {_suggest(axis, value, largest)}")
+        out.append(f"{who} {axis} {value:g} is the {side} tried: the optimum may lie "
+                   f"{where} it; try {_suggest(axis, value, largest)}")
     return tuple(out)

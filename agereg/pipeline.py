@@ -740,8 +740,8 @@ def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
         logged = read_log(run_dir)
         # a finished adaptive search planned exactly what it trained
         planned = len(logged) if status == "finished" else sweep.n_planned
-        summary = write_summaries(run_dir, logged, planned,
-                                  edge_notices(logged, cfg.select_by), cfg.select,
+        notices = edge_notices(logged, cfg.select_by, cfg.select)
+        summary = write_summaries(run_dir, logged, planned, notices, cfg.select,
                                   cfg.select_by)
         shown = status
         if status == "finished" and summary.counts[Status.FAILED.value]:

@@ -171,6 +171,9 @@ def test_edge_notices_name_the_axis_and_the_next_range():
                             "lie above it; try learning_rate: {log_uniform: [0.0333, 3]}")
                for n in notes), notes
     assert not any("l2" in n or "epochs" in n for n in notes)  # one value tried: no notice
+    # under one_se the selected trial may be another: the notices name the lowest
+    assert edge_notices(recs, rule="one_se")[0].startswith(
+        "lowest-validation learning_rate 0.1 is the largest tried")
 
 
 # ---------------------------------------------------------------- the engine's seam
