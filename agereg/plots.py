@@ -53,6 +53,8 @@ HEATMAP_COLOUR_RANGE = 2.0
 # With more distinct values on an axis (random draws), cells are drawn as points on log
 # axes instead: a heatmap of 60 x 60 mostly empty cells is unreadable.
 HEATMAP_MAX_VALUES = 12
+LEGEND_SURVIVORS = 5  # halving_rungs names this many of the last rung's survivors
+OTHER_SURVIVORS = "#9ecae1"  # ... and draws the others in this light blue
 TITLE_WIDTH = 60  # characters per title line at fontsize 9 in a 5-inch picture
 
 
@@ -495,31 +497,80 @@ def ridge_path(path: dict) -> bytes:
         return _png(fig)
 
 
-def halving_rungs(records: Sequence) -> bytes:
-    """Validation fMSE of each configuration at each rung (epoch count) it reached: the
-    survivors of the last rung in colour, the configurations stopped earlier in grey."""
-    by_column: dict[tuple, list] = {}
+@dataclass(frozen=True)
+class RungView:
+    """What :func:`halving_rungs` draws: each configuration's (epochs, validation fMSE)
+    points by rung, the colours of the best survivors (the others are light blue), and
+    where the y axis ends (None: where matplotlib puts it) with how many points lie
+    above that edge."""
+
+    points: dict[tuple, list[tuple[int, float]]]
+    last: int  # the last rung
+    colour: dict[tuple, str]
+    survivors: int
+    top: float | None
+    above: int
+
+
+def rung_view(records: Sequence) -> RungView:
+    """The survivors come first: the y axis ends a little above the worst value of any
+    configuration that went on past its first rung (the worst of those stopped there,
+    often ten times the best, would flatten every line that went on), and the best
+    :data:`LEGEND_SURVIVORS` survivors by their last value get colours and names of their
+    own."""
+    points: dict[tuple, list[tuple[int, float]]] = {}
     for r in records:
         if r.val_loss is not None:
-            by_column.setdefault(r.column(), []).append((r.epochs, r.val_loss))
-    last = max((e for pts in by_column.values() for e, _ in pts), default=0)
+            points.setdefault(r.column(), []).append((r.epochs, r.val_loss))
+    for pts in points.values():
+        pts.sort()
+    rungs = sorted({e for pts in points.values() for e, _ in pts})
+    last = rungs[-1] if rungs else 0
+    survivors = sorted((pts[-1][1], column) for column, pts in points.items()
+                       if pts[-1][0] == last)
+    colour = {column: f"C{k}" for k, (_, column) in enumerate(survivors[:LEGEND_SURVIVORS])}
+    values = [y for pts in points.values() for _, y in pts]
+    went_on = [y for pts in points.values() if len(pts) > 1 for _, y in pts]
+    top, above = None, 0
+    if went_on:
+        lo, hi = min(values), max(went_on)
+        edge = hi + 0.25 * (hi - lo) if hi > lo else hi * 1.1
+        above = sum(y > edge for y in values)
+        top = edge if above else None
+    return RungView(points, last, colour, len(survivors), top, above)
+
+
+def halving_rungs(records: Sequence) -> bytes:
+    """Validation fMSE of each configuration at each rung (epoch count) it reached: the
+    best survivors of the last rung in colour and named, the other survivors light blue,
+    the configurations stopped earlier grey; the y axis as :func:`rung_view` sets it."""
+    view = rung_view(records)
     with _figure(SIZES["halving_rungs"]) as (fig, axes):
         ax = axes[0, 0]
-        for column, pts in sorted(by_column.items(), key=lambda kv: len(kv[1])):
-            pts.sort()
+        for column, pts in sorted(view.points.items(), key=lambda kv: len(kv[1])):
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-            survived = xs[-1] == last
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2 if survived else 0.6,
-                    color=None if survived else "0.75", alpha=1.0 if survived else 0.7,
+            named, survived = column in view.colour, xs[-1] == view.last
+            ax.plot(xs, ys, marker="o", markersize=3,
+                    linewidth=1.4 if named else 0.8 if survived else 0.6,
+                    color=view.colour.get(column, OTHER_SURVIVORS if survived else "0.75"),
+                    alpha=1.0 if survived else 0.7,
                     label=f"batch {column[0]}, lr {column[1]:.3g}, l2 {column[2]:.3g}"
-                    if survived else None, zorder=3 if survived else 1)
-        rungs = sorted({e for pts in by_column.values() for e, _ in pts})
+                    if named else None, zorder=4 if named else 3 if survived else 1)
+        rungs = sorted({e for pts in view.points.values() for e, _ in pts})
         if rungs:
             ax.set_xticks(rungs)
-        finite = [y for pts in by_column.values() for _, y in pts]
-        if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
-            ax.set_yscale("log")
-        _finish(ax, "epochs (rungs)", "validation fMSE",
-                "successive halving: configurations by rung (grey: stopped)",
-                legend=any(ax.get_legend_handles_labels()[1]))
+        values = [y for pts in view.points.values() for _, y in pts]
+        title = "successive halving: configurations by rung (grey: stopped)"
+        if view.top is not None:
+            lo = min(values)
+            ax.set_ylim(lo - 0.05 * (view.top - lo), view.top)
+            title += (f";\n{view.above} stopped value{'s' * (view.above != 1)} above the "
+                      "top edge")
+        elif len(rungs) == 1 and min(values) > 0 and max(values) > 10 * min(values):
+            ax.set_yscale("log")  # one rung: nothing went on, the whole range is the story
+        _finish(ax, "epochs (rungs)", "validation fMSE", title, legend=bool(view.colour))
+        legend = ax.get_legend()
+        if legend is not None and view.survivors > len(view.colour):
+            legend.set_title(f"the best {len(view.colour)} of {view.survivors} survivors "
+                             "(light blue: the others)", prop={"size": 7})
         return _png(fig)

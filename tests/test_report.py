@@ -144,6 +144,25 @@ def test_heatmap_grows_with_the_batch_sizes(n_bs: int, size: tuple[int, int]):
     assert (top[:, :3] > 0.99).all() and (top[:, -3:] > 0.99).all()
 
 
+def test_the_halving_picture_is_drawn_for_the_survivors():
+    # 8 configurations go on from rung 1 to rung 2, 7 survive it; 20 stop at rung 1, one
+    # of them at ten times the best (it used to flatten every line that went on)
+    def rec(lr: float, ep: int, v: float) -> TrialRecord:
+        return TrialRecord(16, lr, ep, 0.0, 1.0, v, 1.0, "ok" if ep == 4 else "pruned", 0.1)
+
+    recs = [rec(1e-4 * (k + 1), 1, 900.0 if k == 0 else 100.0 + k) for k in range(20)]
+    recs += [rec(0.1 + k, 1, 95.0 + k) for k in range(8)]
+    recs += [rec(0.1 + k, 4, 90.0 - k) for k in range(7)]
+    view = plots.rung_view(recs)
+    assert view.last == 4 and view.survivors == 7
+    # the five best survivors by their last value: the largest learning rates here
+    assert {c[1] for c in view.colour} == {0.1 + k for k in range(2, 7)}
+    went_on = [95.0 + k for k in range(8)]  # every point of a line that goes on is seen
+    assert view.top is not None and max(went_on) < view.top < 900.0
+    assert view.above == sum(r.val_loss > view.top for r in recs) >= 1
+    assert plots.halving_rungs(recs).startswith(b"\x89PNG")
+
+
 def test_the_ridge_path_shows_trials_at_l2_zero():
     # a grid with l2: [0] has its SGD trials there; a log axis had no place for them
     path = {"l2": [0.0, 1e-3, 1e-1], "val_fmse": [3, 2, 1], "test_fmse": [3, 2, 2],
