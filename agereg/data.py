@@ -184,6 +184,12 @@ def _describe(folder: Path, sha: dict[str, str]) -> tuple[str, str]:
 def load_dataset(folder: str | os.PathLike) -> Dataset:
     """Load and validate a dataset folder; raise :class:`DataError` on any problem."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        hint = (f"give the folder holding it, {folder.parent}"
+                if folder.name in FILE_NAMES.values() else
+                "give the folder holding the four .npy files")
+        raise DataError(f"{folder}: a file, not a dataset folder; {hint} (data.dir in the "
+                        "config, or --data)")
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found; run `agereg synth --out {folder}` "
                         "or set data.dir in the config")

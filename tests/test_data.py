@@ -53,6 +53,15 @@ def test_missing_folder(tmp_path: Path):
     _expect(tmp_path / "nope", "nope", "not found", "agereg synth")
 
 
+def test_a_file_given_as_the_folder_names_the_folder_to_give(data_copy: Path):
+    # no "run agereg synth --out FILE": that would fail, and not help
+    _expect(data_copy / FILE_NAMES["Xtr"], "a file, not a dataset folder",
+            f"give the folder holding it, {data_copy}")
+    (data_copy / "notes.txt").write_text("x")
+    _expect(data_copy / "notes.txt", "a file, not a dataset folder",
+            "give the folder holding the four .npy files")
+
+
 def test_missing_file(data_copy: Path):
     (data_copy / FILE_NAMES["yte"]).unlink()
     _expect(data_copy, FILE_NAMES["yte"], "not found")
