@@ -143,6 +143,9 @@ def check_images(path: Path, d: int) -> np.ndarray:
     finite. Returns the (N, D) rows."""
     if path.exists() and not path.is_file():
         raise DataError(f"{path}: not a regular file; give an .npy of images")
+    if not path.exists():  # not a dataset's file: no advice to synthesise one
+        raise DataError(f"{path}: file not found; give the .npy file of the images to "
+                        "predict")
     X = _load_array(path)
     _check_numeric(X, path)
     if X.size == d and (X.ndim == 1 or (X.ndim == 2 and X.shape[1] != d)):

@@ -266,6 +266,12 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
         path = runs_dir / name
     else:
         path = Path(run)
+    if path.exists() and not path.is_dir():
+        config = path.suffix in (".yaml", ".yml")
+        raise RunError(f"{path}: a file, not a run folder; " + (
+            "--resume and --extend take a run folder, and the config goes before them: "
+            "`agereg search CONFIG --resume RUN`"
+            if config else "`agereg runs` lists the run folders"))
     if not path.is_dir():
         raise RunError(f"{path}: run folder not found; list the folders in {runs_dir}")
     for name in (CONFIG_NAME, RUN_NAME):

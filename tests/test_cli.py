@@ -324,3 +324,10 @@ def test_more_workers_than_cores_is_noted(tiny_config: Path, tmp_path: Path):
     code, _, err = run(["search", str(tiny_config), "--runs-dir", runs, "--quiet",
                         "--n-jobs", str(cpu_count())])
     assert code == 0 and "n_jobs" not in err, err
+
+
+def test_a_config_given_to_resume_says_where_it_goes(tiny_config: Path, tmp_path: Path):
+    code, _, err = run(["search", "--resume", str(tiny_config), "--runs-dir",
+                        str(tmp_path / "runs")])
+    assert code == 2 and "a file, not a run folder; --resume and --extend take a run " \
+                         "folder, and the config goes before them" in err, err

@@ -85,6 +85,14 @@ def test_predict_never_overwrites_an_output_without_force(searched, data_copy: P
     assert code == 0 and target.read_text().startswith("index,predicted_age\n")
 
 
+def test_missing_images_are_one_line_without_data_advice(searched, tmp_path: Path):
+    run_dir, _ = searched
+    code, _, err = run(["predict", str(tmp_path / "new.npy"), "--run", str(run_dir)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "new.npy: file not found; give the .npy file of the images to predict" in err
+    assert "synth" not in err
+
+
 def test_predict_into_a_missing_folder_says_so_before_any_work(searched, data_copy: Path,
                                                                tmp_path: Path):
     run_dir, _ = searched
