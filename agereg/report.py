@@ -356,11 +356,16 @@ def eval_lines(res: dict) -> list[str]:
     if path and path.get("best_l2") is not None:
         verdict = ("better than every SGD trial" if path.get("beats_every_sgd_trial") else
                    "not better than the best SGD trial")
+        l2s, best = path["l2"], path["best_l2"]
+        edge = ("; it is the path's largest l2, so ridge's optimum may lie above it"
+                if best == l2s[-1] else
+                "; it is the path's smallest positive l2, so ridge's optimum may lie below it"
+                if best > 0 and best == min(v for v in l2s if v > 0) else "")
         lines.append(
-            f"exact ridge path over l2 {path['l2'][0]:.3g} ... {path['l2'][-1]:.3g}: the best "
-            f"l2 is {path['best_l2']:.3g}, validation fMSE {fmt(path['best_val_fmse'])} "
+            f"exact ridge path over l2 {l2s[0]:.3g} ... {l2s[-1]:.3g}: the best "
+            f"l2 is {best:.3g}, validation fMSE {fmt(path['best_val_fmse'])} "
             f"(test {fmt(path['best_test_fmse'])}), {verdict} (best SGD validation "
-            f"{fmt(path['sgd_best_val_fmse'])})")
+            f"{fmt(path['sgd_best_val_fmse'])}){edge}")
     elif path and path.get("note"):
         lines.append(f"exact ridge path: {path['note']}")
     noise = res.get("noise")
