@@ -491,15 +491,18 @@ def _ridge_reference(
 
 
 MODEL_NAME = "model.json"
+
+
 def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: bool,
                      ranked: list[TrialRecord]) -> dict:
     """Validation and test fMSE of the exact ridge solution over the searched l2 range
     and two decades beyond, the best ridge l2 and whether it beats every SGD trial."""
-    from agereg.evaluate import path_l2s, ridge_path
+    from agereg.evaluate import extended_ridge_path, path_l2s, ridge_path
 
     grid = ctx.cfg.grid.l2
     searched = sorted({r.l2 for r in ranked}) if isinstance(grid, Distribution) else list(grid)
-    path = ridge_path(basis, rows, path_l2s(searched))
+    path = (ridge_path(basis, rows, path_l2s(searched)) if no_val else
+            extended_ridge_path(basis, rows, path_l2s(searched)))
     sgd_best = min((r.val_loss for r in ranked if r.val_loss is not None), default=None)
     by_l2: dict[float, float] = {}
     for r in ranked:

@@ -307,6 +307,26 @@ def path_l2s(searched: Sequence[float], per_decade: int = 4, beyond: float = 2.0
     return values
 
 
+def extended_ridge_path(basis: RidgeBasis, arrays: Arrays, l2s: Sequence[float],
+                        extensions: int = 3, decades: int = 2) -> RidgePath:
+    """:func:`ridge_path` over ``l2s``, extended past an end while the lowest validation
+    fMSE lies at that end (a best l2 at an end says little): ``decades`` more decades,
+    4 values a decade as :func:`path_l2s`, at most ``extensions`` times. Each l2 costs
+    one product with the basis. l2 = 0 is an end that cannot be passed."""
+    values = sorted(float(v) for v in l2s)
+    path = ridge_path(basis, arrays, values)
+    for _ in range(extensions):
+        i, positive = path.best, [v for v in values if v > 0]
+        if 0 < i < len(values) - 1 or not positive or values[i] == 0.0:
+            break
+        up = i == len(values) - 1
+        end = positive[-1] if up else positive[0]
+        more = np.geomspace(end, end * 10.0 ** (decades if up else -decades), 4 * decades + 1)
+        values = sorted(set(values) | {float(f"{v:.6g}") for v in more[1:]})
+        path = ridge_path(basis, arrays, values)
+    return path
+
+
 def ridge_optimum(arrays: Arrays, l2: float, sgd: Fit,
                   basis: RidgeBasis | None = None) -> RidgeOptimum:
     """Closed-form ridge on ``arrays.X_fit`` (float64, bias unregularised) for ``l2``,

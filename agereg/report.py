@@ -357,7 +357,8 @@ def eval_lines(res: dict) -> list[str]:
         verdict = ("better than every SGD trial" if path.get("beats_every_sgd_trial") else
                    "not better than the best SGD trial")
         l2s, best = path["l2"], path["best_l2"]
-        edge = ("; it is the path's largest l2, so ridge's optimum may lie above it"
+        edge = ("; the validation fMSE still falls at the path's largest l2: here the more "
+                "regularised the better, towards predicting the training mean"
                 if best == l2s[-1] else
                 "; it is the path's smallest positive l2, so ridge's optimum may lie below it"
                 if best > 0 and best == min(v for v in l2s if v > 0) else "")

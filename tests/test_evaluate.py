@@ -245,6 +245,30 @@ def test_ridge_path_picks_the_l2_with_the_lowest_validation_loss():
     assert path.best == int(np.argmin(direct))
 
 
+def test_a_ridge_path_whose_best_is_at_an_end_goes_on_past_it():
+    from agereg.engine import Arrays, fmse, ridge_closed_form
+    from agereg.evaluate import RidgeBasis, extended_ridge_path, ridge_path
+
+    rng = np.random.default_rng(3)
+    # a weak signal, small rows: heavy l2 wins, beyond the first path's end (1e-1)
+    X = rng.normal(size=(60, 30))
+    y = 0.05 * X[:, 0] + rng.normal(size=60)
+    a = Arrays(X[:20], y[:20], X[20:45], y[20:45], X[45:], y[45:])
+    basis = RidgeBasis.of(a.X_fit, a.y_fit)
+    short = [1e-3, 1e-2, 1e-1]
+    assert ridge_path(basis, a, short).best == 2  # at the end
+    path = extended_ridge_path(basis, a, short)
+    assert max(path.l2) > 1e-1 and 0 < path.best < len(path.l2) - 1  # found inside
+    direct = [float(fmse(a.X_val, a.y_val, *ridge_closed_form(a.X_fit, a.y_fit, l2)))
+              for l2 in path.l2]
+    np.testing.assert_allclose(path.val_fmse, direct, rtol=1e-8)
+    assert path.best == int(np.argmin(direct))
+    # an interior best is left as it is; l2 = 0 is an end that cannot be passed
+    inner = [1e-3, float(path.l2[path.best]), 1e9]
+    assert extended_ridge_path(basis, a, inner).l2 == ridge_path(basis, a, inner).l2
+    assert extended_ridge_path(basis, a, [0.0]).l2 == (0.0,)
+
+
 def test_the_ridge_basis_is_cached_and_a_damaged_cache_is_recomputed(tmp_path: Path):
     from agereg.basis import ridge_basis_beside
     from agereg.engine import Arrays
