@@ -89,6 +89,12 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
     return doc
 
 
+def _by_mae(sel: dict[str, Any]) -> str:
+    """The validation MAE of a trial its run selected by MAE: the figure that chose it."""
+    mae = sel.get("val_mae")
+    return f", validation MAE {mae:.6g}" if sel.get("by") == "mae" and mae is not None else ""
+
+
 def compare_lines(doc: dict[str, Any]) -> list[str]:
     """The comparison as sentences for the terminal."""
     lines = []
@@ -97,7 +103,8 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
             f"{name}: {run}: #{sel['rank']} ({sel['rule']}) batch_size {sel['batch_size']}, "
             f"learning_rate {sel['learning_rate']:g}, epochs {sel['epochs']}, l2 {sel['l2']:g}"
             f"{'' if sel.get('loss', 'squared') == 'squared' else ', ' + sel['loss'] + ' loss'}"
-            f": validation fMSE {sel['val_loss']:.6g}, test fMSE {sel['test_loss']:.6g}")
+            f": validation fMSE {sel['val_loss']:.6g}{_by_mae(sel)}, test fMSE "
+            f"{sel['test_loss']:.6g}")
     if doc["config_differs"]:
         lines.append("configs differ in: " + "; ".join(
             f"{d['key']} {d['a']!r} vs {d['b']!r}" for d in doc["config_differs"]))

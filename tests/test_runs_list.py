@@ -70,6 +70,19 @@ def test_search_and_report_json_agree_with_best_json(tiny_config: Path, tmp_path
     assert rep["report"].endswith("report.html")
 
 
+def test_compare_shows_the_figure_that_selected_each_trial(tiny_config: Path,
+                                                            tmp_path: Path):
+    runs = tmp_path / "runs"
+    a = search(tiny_config, runs)
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_config.read_text() + "select_by: mae\n")
+    b = search(other, runs)
+    code, out, err = run(["compare", str(a), str(b)])
+    assert code == 0, err
+    line_a, line_b = (x for x in out.replace("\n", " ").split("B: ") if x)
+    assert "validation MAE" not in line_a and "validation MAE" in line_b, out
+
+
 def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
     runs = tmp_path / "runs"
     a = search(tiny_config, runs)
