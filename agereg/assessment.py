@@ -496,7 +496,8 @@ MODEL_NAME = "model.json"
 def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: bool,
                      ranked: list[TrialRecord]) -> dict:
     """Validation and test fMSE of the exact ridge solution over the searched l2 range
-    and two decades beyond, the best ridge l2 and whether it beats every SGD trial."""
+    and two decades beyond (further while the best lies at an end: the extended path),
+    the best ridge l2 and whether it beats every SGD trial."""
     from agereg.evaluate import extended_ridge_path, path_l2s, ridge_path
 
     grid = ctx.cfg.grid.l2
