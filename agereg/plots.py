@@ -234,8 +234,9 @@ def heatmap_val(cells: GridCells, points: bool = False) -> bytes:
     ``points``, or more than HEATMAP_MAX_VALUES values on an axis: one point per
     configuration on log axes, the view of random and refine).
 
-    Grey cells with an x: every trial diverged or failed. White: not run. A black frame
-    marks the best cell overall. Colours are log-scaled when all losses are positive.
+    Grey cells with an x: every trial diverged or failed. White: not run. A red frame
+    marks the best cell overall (a red square, the best point). Colours run linearly from
+    the best to :data:`HEATMAP_COLOUR_RANGE` times the best; worse cells get the top one.
     """
     n = len(cells.batch_sizes)
     cols = min(max(n, 1), HEATMAP_MAX_COLUMNS)
