@@ -72,7 +72,8 @@ CAPTIONS = {
                        "best epoch count of each cell (written under the value); grey x: "
                        "diverged or failed; red frame: the best cell.",
     "halving_rungs.png": "Successive halving: each configuration's validation fMSE at each "
-                         "rung it reached; the survivors of the last rung in colour.",
+                         "rung it reached; the best survivors of the last rung in colour "
+                         "and named, the other survivors light blue, the stopped ones grey.",
     "val_vs_epochs.png": "Validation fMSE after every epoch (the learning curves; dots: the "
                          "searched epoch counts) for the best configurations.",
 }
