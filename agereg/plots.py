@@ -353,8 +353,9 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
         elif positive and hi > 10 * lo:  # a log axis only where the range needs one
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        marks = sorted({m for c in curves for m in c.marks})
-        if 0 < len(marks) <= 12:  # ticks at the searched epoch counts
+        # ticks at the searched epoch counts: the marks of full curves, else the points
+        marks = sorted({m for c in curves for m in (c.marks or c.epochs)})
+        if 0 < len(marks) <= 12:
             ax.set_xticks(marks)
         # a see-through legend: lines that run together stay visible behind it
         _finish(ax, "epochs", "validation fMSE",
