@@ -14,7 +14,7 @@ import numpy as np
 
 from agereg.basis import ridge_basis_beside
 from agereg.batched import column_fit, train_group
-from agereg.config import Config, Distribution
+from agereg.config import Config
 from agereg.data import Dataset
 from agereg.engine import Arrays, Fit, diverged_fit, train_reference
 from agereg.errors import RunError
@@ -500,8 +500,9 @@ def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: b
     the best ridge l2 and whether it beats every SGD trial."""
     from agereg.evaluate import extended_ridge_path, path_l2s, ridge_path
 
-    grid = ctx.cfg.grid.l2
-    searched = sorted({r.l2 for r in ranked}) if isinstance(grid, Distribution) else list(grid)
+    # the l2 values of the finished trials: a grid value whose every trial diverged (l2
+    # 1e300) would stretch the path over hundreds of decades that trained nothing
+    searched = sorted({r.l2 for r in ranked})
     path = (ridge_path(basis, rows, path_l2s(searched)) if no_val else
             extended_ridge_path(basis, rows, path_l2s(searched)))
     sgd_best = min((r.val_loss for r in ranked if r.val_loss is not None), default=None)

@@ -405,6 +405,19 @@ def test_a_run_where_every_trial_diverged_gets_advice_that_works(tmp_path: Path,
     assert code == 0 and "scaling rules: cannot tell" in out, err
 
 
+def test_the_ridge_path_spans_the_l2_values_that_trained(tmp_path: Path, tiny_data: Path):
+    # l2 1e300 diverges; it stretched the path to 1e302 (and matplotlib overflowed)
+    grid = ("  batch_size: [8]\n  learning_rate: [1.0e-2]\n  epochs: [2]\n"
+            "  l2: [1.0, 1.0e+300]\n")
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data, grid=grid, name="wide")
+    code, out, err = run(["eval", "--run", str(run_dir), "--bootstrap", "0", "--json"])
+    assert code == 0 and "Warning" not in err, err
+    l2s = json.loads(out)["ridge_path"]["l2"]
+    assert 1.0 in l2s and max(l2s) <= 1e8  # two decades past 1.0, and at most 6 more
+
+
 def test_single_trial_run_has_no_paired_comparison(tmp_path: Path, tiny_data: Path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
