@@ -86,19 +86,31 @@ def top_eigenvalue(X: np.ndarray, l2: float = 0.0, tol: float = 1e-8,
 
 
 def lr_notice(grid: Grid, lr_limit: float) -> str | None:
-    """One line naming the learning rates of a grid at or above the full-batch limit
-    (None when all are below)."""
-    axis = grid.learning_rate
-    if isinstance(axis, Distribution):
-        over = [axis.high] if axis.high >= lr_limit else []
-    else:
-        over = [lr for lr in axis if lr >= lr_limit]
-    if not over:
-        return None
-    shown = ", ".join(f"{lr:g}" for lr in over)
-    return (f"learning rate {shown} >= 2 / lambda_max = {lr_limit:.3g} (the Hessian's "
-            "largest eigenvalue on the training rows): will diverge with full-batch descent; "
-            "minibatches diverge earlier (`agereg analyze` for a range)")
+    """One line naming the learning rates of a grid at or above the full-batch limit, and
+    the (learning rate, l2) pairs below it that l2 pushes over: with l2 the Hessian of the
+    objective is ``X^T X / n + l2 I``, so full-batch descent diverges once
+    ``lr (lambda_max + l2) >= 2`` (the step multiplies the weights by ``1 - lr l2`` on top
+    of the data's pull). None when every trial is below both limits."""
+    def values(axis: tuple[float, ...] | Distribution) -> list[float]:
+        return [axis.high] if isinstance(axis, Distribution) else list(axis)
+
+    lrs, l2s = values(grid.learning_rate), values(grid.l2)
+    lam = 2.0 / lr_limit
+    over = [lr for lr in lrs if lr >= lr_limit]
+    pushed = [(lr, l2) for lr in lrs if lr < lr_limit for l2 in l2s if lr * (lam + l2) >= 2]
+    said = []
+    if over:
+        shown = ", ".join(f"{lr:g}" for lr in over)
+        said.append(f"learning rate {shown} >= 2 / lambda_max = {lr_limit:.3g} (the Hessian's "
+                    "largest eigenvalue on the training rows): will diverge with full-batch "
+                    "descent; minibatches diverge earlier (`agereg analyze` for a range)")
+    if pushed:
+        shown = ", ".join(f"{lr:g} with l2 {l2:g}" for lr, l2 in pushed[:3]) + (
+            f" and {len(pushed) - 3} more" if len(pushed) > 3 else "")
+        said.append(f"learning rate {shown}: lr x (lambda_max + l2) >= 2 (lambda_max = "
+                    f"{lam:.3g}), so l2 makes full-batch descent diverge; lower the l2 or "
+                    "the learning rate")
+    return "; ".join(said) or None
 
 
 # ---------------------------------------------------------------- gradient noise

@@ -208,3 +208,28 @@ def test_analyze_with_one_training_row_is_one_line(tmp_path: Path):
     code, _, err = run(["analyze", "--data", str(data)])
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "1 training row; gradient noise needs at least 2" in err
+
+
+def test_the_stability_note_names_the_pairs_l2_pushes_over_the_limit(tmp_path: Path,
+                                                                     data_copy: Path):
+    from agereg.analysis import lr_notice
+    from agereg.config import Grid
+
+    lam = 15.0  # lr_limit = 2 / 15
+    grid = Grid((8,), (1e-3, 1e-2), (2,), (0.0, 10.0, 100.0, 1000.0, 1e4))
+    note = lr_notice(grid, 2 / lam)
+    assert note is not None and "lr x (lambda_max + l2) >= 2" in note
+    # exactly the pairs over the limit of the objective's Hessian X^T X / n + l2 I
+    pushed = [(lr, l2) for lr in grid.learning_rate for l2 in grid.l2 if lr * (lam + l2) >= 2]
+    assert pushed == [(1e-3, 1e4), (1e-2, 1e3), (1e-2, 1e4)]
+    assert note.startswith("learning rate 0.001 with l2 10000, 0.01 with l2 1000, 0.01 with "
+                           "l2 10000:"), note
+    assert lr_notice(Grid((8,), (1e-3,), (2,), (0.0, 10.0)), 2 / lam) is None
+    # the search says so before training
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nn_jobs: 1\ndata: {{dir: {data_copy}}}\ngrid: {{batch_size: "
+                      "[8], learning_rate: [0.001, 0.01], epochs: [2], l2: [0.0, 10.0, "
+                      "100.0, 1000.0, 10000.0]}\n")
+    code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs"),
+                        "--quiet"])
+    assert code == 0 and "so l2 makes full-batch descent diverge" in err, err
