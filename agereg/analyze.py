@@ -124,6 +124,12 @@ def analyze(
                               "l2": chosen.l2, "loss": chosen.loss},
                     **_noise_dict(at_sol)}
             bs = bs or chosen.batch_size
+        if "absolute" in ctx.cfg.grid.loss:
+            result["notes"] = [
+                "the run trains with the absolute loss too: these figures (curvature, "
+                "gradient noise, learning-rate range) are the squared loss's; the absolute "
+                "loss has no curvature and its per-example gradients are sign(r) x, so for "
+                "its trials they are a rough guide only"]
         scaling = scaling_rules(ctx.records, ctx.cfg.select_by)
         result["scaling"] = {"batch_sizes": list(scaling.batch_sizes),
                              "best_learning_rate": list(scaling.best_lr),

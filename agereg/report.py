@@ -666,6 +666,7 @@ def analysis_lines(res: dict) -> list[str]:
                                                             strict=True))
         lines.append(f"scaling rules: best learning rate per batch size {pairs}; "
                      f"{sc['verdict']}" if pairs else f"scaling rules: {sc['verdict']}")
+    lines += [f"note: {n}" for n in res.get("notes", [])]
     return lines
 
 

@@ -233,3 +233,15 @@ def test_the_stability_note_names_the_pairs_l2_pushes_over_the_limit(tmp_path: P
     code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs"),
                         "--quiet"])
     assert code == 0 and "so l2 makes full-batch descent diverge" in err, err
+
+
+def test_analyze_says_its_figures_are_the_squared_loss_s(tmp_path: Path, data_copy: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nn_jobs: 1\ndata: {{dir: {data_copy}}}\ngrid: {{batch_size: "
+                      "[8], learning_rate: [0.01], epochs: [2], l2: [0.0], loss: "
+                      "[squared, absolute]}\n")
+    run_dir = search(config, tmp_path / "runs")
+    code, out, err = run(["analyze", "--run", str(run_dir), "--draws", "5"])
+    assert code == 0 and "note: the run trains with the absolute loss too" in out, err
+    saved = json.loads((run_dir / "analysis" / "analysis.json").read_text())
+    assert saved["notes"] and "squared loss's" in saved["notes"][0]
