@@ -90,12 +90,18 @@ def lr_notice(grid: Grid, lr_limit: float) -> str | None:
     the (learning rate, l2) pairs below it that l2 pushes over: with l2 the Hessian of the
     objective is ``X^T X / n + l2 I``, so full-batch descent diverges once
     ``lr (lambda_max + l2) >= 2`` (the step multiplies the weights by ``1 - lr l2`` on top
-    of the data's pull). None when every trial is below both limits."""
+    of the data's pull). A grid of the absolute loss alone has no curvature: only
+    ``lr l2 >= 2`` is named. None when every trial is below both limits."""
     def values(axis: tuple[float, ...] | Distribution) -> list[float]:
         return [axis.high] if isinstance(axis, Distribution) else list(axis)
 
     lrs, l2s = values(grid.learning_rate), values(grid.l2)
-    lam = 2.0 / lr_limit
+    if "squared" not in grid.loss:
+        # the absolute loss has no curvature (its gradient is bounded): only l2 can make a
+        # step overshoot, once lr l2 >= 2
+        lr_limit, lam = math.inf, 0.0
+    else:
+        lam = 2.0 / lr_limit
     over = [lr for lr in lrs if lr >= lr_limit]
     pushed = [(lr, l2) for lr in lrs if lr < lr_limit for l2 in l2s if lr * (lam + l2) >= 2]
     said = []
@@ -107,9 +113,10 @@ def lr_notice(grid: Grid, lr_limit: float) -> str | None:
     if pushed:
         shown = ", ".join(f"{lr:g} with l2 {l2:g}" for lr, l2 in pushed[:3]) + (
             f" and {len(pushed) - 3} more" if len(pushed) > 3 else "")
-        said.append(f"learning rate {shown}: lr x (lambda_max + l2) >= 2 (lambda_max = "
-                    f"{lam:.3g}), so l2 makes full-batch descent diverge; lower the l2 or "
-                    "the learning rate")
+        rule = (f"lr x (lambda_max + l2) >= 2 (lambda_max = {lam:.3g})" if lam else
+                "lr x l2 >= 2 (the absolute loss adds no curvature)")
+        said.append(f"learning rate {shown}: {rule}, so l2 makes full-batch descent "
+                    "diverge; lower the l2 or the learning rate")
     return "; ".join(said) or None
 
 

@@ -225,6 +225,11 @@ def test_the_stability_note_names_the_pairs_l2_pushes_over_the_limit(tmp_path: P
     assert note.startswith("learning rate 0.001 with l2 10000, 0.01 with l2 1000, 0.01 with "
                            "l2 10000:"), note
     assert lr_notice(Grid((8,), (1e-3,), (2,), (0.0, 10.0)), 2 / lam) is None
+    # the absolute loss has no curvature: only lr x l2 >= 2 is named
+    absolute = Grid((8,), (1.0, 3.0), (2,), (0.0, 1.0), loss=("absolute",))
+    assert lr_notice(absolute, 2 / lam) == (
+        "learning rate 3 with l2 1: lr x l2 >= 2 (the absolute loss adds no curvature), so "
+        "l2 makes full-batch descent diverge; lower the l2 or the learning rate")
     # the search says so before training
     config = tmp_path / "c.yaml"
     config.write_text(f"name: c\nn_jobs: 1\ndata: {{dir: {data_copy}}}\ngrid: {{batch_size: "
