@@ -22,7 +22,13 @@ class DataError(AgeregError):
 
 
 class SplitError(AgeregError):
-    """A split file is malformed or belongs to other data."""
+    """A split file is malformed or belongs to other data. ``problem`` is the message
+    without the advice after it (how to remake a data folder's split.json), for a caller
+    to whom that advice does not apply (a run folder's own split.json)."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
 
 
 class RunError(AgeregError):

@@ -323,10 +323,9 @@ def load_run_split(run_dir: Path, info: DatasetInfo) -> Split:
     run, not to a data folder's split: said so, without the advice to write a new one."""
     try:
         return load_split(run_dir / SPLIT_NAME, info.n_train, info.sha256["ytr"])
-    except SplitError as exc:
-        problem = str(exc).rsplit("; ", 1)[0]  # the data folder's fix does not apply here
-        raise RunError(f"{problem}; the run folder is damaged: restore the split.json its "
-                       "search used, or start a new search") from None
+    except SplitError as exc:  # a data folder's fix (remake it) does not apply here
+        raise RunError(f"{exc.problem}; the run folder is damaged: restore the split.json "
+                       "its search used, or start a new search") from None
 
 
 def load_run_dataset(run_dir: Path, cfg: Config, log: Log = quiet) -> Dataset:

@@ -115,20 +115,25 @@ def save_split(split: Split, path: str | os.PathLike) -> None:
     atomic_write_text(Path(path), json.dumps(split.to_dict()) + "\n")
 
 
+RECREATE = "recreate it with `agereg split --seed N --force`"
+
+
+def _bad(path: Path, problem: str, fix: str = RECREATE) -> SplitError:
+    """The error of a split.json: ``path: problem; fix``, the problem kept apart."""
+    return SplitError(f"{path}: {problem}; {fix}", problem=f"{path}: {problem}")
+
+
 def _indices(value: object, key: str, n: int, path: Path) -> np.ndarray:
     if not isinstance(value, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) for i in value
     ):
-        raise SplitError(f"{path}: '{key}' must be a list of integer row indices; "
-                         "recreate it with `agereg split --seed N --force`")
+        raise _bad(path, f"'{key}' must be a list of integer row indices")
     try:
         arr = np.asarray(value, dtype=np.int64)
     except OverflowError:
-        raise SplitError(f"{path}: '{key}' holds an index too large for a row number; "
-                         "recreate it with `agereg split --seed N --force`") from None
+        raise _bad(path, f"'{key}' holds an index too large for a row number") from None
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise SplitError(f"{path}: '{key}' holds indices outside 0..{n - 1}; "
-                         "recreate it with `agereg split --seed N --force`")
+        raise _bad(path, f"'{key}' holds indices outside 0..{n - 1}")
     return arr
 
 
@@ -139,29 +144,28 @@ def _seed_ok(seed: object) -> bool:
 
 def parse_split(raw: object, path: Path) -> Split:
     """Validate a decoded ``split.json`` document (without reference to any dataset)."""
-    fix = "recreate it with `agereg split --seed N --force`"
     if isinstance(raw, dict) and "folds" in raw:
         return _parse_folds(raw, path)
     keys = ("seed", "val_fraction", "n", "ytr_sha256", "train", "val")
     if not isinstance(raw, dict) or any(k not in raw for k in keys):
-        raise SplitError(f"{path}: not an agereg split (needs keys {', '.join(keys)}); {fix}")
+        raise _bad(path, f"not an agereg split (needs keys {', '.join(keys)})")
     n = raw["n"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        raise SplitError(f"{path}: 'n' must be an integer >= 2, got {n!r}; {fix}")
+        raise _bad(path, f"'n' must be an integer >= 2, got {n!r}")
     if not isinstance(raw["ytr_sha256"], str):
-        raise SplitError(f"{path}: 'ytr_sha256' must be a string; {fix}")
+        raise _bad(path, "'ytr_sha256' must be a string")
     train = _indices(raw["train"], "train", n, path)
     val = _indices(raw["val"], "val", n, path)
     if train.size == 0 or val.size == 0:
-        raise SplitError(f"{path}: train and val must both be non-empty; {fix}")
+        raise _bad(path, "train and val must both be non-empty")
     together = np.concatenate([train, val])
     if together.size != n or np.unique(together).size != n:
-        raise SplitError(f"{path}: train and val must together hold each of the {n} rows "
-                         f"exactly once (overlapping or missing indices); {fix}")
+        raise _bad(path, f"train and val must together hold each of the {n} rows exactly "
+                         "once (overlapping or missing indices)")
     seed, frac = raw["seed"], raw["val_fraction"]
     if not _seed_ok(seed) or not isinstance(frac, int | float) or isinstance(frac, bool):
-        raise SplitError(f"{path}: 'seed' must be an integer from 0 to 2^63 - 1 and "
-                         f"'val_fraction' a number; {fix}")
+        raise _bad(path, "'seed' must be an integer from 0 to 2^63 - 1 and 'val_fraction' "
+                         "a number")
     return Split(seed, float(frac), n, raw["ytr_sha256"], train=train, val=val)
 
 
@@ -169,21 +173,20 @@ def _parse_folds(raw: dict, path: Path) -> Split:
     fix = "recreate it with `agereg split --seed N --folds K --force`"
     keys = ("seed", "n", "ytr_sha256", "folds")
     if any(k not in raw for k in keys):
-        raise SplitError(f"{path}: not an agereg fold split (needs keys {', '.join(keys)}); "
-                         f"{fix}")
+        raise _bad(path, f"not an agereg fold split (needs keys {', '.join(keys)})", fix)
     n, seed = raw["n"], raw["seed"]
     if not isinstance(n, int) or isinstance(n, bool) or n < 4:
-        raise SplitError(f"{path}: 'n' must be an integer >= 4, got {n!r}; {fix}")
+        raise _bad(path, f"'n' must be an integer >= 4, got {n!r}", fix)
     if not _seed_ok(seed) or not isinstance(raw["ytr_sha256"], str):
-        raise SplitError(f"{path}: 'seed' must be an integer from 0 to 2^63 - 1 and "
-                         f"'ytr_sha256' a string; {fix}")
+        raise _bad(path, "'seed' must be an integer from 0 to 2^63 - 1 and 'ytr_sha256' a "
+                         "string", fix)
     if not isinstance(raw["folds"], list) or not 2 <= len(raw["folds"]) <= n // 2:
-        raise SplitError(f"{path}: 'folds' must be a list of 2 to {n // 2} folds; {fix}")
+        raise _bad(path, f"'folds' must be a list of 2 to {n // 2} folds", fix)
     folds = tuple(_indices(f, f"folds[{i}]", n, path) for i, f in enumerate(raw["folds"]))
     together = np.concatenate(folds)
     if any(f.size < 2 for f in folds) or together.size != n or np.unique(together).size != n:
-        raise SplitError(f"{path}: the folds must together hold each of the {n} rows exactly "
-                         f"once, at least 2 per fold; {fix}")
+        raise _bad(path, f"the folds must together hold each of the {n} rows exactly once, "
+                         "at least 2 per fold", fix)
     return Split(seed, None, n, raw["ytr_sha256"], train=together, val=together[:0],
                  folds=folds)
 
@@ -194,20 +197,18 @@ def load_split(path: str | os.PathLike, n: int, ytr_sha256: str) -> Split:
     try:
         raw = json.loads(read_regular(path, SPLIT_LIMIT).decode("utf-8"))
     except FileNotFoundError:
-        raise SplitError(f"{path}: split file not found; run `agereg split --seed N`") from None
+        raise _bad(path, "split file not found", "run `agereg split --seed N`") from None
     except NotReadable as exc:
-        raise SplitError(f"{path}: {exc}; recreate it with `agereg split --seed N --force`"
-                         ) from None
+        raise _bad(path, str(exc)) from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = " ".join(str(exc).split())[:150]
-        raise SplitError(f"{path}: not a readable JSON split file ({reason}); "
-                         "recreate it with `agereg split --seed N --force`") from None
+        raise _bad(path, f"not a readable JSON split file ({reason})") from None
     split = parse_split(raw, path)
     if split.n != n or split.ytr_sha256 != ytr_sha256:
-        raise SplitError(f"{path}: made for other data (n={split.n}, ytr sha256 "
+        raise _bad(path, f"made for other data (n={split.n}, ytr sha256 "
                          f"{split.ytr_sha256[:12]}...) but the training labels have n={n}, "
-                         f"sha256 {ytr_sha256[:12]}...; replace it with `agereg split "
-                         f"--seed N --force --data {path.parent}`")
+                         f"sha256 {ytr_sha256[:12]}...",
+                   f"replace it with `agereg split --seed N --force --data {path.parent}`")
     return split
 
 
