@@ -54,8 +54,6 @@ from agereg.fileio import NotReadable, read_regular
 from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
-    NO_EVAL,
-    NOTHING_TO_EVAL,
     EvalText,
     analysis_lines,
     build_report,
@@ -63,6 +61,7 @@ from agereg.report import (
     describe_eval,
     eval_files,
     fmt,
+    no_eval_hint,
     ranking_rows,
     selection_text,
     several_losses,
@@ -638,8 +637,7 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
         for line in rep.analysis:
             out.print(escape(line))
     if not rep.evals:
-        finished = any(r.status.has_losses() for r in rep.ranked)
-        out.print(escape(NO_EVAL if finished else NOTHING_TO_EVAL))
+        out.print(escape(no_eval_hint(rep.ranked)))
     for ev in rep.evals:
         _print_eval(ev.text)
         out.print(escape(f"(files in {ev.folder}/)"))

@@ -80,6 +80,12 @@ CAPTIONS = {
 NO_EVAL = "run `agereg eval --best` for test-set metrics"
 NOTHING_TO_EVAL = ("no finished trial to evaluate: every trial diverged or failed "
                    "(`agereg analyze` suggests learning rates that train)")
+
+
+def no_eval_hint(ranked: Sequence[TrialRecord]) -> str:
+    """What a run without an evaluation should do next: evaluate, or, when no trial
+    finished (``agereg eval`` would fail), search with other learning rates."""
+    return NO_EVAL if any(r.status.has_losses() for r in ranked) else NOTHING_TO_EVAL
 TOP_CURVES = 5
 
 
@@ -803,8 +809,7 @@ def render_html(
         parts += [_img(run_dir / p) for p in pictures]
     parts.append("<h2>Test-set evaluations</h2>\n")
     if not evals:
-        hint = NO_EVAL if any(r.status.has_losses() for r in ranked) else NOTHING_TO_EVAL
-        parts.append(f"<p>No evaluation in this run folder: {_e(hint)}.</p>\n")
+        parts.append(f"<p>No evaluation in this run folder: {_e(no_eval_hint(ranked))}.</p>\n")
     for ev in evals:
         t = ev.text
         where = ev.folder.relative_to(run_dir) if ev.folder != run_dir else Path(".")
