@@ -311,8 +311,10 @@ def _check_same(stored: Config, given: Config, run_dir: Path) -> None:
                        "stored one, or start a new search")
 
 
-def check_dataset(run_dir: Path, info: DatasetInfo) -> None:
-    stored = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
+def check_dataset(run_dir: Path, info: DatasetInfo, stored: dict | None = None) -> None:
+    """The run's data files are these (SHA-256); ``stored``: its dataset.json, when read."""
+    if stored is None:
+        stored = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
     if stored.get("sha256") != info.sha256:
         raise RunError(f"{run_dir}: the files in {info.path} differ from the data this run "
                        f"used ({stored.get('path')}); point data.dir at the original files")
@@ -334,20 +336,21 @@ def load_run_dataset(run_dir: Path, cfg: Config, log: Log = quiet) -> Dataset:
     the search read them (``dataset.json``'s absolute ``path``), if it still holds the
     run's files (checked by SHA-256), and a line saying so."""
     given = Path(cfg.data.dir)
+    stored = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
     try:
         dataset = load_dataset(given)
-        check_dataset(run_dir, dataset.info)
+        check_dataset(run_dir, dataset.info, stored)
         return dataset
     except (DataError, RunError) as exc:
         problem = exc
-    recorded = read_json(run_dir / DATASET_NAME, "this run folder is damaged").get("path")
+    recorded = stored.get("path")
     if not isinstance(recorded, str) or not Path(recorded).is_absolute():
         raise problem
     elsewhere = Path(recorded).resolve() != given.resolve()
     if elsewhere and Path(recorded).is_dir():
         try:
             dataset = load_dataset(recorded)
-            check_dataset(run_dir, dataset.info)
+            check_dataset(run_dir, dataset.info, stored)
             here = "holds other files" if given.is_dir() else "does not exist"
             log(f"data: {recorded}, where the search read this run's files (data.dir "
                 f"{str(given)!r} {here} here)")
