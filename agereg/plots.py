@@ -507,11 +507,17 @@ class RungView:
     above that edge."""
 
     points: dict[tuple, list[tuple[int, float]]]
-    last: int  # the last rung
+    rungs: tuple[int, ...]
     colour: dict[tuple, str]
     survivors: int
     top: float | None
+    bottom: float | None  # with top: the y axis's lower end
     above: int
+
+    @property
+    def last(self) -> int:
+        """The last rung (0 when nothing finished)."""
+        return self.rungs[-1] if self.rungs else 0
 
 
 def rung_view(records: Sequence) -> RungView:
@@ -526,20 +532,22 @@ def rung_view(records: Sequence) -> RungView:
             points.setdefault(r.column(), []).append((r.epochs, r.val_loss))
     for pts in points.values():
         pts.sort()
-    rungs = sorted({e for pts in points.values() for e, _ in pts})
+    rungs = tuple(sorted({e for pts in points.values() for e, _ in pts}))
     last = rungs[-1] if rungs else 0
     survivors = sorted((pts[-1][1], column) for column, pts in points.items()
                        if pts[-1][0] == last)
     colour = {column: f"C{k}" for k, (_, column) in enumerate(survivors[:LEGEND_SURVIVORS])}
     values = [y for pts in points.values() for _, y in pts]
     went_on = [y for pts in points.values() if len(pts) > 1 for _, y in pts]
-    top, above = None, 0
+    top = bottom = None
+    above = 0
     if went_on:
         lo, hi = min(values), max(went_on)
         edge = hi + 0.25 * (hi - lo) if hi > lo else hi * 1.1
         above = sum(y > edge for y in values)
-        top = edge if above else None
-    return RungView(points, last, colour, len(survivors), top, above)
+        if above:
+            top, bottom = edge, lo - 0.05 * (edge - lo)
+    return RungView(points, rungs, colour, len(survivors), top, bottom, above)
 
 
 def halving_rungs(records: Sequence) -> bytes:
@@ -558,18 +566,17 @@ def halving_rungs(records: Sequence) -> bytes:
                     alpha=1.0 if survived else 0.7,
                     label=f"batch {column[0]}, lr {column[1]:.3g}, l2 {column[2]:.3g}"
                     if named else None, zorder=4 if named else 3 if survived else 1)
-        rungs = sorted({e for pts in view.points.values() for e, _ in pts})
-        if rungs:
-            ax.set_xticks(rungs)
-        values = [y for pts in view.points.values() for _, y in pts]
+        if view.rungs:
+            ax.set_xticks(view.rungs)
         title = "successive halving: configurations by rung (grey: stopped)"
         if view.top is not None:
-            lo = min(values)
-            ax.set_ylim(lo - 0.05 * (view.top - lo), view.top)
+            ax.set_ylim(view.bottom, view.top)
             title += (f";\n{view.above} stopped value{'s' * (view.above != 1)} above the "
                       "top edge")
-        elif len(rungs) == 1 and min(values) > 0 and max(values) > 10 * min(values):
-            ax.set_yscale("log")  # one rung: nothing went on, the whole range is the story
+        elif len(view.rungs) == 1:  # nothing went on: the whole range is the story
+            values = [y for pts in view.points.values() for _, y in pts]
+            if min(values) > 0 and max(values) > 10 * min(values):
+                ax.set_yscale("log")
         _finish(ax, "epochs (rungs)", "validation fMSE", title, legend=bool(view.colour))
         legend = ax.get_legend()
         if legend is not None and view.survivors > len(view.colour):
