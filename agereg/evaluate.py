@@ -294,7 +294,17 @@ def ridge_path(basis: RidgeBasis, arrays: Arrays, l2s: Sequence[float]) -> Ridge
                      tuple(float(v) for v in test))
 
 
-def path_l2s(searched: Sequence[float], per_decade: int = 4, beyond: float = 2.0
+PER_DECADE = 4  # l2 values a decade on a ridge path
+
+
+def _log_spaced(a: float, b: float, per_decade: int = PER_DECADE) -> list[float]:
+    """l2 values from ``10^a`` to ``10^b`` (either way round), ``per_decade`` a decade,
+    rounded to 6 significant digits."""
+    grid = np.logspace(a, b, round(abs(b - a) * per_decade) + 1)
+    return [float(f"{v:.6g}") for v in grid]
+
+
+def path_l2s(searched: Sequence[float], per_decade: int = PER_DECADE, beyond: float = 2.0
              ) -> list[float]:
     """l2 values for a ridge path: log-spaced over the searched positive range extended
     ``beyond`` decades each side (1e-6 ... 1e2 without any), every searched value, and 0
@@ -302,17 +312,15 @@ def path_l2s(searched: Sequence[float], per_decade: int = 4, beyond: float = 2.0
     pos = [v for v in searched if v > 0]
     lo, hi = (min(pos), max(pos)) if pos else (1e-6, 1e2)
     a, b = np.log10(lo) - beyond, np.log10(hi) + beyond
-    grid = np.logspace(a, b, round((b - a) * per_decade) + 1)
-    values = sorted({float(f"{v:.6g}") for v in grid} | {float(v) for v in searched})
-    return values
+    return sorted(set(_log_spaced(a, b, per_decade)) | {float(v) for v in searched})
 
 
 def extended_ridge_path(basis: RidgeBasis, arrays: Arrays, l2s: Sequence[float],
                         extensions: int = 3, decades: int = 2) -> RidgePath:
     """:func:`ridge_path` over ``l2s``, extended past an end while the lowest validation
     fMSE lies at that end (a best l2 at an end says little): ``decades`` more decades,
-    4 values a decade as :func:`path_l2s`, at most ``extensions`` times. Each l2 costs
-    one product with the basis. l2 = 0 is an end that cannot be passed."""
+    spaced as :func:`path_l2s`, at most ``extensions`` times. Each l2 costs one product
+    with the basis. l2 = 0 is an end that cannot be passed."""
     values = sorted(float(v) for v in l2s)
     path = ridge_path(basis, arrays, values)
     for _ in range(extensions):
@@ -320,9 +328,9 @@ def extended_ridge_path(basis: RidgeBasis, arrays: Arrays, l2s: Sequence[float],
         if 0 < i < len(values) - 1 or not positive or values[i] == 0.0:
             break
         up = i == len(values) - 1
-        end = positive[-1] if up else positive[0]
-        more = np.geomspace(end, end * 10.0 ** (decades if up else -decades), 4 * decades + 1)
-        values = sorted(set(values) | {float(f"{v:.6g}") for v in more[1:]})
+        a = float(np.log10(positive[-1] if up else positive[0]))
+        more = _log_spaced(a, a + decades if up else a - decades)[1:]  # past the end
+        values = sorted(set(values) | set(more))
         path = ridge_path(basis, arrays, values)
     return path
 
