@@ -53,6 +53,7 @@ from agereg.split import Split
 
 MAX_BOOTSTRAP = 1_000_000  # resamples: their (resamples, 2) means stay 16 MB
 
+
 @dataclass(frozen=True)
 class RunContext:
     """A finished or interrupted run, loaded and checked against its data."""

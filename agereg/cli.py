@@ -719,7 +719,6 @@ class _Interrupted:
     run_dir: str | None = None
 
 
-
 def run() -> None:
     """Console-script entry point: exit with :func:`main`'s code. The work is saved by
     then, so a late Ctrl-C while joblib's workers shut down is ignored, not a traceback."""

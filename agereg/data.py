@@ -150,7 +150,9 @@ def check_images(path: Path, d: int) -> np.ndarray:
     _check_numeric(X, path)
     if X.size == d and (X.ndim == 1 or (X.ndim == 2 and X.shape[1] != d)):
         X = X.reshape(1, d)  # one image, flat (D,) or (H, W)
-    if X.ndim not in (2, 3) or X.shape[0] == 0 or int(np.prod(X.shape[1:])) != d:
+    if X.ndim in (2, 3) and X.shape[0] == 0:
+        raise DataError(f"{path}: holds no images (shape {X.shape}); give at least one")
+    if X.ndim not in (2, 3) or int(np.prod(X.shape[1:])) != d:
         raise DataError(f"{path}: images of shape {X.shape} do not fit the run's data, "
                         f"{d} pixels per image; give (N, {d}) or (N, H, W) with H x W = {d}")
     _check_finite(X, path)

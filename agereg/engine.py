@@ -98,7 +98,6 @@ class Fit:
     mae: tuple[float, float, float] = NAN3
 
 
-
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """Row order of 1-based ``epoch``: independent of every hyperparameter but the seed."""
     return np.random.default_rng([seed, epoch]).permutation(n)

@@ -80,16 +80,13 @@ CAPTIONS = {
 NO_EVAL = "run `agereg eval --best` for test-set metrics"
 NOTHING_TO_EVAL = ("no finished trial to evaluate: every trial diverged or failed "
                    "(`agereg analyze` suggests learning rates that train)")
+TOP_CURVES = 5
 
 
 def no_eval_hint(ranked: Sequence[TrialRecord]) -> str:
     """What a run without an evaluation should do next: evaluate, or, when no trial
     finished (``agereg eval`` would fail), search with other learning rates."""
     return NO_EVAL if any(r.status.has_losses() for r in ranked) else NOTHING_TO_EVAL
-TOP_CURVES = 5
-
-
-# ---------------------------------------------------------------- files
 
 
 # ---------------------------------------------------------------- grid pictures

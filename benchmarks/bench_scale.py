@@ -32,7 +32,6 @@ grid:
 """
 
 
-
 def run(config: Path, n_jobs: int, runs: Path) -> tuple[float, int]:
     proc = subprocess.Popen([sys.executable, "-m", "agereg", "search", str(config), "--quiet",
                              "--n-jobs", str(n_jobs), "--runs-dir", str(runs)],

@@ -61,6 +61,7 @@ def test_predict_one_image_and_a_named_trial(searched, data_copy: Path, tmp_path
     (lambda X: X[:2, :5, :5], "do not fit the run's data, 36 pixels per image"),
     (lambda X: np.where(np.arange(36).reshape(6, 6) == 7, np.nan, X[:2]), "NaN or inf"),
     (lambda X: X[:2].astype(object), "pickled Python objects"),
+    (lambda X: X[:0], "holds no images (shape (0, 6, 6))"),
 ])  # fmt: skip
 def test_bad_images_are_one_line_before_any_training(searched, data_copy: Path,
                                                      tmp_path: Path, make, fragment):
