@@ -182,12 +182,16 @@ def worst_test(
         return _png(fig)
 
 
+FEW_POINTS = 200  # pred_vs_true draws this many images or fewer as larger, solid dots
+
+
 def pred_vs_true(y: np.ndarray, pred: np.ndarray, title: str = "") -> bytes:
     """Predicted against true age on the test set, with the line y = x."""
     with _figure(SIZES["pred_vs_true"], fixed=True) as (fig, axes):
         ax = axes[0, 0]
         title = _wrap(title or "test set")
-        ax.scatter(y, pred, s=8, alpha=0.4, edgecolors="none")
+        few = y.size <= FEW_POINTS  # a handful of images: larger, solid dots that show
+        ax.scatter(y, pred, s=24 if few else 8, alpha=0.9 if few else 0.4, edgecolors="none")
         both = np.concatenate([y, pred])
         both = both[np.isfinite(both)]
         lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
