@@ -248,8 +248,12 @@ def set_latest(runs_dir: Path, run_dir: Path) -> None:
 
 def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
     """The run folder named by the user, or the latest one; checked to be an agereg run."""
-    if run is None or str(run) == "latest":
-        latest = runs_dir / LATEST_NAME
+    given = None if run is None or str(run) == LATEST_NAME else Path(run)
+    if given is None or (given.name == LATEST_NAME and (given.is_symlink() or given.is_file())):
+        # the latest run of runs_dir, or of the runs folder whose pointer was given
+        # (runs/latest): named by the folder it points to, which stays that run
+        latest = runs_dir / LATEST_NAME if given is None else given
+        runs_dir = latest.parent
         try:
             if latest.is_symlink():
                 name = os.readlink(latest)
@@ -265,7 +269,7 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
                            f"name of {runs_dir}); delete it and name the run folder") from None
         path = runs_dir / name
     else:
-        path = Path(run)
+        path = given
     if path.exists() and not path.is_dir():
         config = path.suffix in (".yaml", ".yml")
         raise RunError(f"{path}: a file, not a run folder; " + (
