@@ -9,7 +9,9 @@
   gradients drawn without replacement against the law
   ``E|g_B - G|^2 = tr(Sigma) / B * (N - B) / (N - 1)``, its log-log slope, and the simple
   noise scale ``B_simple = tr(Sigma) / |G|^2`` (McCandlish et al., 2018).
-* :func:`suggest_learning_rates`: a log-spaced range below the limit for a batch size.
+* :func:`row_curvature`, :func:`range_top`, :func:`suggest_learning_rates`: a log-spaced
+  learning-rate range for a batch size, topped by the step at which minibatch SGD
+  converges fastest (Ma, Bassily & Belkin, 2018).
 * :func:`scaling_rules`: the best learning rate per batch size of a run against the
   linear (lr proportional to B) and square-root rules.
 """
@@ -198,13 +200,26 @@ def gradient_noise(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2: fl
                  slope, draws)
 
 
-def suggest_learning_rates(lr_limit: float, batch_size: int, b_simple: float,
-                           points: int = 5, decades: float = 3.0) -> list[float]:
-    """A log-spaced range for ``batch_size``: from half the full-batch limit, reduced by
-    the noise of small batches (``1 / (1 + B_simple / B)``, McCandlish et al.'s optimal
-    step), down ``decades`` decades; values rounded to 2 significant digits."""
-    scale = 1.0 if not math.isfinite(b_simple) else 1.0 / (1.0 + b_simple / batch_size)
-    top = 0.5 * lr_limit * scale
+def row_curvature(X: np.ndarray) -> float:
+    """``beta = max_i |x~_i|^2 = max_i (|x_i|^2 + 1)``: the largest curvature of one
+    example's loss (its Hessian ``x~ x~^T`` has that one non-zero eigenvalue)."""
+    return float(np.einsum("ij,ij->i", X, X).max()) + 1.0
+
+
+def range_top(lambda_max: float, beta: float, batch_size: int, n: int) -> float:
+    """The largest learning rate of the suggested range: ``B / (beta + (B - 1) lambda_max)``,
+    the step at which minibatch SGD on least squares converges fastest in Ma, Bassily &
+    Belkin's analysis (2018, "The Power of Interpolation"): ``1 / beta`` for single
+    examples, rising to ``1 / lambda_max`` as B grows. A batch of all ``n`` rows or more is
+    one full batch an epoch, without minibatch noise: ``1 / lambda_max``, half the limit."""
+    if batch_size >= n:
+        return 1.0 / lambda_max
+    return batch_size / (beta + (batch_size - 1) * lambda_max)
+
+
+def suggest_learning_rates(top: float, points: int = 5, decades: float = 3.0) -> list[float]:
+    """``points`` log-spaced learning rates from ``top`` down ``decades`` decades, rounded
+    to 2 significant digits."""
     values = np.geomspace(top * 10.0 ** -decades, top, points)
     return [float(f"{v:.2g}") for v in values]
 

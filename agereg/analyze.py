@@ -16,6 +16,8 @@ import numpy as np
 from agereg.analysis import (
     Noise,
     gradient_noise,
+    range_top,
+    row_curvature,
     scaling_rules,
     suggest_learning_rates,
     top_eigenvalue,
@@ -142,13 +144,18 @@ def analyze(
     result["b_simple_at"] = "selected trial" if "noise_at_selected" in result else "w = 0"
     # a batch of all n rows (or more: the engine takes one full batch) has no noise
     full = bs >= n
-    values = suggest_learning_rates(eig.lr_limit, bs, 0.0 if full else at["b_simple"])
+    beta = row_curvature(X)
+    result["row_curvature_max"] = beta
+    top = range_top(eig.lambda_max, beta, bs, n)
+    values = suggest_learning_rates(top)
     result["lr_range"] = {
-        "batch_size": bs, "values": values,
+        "batch_size": bs, "top": top, "values": values,
         "yaml": "learning_rate: [" + ", ".join(_yaml_number(v) for v in values) + "]",
         "rule": (f"B >= the {n} training rows: one full batch an epoch, no minibatch noise; "
-                 "top = 0.5 x lr_limit" if full else
-                 "top = 0.5 x lr_limit / (1 + B_simple / B)") + ", then 3 decades down",
+                 "top = 1 / lambda_max, half the limit" if full else
+                 f"top = B / (beta + (B - 1) lambda_max) with beta = max |x~_i|^2 = "
+                 f"{beta:.4g}, the fastest step of minibatch SGD (Ma, Bassily & Belkin, "
+                 "2018)") + ", then 3 decades down",
     }  # fmt: skip
     result = json_safe(result)  # type: ignore[assignment]
     if ctx is not None:

@@ -656,8 +656,9 @@ def analysis_lines(res: dict) -> list[str]:
             f"{d['measured'][0] / d['law'][0]:.3f}, at B = {d['batch_sizes'][-1]}: "
             f"{d['measured'][-1] / d['law'][-1]:.3f} ({d['draws']} draws each)")
     if res.get("b_simple") is not None:
-        lines.append(f"beyond about B_simple = {fmt(res['b_simple'])} (at the "
-                     f"{res.get('b_simple_at', 'w = 0')}) larger batches stop paying off "
+        at = res.get("b_simple_at", "w = 0")
+        lines.append(f"beyond about B_simple = {fmt(res['b_simple'])} (at "
+                     f"{at if at == 'w = 0' else 'the ' + at}) larger batches stop paying off "
                      "(McCandlish et al., 2018): the minibatch gradient is then mostly signal")
     r = res["lr_range"]
     lines.append(f"suggested learning rates for batch size {r['batch_size']} "

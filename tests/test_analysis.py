@@ -15,6 +15,8 @@ import pytest
 from agereg.analysis import (
     gradient_noise,
     noise_law,
+    range_top,
+    row_curvature,
     scaling_rules,
     suggest_learning_rates,
     top_eigenvalue,
@@ -123,11 +125,42 @@ def test_b_simple_against_direct_numpy():
     assert noise.b_simple == pytest.approx(np.trace(sigma) / (G @ G), rel=1e-10)
 
 
-def test_suggested_range_stays_below_the_limit():
-    values = suggest_learning_rates(0.01, batch_size=64, b_simple=64.0)
+def test_range_top_against_a_plain_loop():
+    rng = np.random.default_rng(8)
+    X = rng.uniform(0.0, 1.0, size=(50, 7))
+    beta = max(sum(v * v for v in row) + 1.0 for row in X.tolist())  # |[x, 1]|^2
+    assert row_curvature(X) == pytest.approx(beta, rel=1e-12)
+    lam = top_eigenvalue(X).lambda_max
+    assert beta >= lam  # the largest row's curvature bounds the mean's
+    assert range_top(lam, beta, 1, 50) == pytest.approx(1 / beta, rel=1e-12)
+    assert range_top(lam, beta, 10, 50) == pytest.approx(10 / (beta + 9 * lam), rel=1e-12)
+    tops = [range_top(lam, beta, b, 50) for b in range(1, 50)]
+    assert tops == sorted(tops) and tops[-1] < 1 / lam  # rising towards 1 / lambda_max
+    assert range_top(lam, beta, 50, 50) == range_top(lam, beta, 900, 50) == 1 / lam
+    values = suggest_learning_rates(0.01)
     assert len(values) == 5 and values == sorted(values)
-    assert values[-1] == pytest.approx(0.5 * 0.01 / 2, rel=0.05)  # 1 / (1 + 64/64)
-    assert values[0] == pytest.approx(values[-1] / 1000, rel=0.05)
+    assert values[-1] == 0.01 and values[0] == pytest.approx(1e-5, rel=0.05)
+
+
+def test_sgd_at_the_top_of_the_range_trains():
+    # one example at a time at 1 / beta, the range's top for B = 1, in a plain loop: the
+    # training loss falls and stays finite (at 3 / beta this data diverges)
+    rng = np.random.default_rng(2)
+    X = rng.uniform(0.0, 1.0, size=(200, 30))
+    y = X @ rng.normal(size=30) + rng.normal(0.0, 0.1, 200)
+    top = range_top(top_eigenvalue(X).lambda_max, row_curvature(X), 1, 200)
+
+    def final_loss(lr: float, epochs: int = 20) -> float:
+        w, b = np.zeros(30), 0.0
+        for e in range(epochs):
+            for i in np.random.default_rng([0, e]).permutation(200):
+                r = X[i] @ w + b - y[i]
+                w, b = w - lr * r * X[i], b - lr * r
+        return float(0.5 * np.mean((X @ w + b - y) ** 2))
+
+    start = float(0.5 * np.mean(y**2))
+    assert final_loss(top) < 0.1 * start
+    assert not final_loss(3 * top) < start  # past the top's margin: no longer trains
 
 
 def records(best: dict[int, float], lrs: list[float]) -> list[TrialRecord]:
@@ -154,18 +187,24 @@ def test_scaling_rules_verdicts():
 
 
 def test_a_batch_of_every_row_gets_the_noise_free_range(data_copy: Path):
-    from agereg.analysis import suggest_learning_rates
-
     args = ["analyze", "--data", str(data_copy), "--json", "--draws", "20"]
     code, out, err = run([*args, "--batch-size", "1000000"])  # 96 training rows
     assert code == 0, err
     res = json.loads(out)
     assert res["lr_range"]["rule"].startswith("B >= the 96 training rows: one full batch")
-    assert res["lr_range"]["values"] == suggest_learning_rates(res["lr_limit"], 96, 0.0)
+    assert res["lr_range"]["top"] == pytest.approx(0.5 * res["lr_limit"], rel=1e-12)
     assert res["lr_range"]["values"][-1] == float(f"{0.5 * res['lr_limit']:.2g}")
-    res = json.loads(run([*args, "--batch-size", "8"])[1])  # the noise lowers the top
-    assert res["lr_range"]["values"] == suggest_learning_rates(res["lr_limit"], 8,
-                                                               res["b_simple"])
+    res = json.loads(run([*args, "--batch-size", "8"])[1])  # minibatches: a lower top
+    # beta from the files themselves: the largest |[x, 1]|^2 over the training rows of
+    # the documented split (seed 0: the permutation's last 96 rows)
+    X = np.load(data_copy / "age_regression_Xtr.npy").reshape(120, -1).astype(np.float64)
+    train = np.random.default_rng(0).permutation(120)[24:]
+    beta = max(float(X[i] @ X[i]) + 1.0 for i in train)
+    assert res["row_curvature_max"] == pytest.approx(beta, rel=1e-12)
+    top = 8 / (res["row_curvature_max"] + 7 * res["lambda_max"])
+    assert res["lr_range"]["top"] == pytest.approx(top, rel=1e-12)
+    assert res["lr_range"]["values"] == suggest_learning_rates(top)
+    assert "Ma, Bassily & Belkin" in res["lr_range"]["rule"]
 
 
 def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path: Path):
