@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from agereg.records import TrialRecord, best_record, rank
@@ -9,22 +10,26 @@ from agereg.records import TrialRecord, best_record, rank
 AXES = ("batch_size", "learning_rate", "epochs", "l2")
 
 
-def _suggest(axis: str, value: float, largest: bool) -> str:
-    """The next range to try for an axis whose best value sits on an edge."""
+def _suggest(axis: str, value: float, largest: bool, cap: float = math.inf) -> str:
+    """The next range to try for an axis whose best value sits on an edge (a learning
+    rate's no higher than ``cap``)."""
     if axis in ("learning_rate", "l2"):
         low, high = (value / 3, value * 30) if largest else (value / 30, value * 3)
-        return f"{axis}: {{log_uniform: [{low:.3g}, {high:.3g}]}}"
+        return f"{axis}: {{log_uniform: [{low:.3g}, {min(high, cap):.3g}]}}"
     v = int(value)
     values = [v, 2 * v, 4 * v] if largest else sorted({max(1, v // 4), max(1, v // 2), v})
     return f"{axis}: [{', '.join(str(x) for x in values)}]"
 
 
-def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "best"
-                 ) -> tuple[str, ...]:
+def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "best",
+                 lr_limit: float | None = None) -> tuple[str, ...]:
     """One sentence per axis on which the best trial's value (the lowest validation loss)
     is the smallest or largest value tried (of an axis with at least two values), with
     the next range to try. Under the ``one_se`` rule the selected trial may be another,
-    more regularised one: the sentences then say "lowest-validation" instead of "best"."""
+    more regularised one: the sentences then say "lowest-validation" instead of "best".
+    ``lr_limit``: the full-batch stability limit ``2 / lambda_max`` of the training rows
+    (the search's check measures it); a larger learning rate than the squared loss's best
+    is then suggested only up to it, since beyond it full-batch descent diverges."""
     best = best_record(rank(list(records), by))
     if best is None:
         return ()
@@ -41,6 +46,15 @@ def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "
                        "these settings")
             continue
         side, where = ("largest", "above") if largest else ("smallest", "below")
+        cap = math.inf  # how high a learning rate may be suggested
+        if axis == "learning_rate" and largest and lr_limit and best.loss == "squared":
+            cap = lr_limit
+        if value >= cap:
+            out.append(f"{who} learning_rate {value:g} is the largest tried and at the "
+                       f"full-batch limit 2 / lambda_max = {cap:.3g}: larger ones diverge")
+            continue
+        up_to = (f", up to the full-batch limit 2 / lambda_max = {cap:.3g}"
+                 if value * 30 > cap else "")
         out.append(f"{who} {axis} {value:g} is the {side} tried: the optimum may lie "
-                   f"{where} it; try {_suggest(axis, value, largest)}")
+                   f"{where} it{up_to}; try {_suggest(axis, value, largest, cap)}")
     return tuple(out)

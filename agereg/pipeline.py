@@ -58,6 +58,7 @@ from agereg.runs import (
     resolve_run,
     set_latest,
     stored_config,
+    stored_lr_limit,
     write_json,
     write_run_info,
     write_summaries,
@@ -178,9 +179,10 @@ def _note_jobs(cfg: Config, log: Log) -> None:
             "which is slower than n_jobs -1 (all cores, no more)")
 
 
-def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log) -> None:
+def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log) -> float:
     """Say in one line which learning rates exceed the full-batch stability limit
-    2 / lambda_max of the training rows (a few power iterations); never refuse to run."""
+    2 / lambda_max of the training rows (a few power iterations); never refuse to run.
+    Returns the limit, which the edge notices cap their learning rates at."""
     from agereg.analysis import lr_notice, top_eigenvalue
 
     # At most CHECK_ROWS training rows (the split's order is random): lambda_max of an
@@ -188,9 +190,11 @@ def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log)
     # be 3.7 GB for a one-line note.
     rows = split.train[:CHECK_ROWS]
     X = np.asarray(dataset.Xtr[np.sort(rows)])  # (n, D); float32 images stay float32
-    notice = lr_notice(cfg.grid, top_eigenvalue(X, tol=1e-4).lr_limit)
+    lr_limit = top_eigenvalue(X, tol=1e-4).lr_limit
+    notice = lr_notice(cfg.grid, lr_limit)
     if notice:
         log(f"note: {notice}")
+    return lr_limit
 
 
 def write_split(data_dir: Path, seed: int, val_fraction: float,
@@ -236,7 +240,7 @@ def start_search(
     split, cfg = split_for(cfg, dataset, log)
     if base is not None:
         base.check_split(split)
-    _check_learning_rates(cfg, dataset, split, log)
+    lr_limit = _check_learning_rates(cfg, dataset, split, log)
     run_dir = create_run_dir(runs_dir, cfg.name)
     with RunLock(run_dir):
         # The resolved config and the inputs' records go down before any training.
@@ -244,11 +248,12 @@ def start_search(
         write_json(run_dir / DATASET_NAME, dataset.info.to_dict())
         save_split(split, run_dir / SPLIT_NAME)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       config_digest=config_digest(cfg), **Extension.run_info(base))
+                       config_digest=config_digest(cfg), lr_limit=lr_limit,
+                       **Extension.run_info(base))
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
-        return _run(cfg, dataset, split, run_dir, [], log, progress, base)
+        return _run(cfg, dataset, split, run_dir, [], log, progress, base, lr_limit)
 
 
 def resume_search(
@@ -292,13 +297,14 @@ def resume_search(
         if isinstance(extends, str):
             base = Extension.open(extends, runs_dir, cfg, dataset.info)
             base.check_split(split)
+        lr_limit = stored_lr_limit(info)  # None for a run made before it was kept
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       resumed=True, config_digest=config_digest(cfg),
+                       resumed=True, config_digest=config_digest(cfg), lr_limit=lr_limit,
                        **Extension.run_info(base))
         # runs/latest stays on the newest created run: resuming an older one does not move it
         if on_start:
             on_start(run_dir)
-        return _run(cfg, dataset, split, run_dir, done, log, progress, base)
+        return _run(cfg, dataset, split, run_dir, done, log, progress, base, lr_limit)
 
 
 def _check_same(stored: Config, given: Config, run_dir: Path) -> None:
@@ -707,6 +713,7 @@ def _run(
     log: Log,
     progress: Progress | None,
     base: Extension | None = None,
+    lr_limit: float | None = None,
 ) -> SearchOutcome:
     sweep = _Sweep(cfg, dataset, split, run_dir, done, log, progress,
                    None if base is None else base.cache())
@@ -726,14 +733,14 @@ def _run(
     finally:
         # a second Ctrl-C must not stop the summaries halfway: it is raised afterwards
         with interrupts.shielded():
-            summary = _finish(cfg, run_dir, sweep, status, base)
+            summary = _finish(cfg, run_dir, sweep, status, base, lr_limit)
     assert summary is not None
     return SearchOutcome(run_dir, summary, sweep.computed, sweep.reused,
                          time.perf_counter() - t0)
 
 
 def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
-            base: Extension | None) -> RunSummary | None:
+            base: Extension | None, lr_limit: float | None) -> RunSummary | None:
     """Summaries and run.json from the durable log, after the sweep ended in any way."""
     shutil.rmtree(run_dir / ".work", ignore_errors=True)
     try:
@@ -742,7 +749,7 @@ def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
         logged = read_log(run_dir)
         # a finished adaptive search planned exactly what it trained
         planned = len(logged) if status == "finished" else sweep.n_planned
-        notices = edge_notices(logged, cfg.select_by, cfg.select)
+        notices = edge_notices(logged, cfg.select_by, cfg.select, lr_limit)
         summary = write_summaries(run_dir, logged, planned, notices, cfg.select,
                                   cfg.select_by)
         shown = status
@@ -750,7 +757,7 @@ def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
             shown = "failed"  # on_error: record; --resume trains them again
         write_run_info(run_dir, shown, trials_planned=planned, trials_done=len(logged),
                        strategy=cfg.search.strategy, config_digest=config_digest(cfg),
-                       **Extension.run_info(base))
+                       lr_limit=lr_limit, **Extension.run_info(base))
     except RunError:
         if status == "finished":
             raise

@@ -43,6 +43,7 @@ from agereg.runs import (
     resolve_run,
     run_status,
     stored_config,
+    stored_lr_limit,
 )
 
 if TYPE_CHECKING:
@@ -446,7 +447,7 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     pictures = [n for n in (*GRID_PICTURES, "halving_rungs.png") if (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
-    notices = edge_notices(ranked, cfg.select_by, cfg.select)
+    notices = edge_notices(ranked, cfg.select_by, cfg.select, stored_lr_limit(info))
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
                        notices, pictures, top, selection, analysis)
     html_path = run_dir / REPORT_NAME

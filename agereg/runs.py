@@ -230,6 +230,17 @@ def write_run_info(run_dir: Path, status: str, **extra: object) -> None:
     write_json(run_dir / RUN_NAME, info)
 
 
+def stored_lr_limit(info: dict[str, object]) -> float | None:
+    """The full-batch stability limit the search measured, from its run.json: None for a
+    run made before it was kept, or a value that is not a positive number (it only caps
+    the learning rates the edge notices suggest, so nothing else depends on it)."""
+    value = info.get("lr_limit")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
 def set_latest(runs_dir: Path, run_dir: Path) -> None:
     """Point ``runs/latest`` at a newly created run: a relative symbolic link (so that
     ``cd runs/latest`` works), replaced atomically; a one-line text file naming the

@@ -331,3 +331,33 @@ def test_a_config_given_to_resume_says_where_it_goes(tiny_config: Path, tmp_path
                         str(tmp_path / "runs")])
     assert code == 2 and "a file, not a run folder; --resume and --extend take a run " \
                          "folder, and the config goes before them" in err, err
+
+
+def test_the_edge_notice_suggests_learning_rates_up_to_the_measured_limit(
+        data_copy: Path, tmp_path: Path):
+    config = tmp_path / "edge.yaml"
+    config.write_text(f"name: edge\ndata: {{dir: {data_copy}}}\nn_jobs: 1\ngrid:\n"
+                      "  batch_size: [8]\n  learning_rate: [1.0e-3, 1.0e-2]\n"
+                      "  epochs: [3]\n  l2: [0.0]\n")
+    runs = tmp_path / "runs"
+    run_dir = search(config, runs)
+    # the search's limit against numpy: 2 / the top eigenvalue of [X, 1]^T [X, 1] / n
+    # over the run's training rows
+    info = json.loads((run_dir / "run.json").read_text())
+    train = json.loads((run_dir / "split.json").read_text())["train"]
+    X = np.load(data_copy / "age_regression_Xtr.npy").reshape(120, -1).astype(np.float64)
+    Xb = np.hstack([X[train], np.ones((len(train), 1))])
+    limit = 2 / np.linalg.eigvalsh(Xb.T @ Xb / len(train))[-1]
+    assert info["lr_limit"] == pytest.approx(limit, rel=1e-6)
+    assert limit < 0.01 * 30  # so the notice caps its range at the limit
+    notices = json.loads((run_dir / "best.json").read_text())["notices"]
+    said = [n for n in notices if n.startswith("best learning_rate 0.01")]
+    assert said and said[0].endswith(f"up to the full-batch limit 2 / lambda_max = "
+                                     f"{limit:.3g}; try learning_rate: {{log_uniform: "
+                                     f"[0.00333, {limit:.3g}]}}"), notices
+    code, out, err = run(["report", str(run_dir), "--json"])
+    assert code == 0 and json.loads(out)["notices"] == notices, err
+    # a resume keeps the limit in run.json
+    code, _, err = run(["search", "--resume", str(run_dir), "--quiet"])
+    assert code == 0, err
+    assert json.loads((run_dir / "run.json").read_text())["lr_limit"] == info["lr_limit"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -174,6 +175,23 @@ def test_edge_notices_name_the_axis_and_the_next_range():
     # under one_se the selected trial may be another: the notices name the lowest
     assert edge_notices(recs, rule="one_se")[0].startswith(
         "lowest-validation learning_rate 0.1 is the largest tried")
+
+
+def test_edge_notices_suggest_learning_rates_up_to_the_stability_limit():
+    recs = [TrialRecord(8, lr, 4, 0.1, 1.0, 5.0 - lr, 1.0, Status.OK, 0.0)
+            for lr in (0.001, 0.01)]
+    capped = edge_notices(recs, lr_limit=0.036)[0]
+    assert capped == ("best learning_rate 0.01 is the largest tried: the optimum may lie "
+                      "above it, up to the full-batch limit 2 / lambda_max = 0.036; try "
+                      "learning_rate: {log_uniform: [0.00333, 0.036]}")
+    # far below the limit: the usual 30x, nothing said about it
+    assert edge_notices(recs, lr_limit=1.0)[0] == edge_notices(recs)[0]
+    assert edge_notices(recs, lr_limit=0.01)[0] == (
+        "best learning_rate 0.01 is the largest tried and at the full-batch limit "
+        "2 / lambda_max = 0.01: larger ones diverge")
+    # the absolute loss has no curvature, so no such limit
+    absolute = [dataclasses.replace(r, loss="absolute") for r in recs]
+    assert edge_notices(absolute, lr_limit=0.036)[0] == edge_notices(absolute)[0]
 
 
 # ---------------------------------------------------------------- the engine's seam
