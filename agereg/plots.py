@@ -436,10 +436,11 @@ def gradient_noise(series: Sequence[tuple[str, dict]]) -> bytes:
         return _png(fig)
 
 
-def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: float
-                ) -> bytes:
+def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: float,
+                fastest: tuple[Sequence[float], Sequence[float]] | None = None) -> bytes:
     """The run's best learning rate per batch size, with the linear and square-root rules
-    anchored at the smallest batch size, and the full-batch limit 2/lambda_max."""
+    anchored at the smallest batch size, the full-batch limit 2/lambda_max and, given as
+    (batch sizes, learning rates), the fastest step B / (beta + (B - 1) lambda_max)."""
     with _figure(SIZES["lr_vs_batch"]) as (fig, axes):
         ax = axes[0, 0]
         b = np.asarray(batch_sizes, dtype=np.float64)
@@ -449,6 +450,9 @@ def lr_vs_batch(batch_sizes: Sequence[int], best_lr: Sequence[float], lr_limit: 
         ax.plot(grid, lr0 * grid / b[0], "--", label="linear rule: lr ~ B")
         ax.plot(grid, lr0 * np.sqrt(grid / b[0]), ":", label="square-root rule: lr ~ sqrt(B)")
         ax.axhline(lr_limit, color="red", linewidth=0.8, label="full-batch limit 2/lambda_max")
+        if fastest is not None:
+            ax.plot(*fastest, "-.", color="green",
+                    label="fastest step B / (beta + (B-1) lambda_max)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         if len(b) <= 12:  # the batch sizes themselves as plain numbers, not 2 x 10^1

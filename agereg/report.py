@@ -68,7 +68,8 @@ CAPTIONS = {
                           "tr(Sigma)/B (N-B)/(N-1) (lines), at w = 0 and at the selected "
                           "trial.",
     "lr_vs_batch.png": "The run's best learning rate per batch size against the linear and "
-                       "square-root rules, and the full-batch limit 2/lambda_max.",
+                       "square-root rules, the full-batch limit 2/lambda_max and the "
+                       "fastest step of minibatch SGD (the top of the suggested range).",
     "heatmap_val.png": "Validation fMSE over learning rate x l2 for each batch size, at the "
                        "best epoch count of each cell (written under the value); grey x: "
                        "diverged or failed; red frame: the best cell.",
