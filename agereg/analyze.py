@@ -188,7 +188,7 @@ def _write(run_dir: Path, result: dict[str, Any]) -> None:
     if sc and len(sc["batch_sizes"]) >= 2:
         grid = np.geomspace(sc["batch_sizes"][0], sc["batch_sizes"][-1], 50)
         lam, beta, n = result["lambda_max"], result["row_curvature_max"], result["n_train"]
-        fastest = (grid, [range_top(lam, beta, round(b), n) for b in grid])
+        fastest = (list(grid), [range_top(lam, beta, round(b), n) for b in grid])
         atomic_write_bytes(folder / "lr_vs_batch.png", plots.lr_vs_batch(
             sc["batch_sizes"], sc["best_learning_rate"], result["lr_limit"], fastest))
         pictures.append("lr_vs_batch.png")
