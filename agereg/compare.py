@@ -64,8 +64,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
     if not same_test:
         doc["paired_note"] = "the runs used different test files: no paired comparison"
     elif any(m is None for m in models):
-        doc["paired_note"] = ("not evaluated: run `agereg eval --best --run RUN` on both "
-                              "for a paired bootstrap of the test difference")
+        missing = [c.run_dir for c, m in zip(ctxs, models, strict=True) if m is None]
+        todo = " and ".join(f"`agereg eval --best --run {d}`" for d in missing)
+        who = "neither run is" if len(missing) == 2 else f"{missing[0]} is not"
+        doc["paired_note"] = (f"{who} evaluated: run {todo} for a paired bootstrap of the "
+                              "test difference")
     elif len(ctxs[0].dataset.yte) < 2:
         doc["paired_note"] = ("the test set holds a single image: every resample would be "
                               "that image, so no paired bootstrap")

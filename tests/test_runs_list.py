@@ -103,11 +103,14 @@ def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
     code, out, err = run(["compare", str(a), str(b), "--json"])
     assert code == 0, err
     doc = json.loads(out)
-    assert doc["paired_test"] is None and "not evaluated" in doc["paired_note"]
+    assert doc["paired_test"] is None and "neither run is evaluated" in doc["paired_note"]
     assert {d["key"] for d in doc["config_differs"]} == {"grid.l2"}
     for r in (a, b):
         code, _, err = run(["eval", "--run", str(r), "--bootstrap", "0", "--no-plots"])
         assert code == 0, err
+        if r == a:  # the note names the one run still to evaluate
+            note = json.loads(run(["compare", str(a), str(b), "--json"])[1])["paired_note"]
+            assert note.startswith(f"{b} is not evaluated: run `agereg eval --best --run {b}`")
     code, out, err = run(["compare", str(a), str(b), "--json", "--bootstrap", "200"])
     assert code == 0, err
     p = json.loads(out)["paired_test"]
