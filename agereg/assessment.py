@@ -239,11 +239,7 @@ def evaluate_run(
         ranked = [r for r in summary.ranked if r.status.has_losses()]
         selected = summary.selection.rank or 1
         if not ranked:
-            done = len(ctx.records) > 0 and unfinished(ctx) is None
-            raise RunError(f"{ctx.run_dir}: no finished trial to evaluate " + (
-                "(every trial diverged or failed); search again with other learning rates "
-                "(`agereg analyze` suggests a range that trains)" if done else
-                "(all diverged, failed or not run yet); resume the search"))
+            raise nothing_finished(ctx, "evaluate")
         if rank is None:
             rank = selected
         if not 1 <= rank <= len(ranked):
@@ -374,6 +370,18 @@ def _measure(
         "notes": notes,
     }
     return result, fit, pred_te
+
+
+def nothing_finished(ctx: RunContext, doing: str, locked: bool = True) -> RunError:
+    """The error of a run with no finished trial to ``doing`` (evaluate, compare...): to
+    search again with other learning rates when its search finished (every trial
+    diverged or failed), else to resume it."""
+    done = len(ctx.records) > 0 and unfinished(ctx, locked) is None
+    return RunError(f"{ctx.run_dir}: no finished trial to {doing} " + (
+        "(every trial diverged or failed); search again with other learning rates "
+        "(`agereg analyze` suggests a range that trains)" if done else
+        "(all diverged, failed or not run yet); resume the search: "
+        f"`agereg search --resume {ctx.run_dir}`"))
 
 
 def unfinished(ctx: RunContext, locked: bool = True) -> str | None:

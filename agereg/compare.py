@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agereg.assessment import RunContext, load_model, open_run, unfinished
+from agereg.assessment import RunContext, load_model, nothing_finished, open_run, unfinished
 from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
@@ -21,7 +21,7 @@ from agereg.runs import eval_folder, record_to_dict, resolve_run
 def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
     sel = ctx.summary().selection
     if sel.trial is None or sel.rank is None:
-        raise RunError(f"{ctx.run_dir}: no finished trial to compare; resume the search")
+        raise nothing_finished(ctx, "compare", locked=False)
     return sel.trial, sel.rank
 
 

@@ -41,7 +41,8 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
     cfg = stored_config(run_dir)
     records = read_log(run_dir)
     if not records:
-        raise RunError(f"{run_dir}: no trials to export yet; resume the search first")
+        raise RunError(f"{run_dir}: no trials to export yet; resume the search first: "
+                       f"`agereg search --resume {run_dir}`")
     report = build_report(run_dir, runs_dir)  # the page goes along as an artifact
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database chatter on stderr
     started: list[str] = []  # the parent run, once created

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agereg.assessment import evaluate_run, load_model, open_run
+from agereg.assessment import evaluate_run, load_model, nothing_finished, open_run
 from agereg.data import check_images
 from agereg.errors import DataError, RunError
 from agereg.evaluate import predict as linear_predict
@@ -41,7 +41,7 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
     summary = ctx.summary()
     ranked = [r for r in summary.ranked if r.status.has_losses()]
     if not ranked:
-        raise RunError(f"{run_dir}: no finished trial to predict with; resume the search")
+        raise nothing_finished(ctx, "predict with", locked=False)
     if trial == "best":
         k = summary.selection.rank or 1
     else:

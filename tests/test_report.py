@@ -398,9 +398,20 @@ def test_a_run_where_every_trial_diverged_gets_advice_that_works(tmp_path: Path,
     assert code == 0 and "no finished trial to evaluate: every trial diverged" in out, err
     assert "run `agereg eval --best`" not in out  # it would fail
     assert "every trial diverged" in (run_dir / "report.html").read_text()
-    code, _, err = run(["eval", "--run", str(run_dir)])
-    assert code == 2 and "search again with other learning rates" in err, err
-    assert "resume the search" not in err  # it finished
+    np.save(tmp_path / "new.npy", np.load(data / "age_regression_Xte.npy")[:2])
+    other = make_run(tmp_path, data, name="other")
+    for args in (["eval", "--run", str(run_dir)],
+                 ["predict", str(tmp_path / "new.npy"), "--run", str(run_dir)],
+                 ["compare", str(run_dir), str(other)]):
+        code, _, err = run(args)
+        assert code == 2 and "search again with other learning rates" in err, (args, err)
+        assert "resume the search" not in err  # it finished
+    # a run that has trained nothing yet is resumed, by its own folder
+    (run_dir / "trials.jsonl").write_text("")
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    code, _, err = run(["predict", str(tmp_path / "new.npy"), "--run", str(run_dir)])
+    assert code == 2 and f"`agereg search --resume {run_dir}`" in err, err
     code, out, err = run(["analyze", "--run", str(run_dir), "--draws", "5"])
     assert code == 0 and "scaling rules: cannot tell" in out, err
 
