@@ -409,9 +409,14 @@ class Extension:
         info = read_json(self.split_path, "the run folder to extend is damaged")
         mine = split.to_dict()
         if any(info.get(key) != mine.get(key) for key in ("train", "val", "folds")):
-            raise RunError(f"--extend {self.run_dir}: that run used another train/validation "
-                           f"split; extend it with the same split (copy {self.split_path} "
-                           "to the data folder)")
+            folds = info.get("folds")
+            theirs = (f"{len(folds)} folds (seed {info.get('seed')})" if isinstance(folds, list)
+                      else f"seed {info.get('seed')}, val_fraction {info.get('val_fraction')}")
+            which = (f"{theirs}, this search {split.describe()}"
+                     if theirs != split.describe() else "another train/validation split")
+            raise RunError(f"--extend {self.run_dir}: that run used {which}; extend it with "
+                           "the same split (the same split section, or copy "
+                           f"{self.split_path} to the data folder)")
 
     def cache(self) -> dict[TrialKey, TrialRecord]:
         """Its trials that have losses or diverged (a failed trial is trained again), as

@@ -348,6 +348,13 @@ def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy
     code, _, err = run(["search", str(other_seed), "--runs-dir", str(runs), "--extend",
                         str(small)])
     assert code == 2 and "differs from that run's in seed" in err
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(write_config(tmp_path, data_copy, "{strategy: grid}",
+                                  lr="[1.0e-3, 1.0e-2]", name="f").read_text()
+                     + "split: {folds: 3}\n")
+    code, _, err = run(["search", str(folds), "--runs-dir", str(runs), "--extend", str(small)])
+    assert code == 2 and "that run used seed 2, val_fraction 0.2, this search 3 folds (seed " \
+        "2); extend it with the same split" in err, err
     assert len(list(runs.iterdir())) == 2  # the small run and latest: nothing written
 
 
