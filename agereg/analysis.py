@@ -266,6 +266,10 @@ def scaling_rules(records: Sequence[TrialRecord], by: str = "fmse") -> Scaling:
                    f"{rules_gap / math.log(10):.2g} decades "
                    "between the linear and square-root rules over these batch sizes; try "
                    "learning rates closer together")
+    elif alpha < 0.25:  # nearer a constant than either rule
+        verdict = (f"neither rule: the best lr barely grows with B (as B^{alpha:.2f}), as "
+                   "when the curvature, not the gradient noise, bounds it (the fastest step "
+                   "B / (beta + (B - 1) lambda_max) levels off at 1 / lambda_max)")
     else:
         closer = "linear" if abs(alpha - 1.0) < abs(alpha - 0.5) else "square-root"
         verdict = f"closer to the {closer} rule (best lr grows as B^{alpha:.2f})"

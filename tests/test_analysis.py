@@ -176,6 +176,8 @@ def test_scaling_rules_verdicts():
     assert sc.alpha == pytest.approx(1.0, abs=0.02) and "linear rule" in sc.verdict
     sqrt = records({16: fine[10], 64: fine[13], 256: fine[16]}, fine)  # x4 B: +0.3 dec
     assert "square-root rule" in scaling_rules(sqrt).verdict
+    flat = records({16: fine[10], 64: fine[10], 256: fine[11]}, fine)  # B^0.04
+    assert scaling_rules(flat).verdict.startswith("neither rule: the best lr barely grows")
     coarse = [1e-5, 1e-3, 1e-1]
     assert scaling_rules(records({16: 1e-3, 64: 1e-3}, coarse)).verdict.startswith(
         "cannot tell")
