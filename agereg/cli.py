@@ -61,7 +61,6 @@ from agereg.report import (
     describe_eval,
     eval_files,
     fmt,
-    no_eval_hint,
     ranking_rows,
     selection_text,
     several_losses,
@@ -637,7 +636,7 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
         for line in rep.analysis:
             out.print(escape(line))
     if not rep.evals:
-        out.print(escape(no_eval_hint(rep.ranked)))
+        out.print(escape(rep.next_step))
     for ev in rep.evals:
         _print_eval(ev.text)
         out.print(escape(f"(files in {ev.folder}/)"))

@@ -85,10 +85,21 @@ NOTHING_TO_EVAL = ("no finished trial to evaluate: every trial diverged or faile
 TOP_CURVES = 5
 
 
-def no_eval_hint(ranked: Sequence[TrialRecord]) -> str:
-    """What a run without an evaluation should do next: evaluate, or, when no trial
-    finished (``agereg eval`` would fail), search with other learning rates."""
-    return NO_EVAL if any(r.status.has_losses() for r in ranked) else NOTHING_TO_EVAL
+def no_eval_hint(ranked: Sequence[TrialRecord], status: str | None, run_dir: Path) -> str:
+    """What a run without an evaluation should do next: evaluate; or, when no trial
+    finished (``agereg eval`` would fail), wait for a search still ``running``, resume
+    one that stopped (by its folder ``run_dir``), or, when it finished, search with other
+    learning rates."""
+    if any(r.status.has_losses() for r in ranked):
+        return NO_EVAL
+    if status == "running":
+        return "no finished trial yet: the search is still running"
+    stopped = {"interrupted": "was interrupted", "killed": "was killed",
+               "failed": "ended with failed trials"}.get(status or "")
+    if stopped:
+        return (f"no finished trial yet: the search {stopped}; resume it: "
+                f"`agereg search --resume {run_dir}`")
+    return NOTHING_TO_EVAL
 
 
 # ---------------------------------------------------------------- grid pictures
@@ -426,6 +437,7 @@ class Report:
     pictures: list[str]  # grid pictures embedded in the HTML
     notices: tuple[str, ...]  # edge-of-range notices on the best trial
     selection: Selection  # the trial the run's select rule picks
+    next_step: str  # what to do when nothing is evaluated (see no_eval_hint)
     analysis: list[str] | None = None  # the sentences of RUN/analysis/analysis.json
 
 
@@ -436,7 +448,9 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     ranked = rank(read_log(run_dir), cfg.select_by)
     counts = status_counts(ranked)
     info = read_json(run_dir / RUN_NAME, "this run folder is damaged")
-    if run_status(run_dir, info) == "killed":
+    status = run_status(run_dir, info)
+    next_step = no_eval_hint(ranked, status, run_dir)
+    if status == "killed":
         info = {**info, "status": "killed (no process holds the run any more; "
                                   "agereg search --resume goes on)"}
     dataset = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
@@ -450,11 +464,11 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
     config_text = _read_text(run_dir / CONFIG_NAME)
     notices = edge_notices(ranked, cfg.select_by, cfg.select, stored_lr_limit(info))
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
-                       notices, pictures, top, selection, analysis)
+                       notices, pictures, top, selection, analysis, next_step)
     html_path = run_dir / REPORT_NAME
     atomic_write_text(html_path, page)
     return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
-                  evals, html_path, drawn, pictures, notices, selection,
+                  evals, html_path, drawn, pictures, notices, selection, next_step,
                   None if analysis is None else analysis[0])
 
 
@@ -765,8 +779,10 @@ def render_html(
     top: int,
     selection: Selection | None = None,
     analysis: tuple[list[str], list[Path]] | None = None,
+    next_step: str = NO_EVAL,
 ) -> str:
-    """The whole report as one self-contained HTML page (pictures as data URIs)."""
+    """The whole report as one self-contained HTML page (pictures as data URIs);
+    ``next_step``: what to do when nothing is evaluated (:func:`no_eval_hint`)."""
     name = run_dir.name
     by = "fmse" if selection is None else selection.by
     parts = [
@@ -809,7 +825,7 @@ def render_html(
         parts += [_img(run_dir / p) for p in pictures]
     parts.append("<h2>Test-set evaluations</h2>\n")
     if not evals:
-        parts.append(f"<p>No evaluation in this run folder: {_e(no_eval_hint(ranked))}.</p>\n")
+        parts.append(f"<p>No evaluation in this run folder: {_e(next_step)}.</p>\n")
     for ev in evals:
         t = ev.text
         where = ev.folder.relative_to(run_dir) if ev.folder != run_dir else Path(".")

@@ -24,7 +24,7 @@ from agereg.report import (
     top_curves,
 )
 
-from tests_helpers import latest_run, run
+from tests_helpers import latest_run, lock_held_elsewhere, run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXPECTED_SIZES = {  # pixels at plots.DPI = 100
@@ -412,6 +412,19 @@ def test_a_run_where_every_trial_diverged_gets_advice_that_works(tmp_path: Path,
     (run_dir / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
     code, _, err = run(["predict", str(tmp_path / "new.npy"), "--run", str(run_dir)])
     assert code == 2 and f"`agereg search --resume {run_dir}`" in err, err
+    resume = (f"no finished trial yet: the search was interrupted; resume it: "
+              f"`agereg search --resume {run_dir}`")
+    code, out, err = run(["report", str(run_dir)])
+    flat = "".join(out.split())  # rich breaks the long path across lines
+    assert code == 0 and "".join(resume.split()) in flat, out
+    assert "every trial diverged" not in out
+    page = (run_dir / "report.html").read_text()  # absolute paths shortened to …/name
+    assert f"resume it: `agereg search --resume …/{run_dir.name}`" in page
+    # still running (another process holds the lock): wait for it
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    with lock_held_elsewhere(run_dir):
+        code, out, err = run(["report", str(run_dir)])
+    assert code == 0 and "no finished trial yet: the search is still running" in out, out
     code, out, err = run(["analyze", "--run", str(run_dir), "--draws", "5"])
     assert code == 0 and "scaling rules: cannot tell" in out, err
 
