@@ -90,10 +90,12 @@ def no_eval_hint(ranked: Sequence[TrialRecord], status: str | None, run_dir: Pat
     finished (``agereg eval`` would fail), wait for a search still ``running``, resume
     one that stopped (by its folder ``run_dir``), or, when it finished, search with other
     learning rates."""
-    if any(r.status.has_losses() for r in ranked):
+    finished = any(r.status.has_losses() for r in ranked)
+    if status == "running":  # eval waits for the run's lock, which the search holds
+        return ("the search is still running: run `agereg eval --best` once it ends" if
+                finished else "no finished trial yet: the search is still running")
+    if finished:
         return NO_EVAL
-    if status == "running":
-        return "no finished trial yet: the search is still running"
     stopped = {"interrupted": "was interrupted", "killed": "was killed",
                "failed": "ended with failed trials"}.get(status or "")
     if stopped:

@@ -429,6 +429,19 @@ def test_a_run_where_every_trial_diverged_gets_advice_that_works(tmp_path: Path,
     assert code == 0 and "scaling rules: cannot tell" in out, err
 
 
+def test_a_report_during_a_search_says_to_evaluate_once_it_ends(tmp_path: Path,
+                                                                tiny_data: Path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    with lock_held_elsewhere(run_dir):  # as the search itself holds it
+        code, out, err = run(["report", str(run_dir)])
+    assert code == 0, err
+    assert "the search is still running: run `agereg eval --best` once it ends" in out, out
+
+
 def test_the_ridge_path_spans_the_l2_values_that_trained(tmp_path: Path, tiny_data: Path):
     # l2 1e300 diverges; it stretched the path to 1e302 (and matplotlib overflowed)
     grid = ("  batch_size: [8]\n  learning_rate: [1.0e-2]\n  epochs: [2]\n"
