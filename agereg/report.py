@@ -91,7 +91,7 @@ def no_eval_hint(ranked: Sequence[TrialRecord], status: str | None, run_dir: Pat
     one that stopped (by its folder ``run_dir``), or, when it finished, search with other
     learning rates."""
     finished = any(r.status.has_losses() for r in ranked)
-    if status == "running":  # eval waits for the run's lock, which the search holds
+    if status == "running":  # eval refuses a run whose lock the search holds
         return ("the search is still running: run `agereg eval --best` once it ends" if
                 finished else "no finished trial yet: the search is still running")
     if finished:
