@@ -87,9 +87,16 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
                 client.set_terminated(pid, "FAILED" if isinstance(exc, Exception) else "KILLED")
         if isinstance(exc, RunError) or not isinstance(exc, Exception):
             raise
+        said = " ".join(str(exc).split())
+        if len(said) > 160:  # at a word, so that no quote is left open mid-word
+            said = said[:160].rsplit(" ", 1)[0] + " ..."
+        uri = mlflow.get_tracking_uri()
+        fix = "check --tracking-uri"
+        if uri.startswith("file:") or "://" not in uri:  # a folder: MLflow's file store
+            fix += (", or give a database file, e.g. sqlite:///mlflow.db (MLflow 3 keeps its "
+                    "file store in maintenance mode)")
         raise RunError(f"MLflow at {tracking_uri or 'its default tracking URI'} refused the "
-                       f"export ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
-                       "check --tracking-uri") from None
+                       f"export ({type(exc).__name__}: {said}); {fix}") from None
     return {"experiment": experiment, "experiment_id": exp_id, "parent_run_id": pid,
             "child_runs": children, "tracking_uri": mlflow.get_tracking_uri()}
 

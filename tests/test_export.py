@@ -94,3 +94,23 @@ def test_an_export_that_fails_halfway_is_marked_failed_and_not_counted(
     assert code == 0, err
     code, _, err = run(args)  # a finished one does
     assert code == 2 and "already exported" in err
+
+
+def test_a_refused_export_to_a_folder_suggests_a_database_file(
+        tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from mlflow.tracking import MlflowClient
+
+    run_dir = search(tiny_config, tmp_path / "runs")
+
+    def refused(self, *a, **k):  # as MLflow 3 refuses its file store, at length
+        raise RuntimeError("The filesystem tracking backend is in maintenance mode " * 5)
+
+    monkeypatch.setattr(MlflowClient, "create_run", refused)
+    monkeypatch.setattr(MlflowClient, "create_experiment", refused)
+    for uri, hinted in ((f"file://{tmp_path / 'mlruns'}", True),
+                        (str(tmp_path / "mlruns"), True),
+                        (f"sqlite:///{tmp_path / 'mlflow.db'}", False)):
+        code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri])
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert ("give a database file, e.g. sqlite:///mlflow.db" in err) is hinted, err
+        assert " ...)" in err  # a long message is cut at a word, and says so
