@@ -361,7 +361,7 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
               help="Evaluate the best trial, as the run's select rule picks it (default).")
 @click.option("--rank", "rank", default=None, type=click.IntRange(min=1),
               help="Evaluate the trial of this rank instead.")
-@click.option("--run", "run", default=None, type=click.Path(file_okay=False),
+@click.option("--run", "run", default=None, type=click.Path(),
               help="Run folder (default: the latest run).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--refit", is_flag=True, help="Retrain on training + validation rows first.")
@@ -473,8 +473,8 @@ def runs_(runs_dir: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("run_a", type=click.Path(file_okay=False))
-@click.argument("run_b", type=click.Path(file_okay=False))
+@click.argument("run_a", type=click.Path())
+@click.argument("run_b", type=click.Path())
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True,
               type=click.IntRange(1, MAX_BOOTSTRAP), help="Resamples of the paired bootstrap.")
@@ -497,7 +497,7 @@ def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -
 
 
 @cli.command()
-@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path())
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--mlflow", "to_mlflow", is_flag=True, required=True,
               help="Export to MLflow (the one target so far; needs agereg[mlflow]).")
@@ -526,7 +526,7 @@ def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: st
 
 @cli.command()
 @click.argument("images", type=click.Path(dir_okay=False))
-@click.option("--run", "run", default=None, type=click.Path(file_okay=False),
+@click.option("--run", "run", default=None, type=click.Path(),
               help="Run folder (default: the latest run).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--trial", default="best", show_default=True,
@@ -573,7 +573,7 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
 @cli.command()
 @click.option("--data", "data_dir", default=None, type=click.Path(file_okay=False),
               help="Dataset folder (uses its split.json, or a new 80/20 split).")
-@click.option("--run", "run", default=None, type=click.Path(file_okay=False),
+@click.option("--run", "run", default=None, type=click.Path(),
               help="Run folder (default, without --data: the latest run).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
@@ -606,7 +606,7 @@ def analyze(data_dir: str | None, run: str | None, runs_dir: str, batch_size: in
 
 
 @cli.command()
-@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.argument("run_dir", required=False, type=click.Path())
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1),
               help="Rows of the ranked table to print and to put in the report.")

@@ -283,10 +283,10 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
         path = given
     if path.exists() and not path.is_dir():
         config = path.suffix in (".yaml", ".yml")
-        raise RunError(f"{path}: a file, not a run folder; " + (
-            "--resume and --extend take a run folder, and the config goes before them: "
-            "`agereg search CONFIG --resume RUN`"
-            if config else "`agereg runs` lists the run folders"))
+        raise RunError(f"{path}: a {'config ' * config}file, not a run folder; `agereg runs` "
+                       "lists the run folders" + (
+                           " (--resume and --extend take one, after the config: `agereg "
+                           "search CONFIG --resume RUN`)" if config else ""))
     if not path.is_dir():
         raise RunError(f"{path}: run folder not found; list the folders in {runs_dir}")
     for name in (CONFIG_NAME, RUN_NAME):

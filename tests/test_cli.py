@@ -329,8 +329,18 @@ def test_more_workers_than_cores_is_noted(tiny_config: Path, tmp_path: Path):
 def test_a_config_given_to_resume_says_where_it_goes(tiny_config: Path, tmp_path: Path):
     code, _, err = run(["search", "--resume", str(tiny_config), "--runs-dir",
                         str(tmp_path / "runs")])
-    assert code == 2 and "a file, not a run folder; --resume and --extend take a run " \
-                         "folder, and the config goes before them" in err, err
+    assert code == 2 and "a config file, not a run folder;" in err, err
+    assert "--resume and --extend take one, after the config: `agereg search CONFIG " \
+           "--resume RUN`" in err, err
+    # the other commands say the same in one line (click refused a file before)
+    for args in (["report", str(tiny_config)], ["eval", "--run", str(tiny_config)],
+                 ["compare", str(tiny_config), str(tiny_config)],
+                 ["predict", str(tiny_config), "--run", str(tiny_config)],
+                 ["analyze", "--run", str(tiny_config)],
+                 ["export", str(tiny_config), "--mlflow"]):
+        code, _, err = run(args)
+        assert code == 2 and "a config file, not a run folder;" in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_the_edge_notice_suggests_learning_rates_up_to_the_measured_limit(
