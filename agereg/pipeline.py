@@ -183,18 +183,25 @@ def _check_learning_rates(cfg: Config, dataset: Dataset, split: Split, log: Log)
     """Say in one line which learning rates exceed the full-batch stability limit
     2 / lambda_max of the training rows (a few power iterations); never refuse to run.
     Returns the limit, which the edge notices cap their learning rates at."""
-    from agereg.analysis import lr_notice, top_eigenvalue
+    from agereg.analysis import lr_notice
+
+    lr_limit = _lr_limit(dataset, split)
+    notice = lr_notice(cfg.grid, lr_limit)
+    if notice:
+        log(f"note: {notice}")
+    return lr_limit
+
+
+def _lr_limit(dataset: Dataset, split: Split) -> float:
+    """The full-batch stability limit 2 / lambda_max of the split's training rows."""
+    from agereg.analysis import top_eigenvalue
 
     # At most CHECK_ROWS training rows (the split's order is random): lambda_max of an
     # average of x x^T is estimated well by a sample, and 200,000 rows in float64 would
     # be 3.7 GB for a one-line note.
     rows = split.train[:CHECK_ROWS]
     X = np.asarray(dataset.Xtr[np.sort(rows)])  # (n, D); float32 images stay float32
-    lr_limit = top_eigenvalue(X, tol=1e-4).lr_limit
-    notice = lr_notice(cfg.grid, lr_limit)
-    if notice:
-        log(f"note: {notice}")
-    return lr_limit
+    return top_eigenvalue(X, tol=1e-4).lr_limit
 
 
 def write_split(data_dir: Path, seed: int, val_fraction: float,
@@ -297,7 +304,8 @@ def resume_search(
         if isinstance(extends, str):
             base = Extension.open(extends, runs_dir, cfg, dataset.info)
             base.check_split(split)
-        lr_limit = stored_lr_limit(info)  # None for a run made before it was kept
+        # measured now for a run made before the search kept it
+        lr_limit = stored_lr_limit(info) or _lr_limit(dataset, split)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
                        resumed=True, config_digest=config_digest(cfg), lr_limit=lr_limit,
                        **Extension.run_info(base))

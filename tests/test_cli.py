@@ -367,7 +367,12 @@ def test_the_edge_notice_suggests_learning_rates_up_to_the_measured_limit(
                                      f"[0.00333, {limit:.3g}]}}"), notices
     code, out, err = run(["report", str(run_dir), "--json"])
     assert code == 0 and json.loads(out)["notices"] == notices, err
-    # a resume keeps the limit in run.json
+    # a resume keeps the limit in run.json, and measures it for a run made before
+    code, _, err = run(["search", "--resume", str(run_dir), "--quiet"])
+    assert code == 0, err
+    assert json.loads((run_dir / "run.json").read_text())["lr_limit"] == info["lr_limit"]
+    older = {k: v for k, v in info.items() if k != "lr_limit"}
+    (run_dir / "run.json").write_text(json.dumps({**older, "status": "interrupted"}))
     code, _, err = run(["search", "--resume", str(run_dir), "--quiet"])
     assert code == 0, err
     assert json.loads((run_dir / "run.json").read_text())["lr_limit"] == info["lr_limit"]
