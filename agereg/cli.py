@@ -410,8 +410,8 @@ def _print_eval(t: EvalText) -> None:
         out.print(escape(t.refit_note))
     table = Table(caption="mean, median: the constant predictors (training mean, median); "
                           "ridge: the exact optimum of the trial's l2", caption_justify="left")
-    for col in t.columns:
-        table.add_column(escape(col), justify="right", no_wrap=True)
+    for i, col in enumerate(t.columns):  # the labels stay whole; a number folds, never "…"
+        table.add_column(escape(col), justify="right", no_wrap=i == 0, overflow="fold")
     for row in t.rows:
         table.add_row(*(escape(c) for c in row))
     out.print(table)

@@ -376,3 +376,32 @@ def test_the_edge_notice_suggests_learning_rates_up_to_the_measured_limit(
     code, _, err = run(["search", "--resume", str(run_dir), "--quiet"])
     assert code == 0, err
     assert json.loads((run_dir / "run.json").read_text())["lr_limit"] == info["lr_limit"]
+
+
+def test_the_eval_table_fits_80_columns_and_never_cuts_a_number():
+    from rich.console import Console
+
+    from agereg import cli
+    from agereg.report import EvalText
+
+    # the widest figures: a long ridge l2 in the header, a small negative R², a wide CI
+    rows = [["test MAE (years)", "10.5", "11.98", "11.98", "10.46"],
+            ["test RMSE (years)", "13.31", "15.23", "15.25", "13.26"],
+            ["fMSE 95% CI", "[1.234e+04, 1.567e+04]", "", "", ""],
+            ["test R²", "0.2359", "-0.0006315", "-0.002915", "0.2419"]]
+    text = EvalText("trial #1", "batch_size 10, learning_rate 0.00204388, epochs 128, l2 "
+                    "0.215443", False, "batched, float64", "the training split", "synthetic",
+                    None, ["metric", "this trial", "mean", "median", "ridge l2=0.215443"], rows,
+                    [], [], [])
+    console = Console(width=80, record=True)
+    saved, cli.out = cli.out, console
+    try:
+        cli._print_eval(text)
+    finally:
+        cli.out = saved
+    shown = console.export_text()
+    assert all(len(line) <= 80 for line in shown.splitlines())
+    assert "…" not in shown, shown
+    # whole, though the interval may wrap at its space
+    for figure in ("-0.0006315", "-0.002915", "[1.234e+04,", "1.567e+04]", "test RMSE (years)"):
+        assert figure in shown, shown
