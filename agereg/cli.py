@@ -444,15 +444,18 @@ def runs_(runs_dir: str, as_json: bool) -> None:
         return
     table = Table(title=f"runs in {escape(runs_dir)} (* latest)", title_justify="left",
                   box=None, pad_edge=False)
+    table.add_column("", no_wrap=True, width=1)  # the latest run's *
     for col in ("folder", "data", "strategy", "status", "trials", "best val", "evals"):
+        # a long folder name folds onto more lines, whole (it is what one copies), and
+        # leaves the other columns their room
         table.add_column(col, justify="right" if col in ("trials", "best val", "evals")
-                         else "left", no_wrap=col == "folder")
+                         else "left", no_wrap=col != "folder", overflow="fold")
     for r in rows:
         trials = "" if r.trials_done is None else (
             f"{r.trials_done}/{r.trials_planned}" if r.trials_planned is not None
             else str(r.trials_done))
         data = {"synthetic": "synth"}.get(r.data or "", r.data or "")
-        table.add_row(escape(("* " if r.latest else "") + r.folder), escape(data),
+        table.add_row("*" if r.latest else "", escape(r.folder), escape(data),
                       escape(r.strategy or ""), escape(r.status), trials,
                       fmt(r.best_val_loss) if r.best_val_loss is not None else "",
                       str(r.evaluated) if r.evaluated else "")

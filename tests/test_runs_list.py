@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_runs_lists_every_run_and_marks_damage(tiny_config: Path, tmp_path: Path
     assert rows[1]["latest"] is True and rows[1]["data"] == "synthetic"
     assert rows[1]["name"] == "tiny" and rows[1]["started"].startswith("20")
     code, out, err = run(["runs", "--runs-dir", str(runs)])
-    assert code == 0 and f"* {b.name}" in out and "damaged:" in err
+    assert code == 0 and re.search(rf"^\*\s+{b.name}\s", out, re.M) and "damaged:" in err
 
 
 def test_runs_in_a_missing_folder_is_one_line(tmp_path: Path):
@@ -192,3 +193,31 @@ def test_compare_says_when_a_run_s_search_did_not_finish(tiny_config: Path, tmp_
     assert code == 0, err
     assert ("note: A: the search is still running: 24 of 24 planned trials are in its log, "
             "so the ranking may change when it finishes") in " ".join(out.split())
+
+
+def test_runs_shows_every_column_and_long_folder_names_whole_at_80_columns(tiny_config: Path,
+                                                                         tmp_path: Path):
+    from rich.console import Console
+
+    from agereg import cli
+
+    runs = tmp_path / "runs"
+    name = "a-run-name-of-the-longest-kind-that-the-config-accepts-64-chars"
+    long = tmp_path / "long.yaml"
+    long.write_text(tiny_config.read_text().replace("name: tiny", f"name: {name}"))
+    folder = search(long, runs).name
+    console = Console(width=80, record=True)
+    saved, cli.out = cli.out, console
+    try:
+        cli.runs_.callback(str(runs), False)  # type: ignore[misc]
+    finally:
+        cli.out = saved
+    shown = console.export_text()
+    assert all(len(line) <= 80 for line in shown.splitlines())
+    assert "…" not in shown, shown
+    # the folder column, read down: the whole name, folded over lines
+    rows = shown.splitlines()
+    body = rows[next(i for i, r in enumerate(rows) if r.lstrip().startswith("folder")) + 1:]
+    assert "".join(r[3:].split("  ")[0].strip() for r in body) == folder, shown
+    for column in ("status", "trials", "best val", "finished", "24/24"):
+        assert column in shown, shown
