@@ -221,3 +221,14 @@ def test_runs_shows_every_column_and_long_folder_names_whole_at_80_columns(tiny_
     assert "".join(r[3:].split("  ")[0].strip() for r in body) == folder, shown
     for column in ("status", "trials", "best val", "finished", "24/24"):
         assert column in shown, shown
+
+
+@pytest.mark.parametrize("value, kept", [(0.0036, 0.0036), (2, 2.0), ("abc", None),
+                                         (-1, None), (0, None), (True, None),
+                                         (float("inf"), None), (None, None), ([1], None)])
+def test_a_stored_lr_limit_is_used_only_when_it_is_a_positive_number(value, kept):
+    from agereg.runs import stored_lr_limit
+
+    # it only caps the learning rates the notices suggest: anything else is ignored
+    assert stored_lr_limit({"lr_limit": value}) == kept
+    assert stored_lr_limit({}) is None
