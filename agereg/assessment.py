@@ -524,8 +524,10 @@ def _ridge_path_dict(ctx: RunContext, rows: Arrays, basis: RidgeBasis, no_val: b
                            "sgd_best_val_fmse": sgd_best,
                            "sgd_val_by_l2": [[k, v] for k, v in sorted(by_l2.items())]}
     if no_val:  # the validation rows trained the model: no honest choice of l2 here
-        out.update(best_l2=None, note="refit on the validation rows too: the path shows "
-                                      "test fMSE only, no l2 is chosen on it")
+        rows_used = (f"refit on all training rows, which the {ctx.split.k} folds validated "
+                     "on" if ctx.split.k else "refit on the validation rows too")
+        out.update(best_l2=None, note=f"{rows_used}: the path shows test fMSE only, no l2 "
+                                      "is chosen on it")
         return out
     i = path.best
     out.update(best_l2=path.l2[i], best_val_fmse=path.val_fmse[i],

@@ -243,6 +243,8 @@ def test_one_se_run_selects_for_best_json_eval_and_report(tmp_path: Path, data_c
     assert res["trained_on"] == "all 120 training rows (4-fold run)"
     assert res["folder"] == f"evals/{chosen.trial_id}-refit"
     assert any("cross-validated run (4 folds)" in n for n in res["notes"])
+    assert res["ridge_path"]["best_l2"] is None and res["ridge_path"]["note"].startswith(
+        "refit on all training rows, which the 4 folds validated on:")
     code, out, _ = run(["report", str(cv)])
     assert code == 0 and "selected by one_se: #" in out
 
