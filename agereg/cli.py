@@ -419,7 +419,7 @@ def _print_eval(t: EvalText) -> None:
         by_age = Table(title="test error by decade of true age (signed: + predicted too old)",
                        title_justify="left")
         for col in t.decade_columns:
-            by_age.add_column(escape(col), justify="right", no_wrap=True)
+            by_age.add_column(escape(col), justify="right", overflow="fold")
         for row in t.decade_rows:
             by_age.add_row(*(escape(c) for c in row))
         out.print(by_age)
