@@ -30,10 +30,15 @@ def test_runs_latest_given_as_a_path_names_the_run_it_points_to(tiny_config: Pat
     runs = tmp_path / "runs"
     search(tiny_config, runs)
     second = search(tiny_config, runs)
-    # --runs-dir points elsewhere: the pointer's own folder is the one that counts
-    code, _, err = run(["report", str(runs / "latest"), "--runs-dir", str(tmp_path / "other")])
-    assert code == 0, err
-    assert f"wrote {second / 'report.html'}" in err and "runs/latest" not in err, err
+    for form in ("link", "text file"):  # the text file where links are not to be had
+        if form == "text file":
+            (runs / "latest").unlink()
+            (runs / "latest").write_text(second.name + "\n")
+        # --runs-dir points elsewhere: the pointer's own folder is the one that counts
+        code, _, err = run(["report", str(runs / "latest"), "--runs-dir",
+                            str(tmp_path / "other")])
+        assert code == 0, (form, err)
+        assert f"wrote {second / 'report.html'}" in err and "runs/latest" not in err, err
 
 
 def test_runs_lists_every_run_and_marks_damage(tiny_config: Path, tmp_path: Path):
