@@ -63,7 +63,15 @@ from agereg.runs import (
     write_run_info,
     write_summaries,
 )
-from agereg.split import SPLIT_NAME, Split, load_split, make_folds, make_split, save_split
+from agereg.split import (
+    SPLIT_NAME,
+    Split,
+    load_split,
+    make_folds,
+    make_split,
+    parse_split,
+    save_split,
+)
 from agereg.strategies import Proposal, Strategy, make_strategy
 
 # A search whose groups need less than this on one core runs in this process: starting
@@ -417,11 +425,13 @@ class Extension:
         info = read_json(self.split_path, "the run folder to extend is damaged")
         mine = split.to_dict()
         if any(info.get(key) != mine.get(key) for key in ("train", "val", "folds")):
-            folds = info.get("folds")
-            theirs = (f"{len(folds)} folds (seed {info.get('seed')})" if isinstance(folds, list)
-                      else f"seed {info.get('seed')}, val_fraction {info.get('val_fraction')}")
+            try:  # described as any split is, when its file is a valid one
+                theirs = parse_split(info, self.split_path).describe()
+            except SplitError:
+                theirs = None
             which = (f"{theirs}, this search {split.describe()}"
-                     if theirs != split.describe() else "another train/validation split")
+                     if theirs not in (None, split.describe()) else
+                     "another train/validation split")
             raise RunError(f"--extend {self.run_dir}: that run used {which}; extend it with "
                            "the same split (the same split section, or copy "
                            f"{self.split_path} to the data folder)")
