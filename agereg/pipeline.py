@@ -263,8 +263,7 @@ def start_search(
         write_json(run_dir / DATASET_NAME, dataset.info.to_dict())
         save_split(split, run_dir / SPLIT_NAME)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       config_digest=config_digest(cfg), lr_limit=lr_limit,
-                       **Extension.run_info(base))
+                       **_kept(cfg, lr_limit, base))
         set_latest(runs_dir, run_dir)
         if on_start:
             on_start(run_dir)
@@ -315,12 +314,18 @@ def resume_search(
         # measured now for a run made before the search kept it
         lr_limit = stored_lr_limit(info) or _lr_limit(dataset, split)
         write_run_info(run_dir, "running", trials_planned=search_budget(cfg.search, cfg.grid),
-                       resumed=True, config_digest=config_digest(cfg), lr_limit=lr_limit,
-                       **Extension.run_info(base))
+                       resumed=True, **_kept(cfg, lr_limit, base))
         # runs/latest stays on the newest created run: resuming an older one does not move it
         if on_start:
             on_start(run_dir)
         return _run(cfg, dataset, split, run_dir, done, log, progress, base, lr_limit)
+
+
+def _kept(cfg: Config, lr_limit: float | None, base: Extension | None) -> dict[str, object]:
+    """What every write of run.json keeps (it is written whole each time): the digest of
+    the config that sets the numbers, the measured stability limit and the extended run."""
+    return {"config_digest": config_digest(cfg), "lr_limit": lr_limit,
+            **Extension.run_info(base)}
 
 
 def _check_same(stored: Config, given: Config, run_dir: Path) -> None:
@@ -779,8 +784,7 @@ def _finish(cfg: Config, run_dir: Path, sweep: _Sweep, status: str,
         if status == "finished" and summary.counts[Status.FAILED.value]:
             shown = "failed"  # on_error: record; --resume trains them again
         write_run_info(run_dir, shown, trials_planned=planned, trials_done=len(logged),
-                       strategy=cfg.search.strategy, config_digest=config_digest(cfg),
-                       lr_limit=lr_limit, **Extension.run_info(base))
+                       strategy=cfg.search.strategy, **_kept(cfg, lr_limit, base))
     except RunError:
         if status == "finished":
             raise
