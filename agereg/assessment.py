@@ -38,6 +38,7 @@ from agereg.records import rank as rank_records
 from agereg.runs import (
     EVAL_NAME,
     RUN_NAME,
+    STOPPED,
     EvalStaging,
     RunLock,
     eval_folder,
@@ -394,8 +395,7 @@ def unfinished(ctx: RunContext, locked: bool = True) -> str | None:
         return None
     planned = info.get("trials_planned")
     status = run_status(ctx.run_dir, info, locked) or ""
-    ended = {"interrupted": "was interrupted", "killed": "was killed",
-             "running": "is still running", "failed": "ended with failed trials"}.get(status)
+    ended = {**STOPPED, "running": "is still running"}.get(status)
     if ended is None:
         return None
     of = f" of {planned} planned" if isinstance(planned, int) else ""

@@ -33,6 +33,7 @@ from agereg.runs import (
     EVAL_NAME,
     LOG_NAME,
     RUN_NAME,
+    STOPPED,
     CurveKey,
     CurvePoint,
     evaluations,
@@ -96,8 +97,7 @@ def no_eval_hint(ranked: Sequence[TrialRecord], status: str | None, run_dir: Pat
                 finished else "no finished trial yet: the search is still running")
     if finished:
         return NO_EVAL
-    stopped = {"interrupted": "was interrupted", "killed": "was killed",
-               "failed": "ended with failed trials"}.get(status or "")
+    stopped = STOPPED.get(status or "")
     if stopped:
         return (f"no finished trial yet: the search {stopped}; resume it: "
                 f"`agereg search --resume {run_dir}`")

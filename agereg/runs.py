@@ -181,6 +181,11 @@ def run_status(run_dir: Path, info: dict, locked: bool = False) -> str | None:
     return status
 
 
+# How a sentence says that a search with this run_status stopped before it finished
+STOPPED = {"interrupted": "was interrupted", "killed": "was killed",
+           "failed": "ended with failed trials"}
+
+
 def json_safe(v: object) -> object:
     """``v`` with every non-finite float, at any depth, replaced by None (JSON has no
     NaN); tuples become lists."""
