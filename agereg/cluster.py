@@ -38,7 +38,8 @@ from agereg.errors import ConfigError, RunError
 if TYPE_CHECKING:
     from distributed import Client
 
-EXTRA_HINT = "--backend dask needs the dask extra: pip install 'agereg[dask]'"
+EXTRA_HINT = ("the dask backend (--backend dask or execution.backend: dask) needs the dask "
+              "extra: pip install 'agereg[dask]'")
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler
 WORKERS_TIMEOUT = 10.0  # seconds to wait for a first worker
 RESUME_HINT = "the finished trials are saved; continue with `agereg search --resume{run}`"

@@ -200,7 +200,8 @@ def test_without_the_extra_one_line_error(tiny_config: Path, tmp_path: Path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False, timeout=60)
     _one_line_error(proc.returncode, proc.stderr,
-                    "--backend dask needs the dask extra: pip install 'agereg[dask]'")
+                    "the dask backend (--backend dask or execution.backend: dask) needs "
+                    "the dask extra: pip install 'agereg[dask]'")
     assert not (tmp_path / "runs").exists()
 
 
