@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 from rich import box
@@ -67,6 +68,9 @@ from agereg.report import (
     summary_dict,
 )
 from agereg.runs import BEST_NAME
+
+if TYPE_CHECKING:
+    from agereg.predict import Prediction
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
@@ -535,16 +539,22 @@ def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: st
 @click.option("--trial", default="best", show_default=True,
               help="best (as the run's select rule picks) or a rank K.")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
-              help="Write the CSV there instead of stdout.")
+              help="Write the CSV (or JSON) there instead of stdout; a name ending in .npy "
+                   "gets the ages as a float64 .npy array.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of CSV.")
 def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: str | None,
             force: bool, as_json: bool) -> None:
     """Predicted ages for the images in IMAGES (.npy: (N, H, W), (N, D) or one image) with
-    the run's best (or --trial K) model; CSV "index,predicted_age" on stdout or --out."""
-    from agereg.fileio import atomic_write_text
+    the run's best (or --trial K) model; CSV "index,predicted_age" on stdout or --out
+    (an .npy array for an --out ending in .npy)."""
+    from agereg.fileio import atomic_write_text, save_array
     from agereg.predict import predict_images
 
+    as_npy = out_file is not None and out_file.lower().endswith(".npy")
+    if as_npy and as_json:
+        raise click.UsageError(f"--json and --out {out_file}: an .npy file holds the ages "
+                               "as an array, not JSON; drop --json or give a .json name")
     if out_file is not None and Path(out_file).exists() and not force:
         raise AgeregError(f"{out_file}: exists; agereg never writes over your files: choose "
                           "another --out or pass --force")
@@ -552,22 +562,27 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
         raise AgeregError(f"--out {out_file}: the folder {Path(out_file).parent} does not "
                           "exist; create it first")
     p = predict_images(images, run, Path(runs_dir), trial, log=_log)
-    if as_json:
-        text = json.dumps({"run": str(p.run_dir), "rank": p.rank, "trial_id": p.trial_id,
-                           "model": str(p.folder), "n": len(p.ages), "notes": list(p.notes),
-                           "predicted_age": [float(a) for a in p.ages]}, indent=2) + "\n"
-    else:
-        text = "index,predicted_age\n" + "".join(f"{i},{a!r}\n" for i, a in
-                                                  enumerate(p.ages.tolist()))
     if out_file is None:
-        _echo(text)
+        _echo(_prediction_text(p, as_json))
+    elif as_npy:  # the ages as numpy would have them: float64, shape (N,)
+        save_array(Path(out_file), p.ages.astype("float64"))
     else:
-        atomic_write_text(Path(out_file), text)
+        atomic_write_text(Path(out_file), _prediction_text(p, as_json))
     n = len(p.ages)
     err.print(escape(f"{n} prediction{'s' * (n != 1)} with trial #{p.rank} ({p.trial_id}), "
                      f"model in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
     for notice in p.notes:
         err.print(f"[yellow]note[/]: {escape(notice)}")
+
+
+def _prediction_text(p: Prediction, as_json: bool) -> str:
+    """``predict``'s output as text: CSV ``index,predicted_age``, or JSON."""
+    if as_json:
+        return json.dumps({"run": str(p.run_dir), "rank": p.rank, "trial_id": p.trial_id,
+                           "model": str(p.folder), "n": len(p.ages), "notes": list(p.notes),
+                           "predicted_age": [float(a) for a in p.ages]}, indent=2) + "\n"
+    return "index,predicted_age\n" + "".join(f"{i},{a!r}\n" for i, a in
+                                              enumerate(p.ages.tolist()))
 
 
 # ---------------------------------------------------------------- analyze

@@ -86,6 +86,24 @@ def test_predict_never_overwrites_an_output_without_force(searched, data_copy: P
     assert code == 0 and target.read_text().startswith("index,predicted_age\n")
 
 
+def test_an_npy_out_gets_the_ages_as_an_array(searched, data_copy: Path, tmp_path: Path):
+    run_dir, _ = searched
+    X = np.load(data_copy / "age_regression_Xte.npy")[:5]
+    np.save(tmp_path / "new.npy", X)
+    args = ["predict", str(tmp_path / "new.npy"), "--run", str(run_dir)]
+    code, out, err = run(args)
+    assert code == 0, err
+    csv = [float(line.split(",")[1]) for line in out.splitlines()[1:]]
+    code, _, err = run([*args, "--out", str(tmp_path / "ages.npy")])
+    assert code == 0 and "wrote" in err, err
+    ages = np.load(tmp_path / "ages.npy")  # a plain array: no pickle, no CSV text
+    assert ages.dtype == np.float64 and ages.shape == (5,)
+    assert ages.tolist() == csv
+    # JSON cannot go in an .npy file: refused before any work, the file left alone
+    code, _, err = run([*args, "--out", str(tmp_path / "other.npy"), "--json"])
+    assert code == 2 and "--json and --out" in err and not (tmp_path / "other.npy").exists()
+
+
 def test_missing_images_are_one_line_without_data_advice(searched, tmp_path: Path):
     run_dir, _ = searched
     code, _, err = run(["predict", str(tmp_path / "new.npy"), "--run", str(run_dir)])
