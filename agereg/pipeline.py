@@ -222,8 +222,9 @@ def write_split(data_dir: Path, seed: int, val_fraction: float,
     path = data_dir / SPLIT_NAME
     if path.exists() and not force:
         try:
-            same = load_split(path, n, sha).to_dict() == split.to_dict()
-            why = "holds another split"
+            held = load_split(path, n, sha)
+            same = held.to_dict() == split.to_dict()
+            why = f"holds another split ({held.describe()}; this one {split.describe()})"
         except SplitError:
             same = False  # damaged or for other data: still the user's file
             why = "was made for other files (or is damaged)"

@@ -221,7 +221,9 @@ def test_split_never_replaces_a_different_split_without_force(data_copy) -> None
     first = (data_copy / "split.json").read_text()
     assert run([*args, "--seed", "1"])[0] == 0  # the same split again: fine
     code, _, err = run([*args, "--seed", "2"])
-    assert code == 2 and "exists and holds another split" in err and "--force" in err
+    assert code == 2 and "--force" in err
+    assert ("exists and holds another split (seed 1, val_fraction 0.2; this one seed 2, "
+            "val_fraction 0.2)") in err
     assert (data_copy / "split.json").read_text() == first
     assert run([*args, "--seed", "2", "--force"])[0] == 0
     assert (data_copy / "split.json").read_text() != first
