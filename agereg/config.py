@@ -769,6 +769,10 @@ def _grid_values(raw: object, key: str, check: Callable[[object, str], _Num]) ->
         if not raw:
             raise _Invalid(f"{key} is an empty list; give at least one value")
         labelled = [(f"{key}[{i}]", item) for i, item in enumerate(raw)]
+    elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in DISTRIBUTIONS:
+        raise _Invalid(f"{key} cannot be a distribution (only learning_rate and l2 can: "
+                       "batch sizes and epoch counts are whole numbers); list the values, "
+                       "like [16, 64]")
     elif isinstance(raw, (dict, set, frozenset, tuple)):
         raise _Invalid(f"{key} is {_kind(raw)}; write a list of numbers like [1, 2], or one number")
     else:

@@ -400,6 +400,18 @@ def test_distribution_errors(tmp_path: Path, lr: str, fragment: str):
     assert code == 2 and fragment in err, err
 
 
+@pytest.mark.parametrize("axis", ["batch_size", "epochs"])
+def test_a_whole_number_axis_as_a_distribution_says_which_axes_can_be(tmp_path: Path,
+                                                                       axis: str):
+    grid = {"batch_size": "8", "learning_rate": "0.1", "epochs": "1", "l2": "0",
+            axis: "{uniform: [1, 100]}"}
+    text = "search: {strategy: random, n_trials: 3}\ngrid: {" + ", ".join(
+        f"{k}: {v}" for k, v in grid.items()) + "}\n"
+    code, err = search_with(tmp_path, text)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"grid.{axis} cannot be a distribution (only learning_rate and l2 can") in err
+
+
 def test_distribution_needs_n_trials_and_round_trips(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text("search: {strategy: halving}\ngrid: {batch_size: 8, learning_rate: "
