@@ -51,6 +51,7 @@ from agereg.runs import (
     write_json,
 )
 from agereg.split import Split
+from agereg.words import counted
 
 MAX_BOOTSTRAP = 1_000_000  # resamples: their (resamples, 2) means stay 16 MB
 
@@ -244,8 +245,8 @@ def evaluate_run(
         if rank is None:
             rank = selected
         if not 1 <= rank <= len(ranked):
-            raise RunError(f"--rank {rank} is out of range: the run has {len(ranked)} "
-                           "finished trials")
+            raise RunError(f"--rank {rank} is out of range: the run has "
+                           f"{counted(len(ranked), 'finished trial')}")
         rec = ranked[rank - 1]
         refit = refit or ctx.split.k > 0  # K folds: refit on all training rows
         folder = eval_folder(ctx.run_dir, rec.trial_id, refit)
@@ -398,11 +399,13 @@ def unfinished(ctx: RunContext, locked: bool = True) -> str | None:
     ended = {**STOPPED, "running": "is still running"}.get(status)
     if ended is None:
         return None
-    of = f" of {planned} planned" if isinstance(planned, int) else ""
+    n = len(ctx.records)
+    held = f"{n} of {counted(planned, 'planned trial')}" if isinstance(planned, int) \
+        else counted(n, "trial")
     then = ("it finishes" if status == "running" else
             f"`agereg search --resume {ctx.run_dir}` completes it")
-    return (f"the search {ended}: {len(ctx.records)}{of} trials are in its log, so the "
-            f"ranking may change when {then}")
+    return (f"the search {ended}: its log holds {held}, so the ranking may change when "
+            f"{then}")
 
 
 def _trial_dict(rec: TrialRecord, rank: int) -> dict:
@@ -441,8 +444,8 @@ def _bootstrap(
         notes.append(f"no paired comparison: trial #{vs_rank} diverged when trained again")
     else:
         pred_vs = predict(arrays.X_te, fit_vs.w, fit_vs.b)
-    log(f"bootstrap: {n_boot} resample{'s' * (n_boot != 1)} of {len(arrays.y_te)} test "
-        f"image{'s' * (len(arrays.y_te) != 1)}")
+    log(f"bootstrap: {counted(n_boot, 'resample')} of "
+        f"{counted(len(arrays.y_te), 'test image')}")
     boot = bootstrap_test(arrays.y_te, pred_te, pred_vs, n_boot, ctx.cfg.seed)
     paired = None
     if boot.paired is not None and pred_vs is not None:

@@ -68,6 +68,7 @@ from agereg.report import (
     summary_dict,
 )
 from agereg.runs import BEST_NAME
+from agereg.words import counted
 
 if TYPE_CHECKING:
     from agereg.predict import Prediction
@@ -282,7 +283,7 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
             out.print(f"[yellow]note[/]: {escape(notice)}")
     reused = f", {outcome.reused} reused" if outcome.reused else ""
     n = len(outcome.ranked)
-    err.print(escape(f"{n} trial{'s' * (n != 1)} ({outcome.computed} trained now{reused}; "
+    err.print(escape(f"{counted(n, 'trial')} ({outcome.computed} trained now{reused}; "
               f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
               f"results in {outcome.run_dir}/"))
     failed = outcome.failure()
@@ -569,7 +570,7 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
     else:
         atomic_write_text(Path(out_file), _prediction_text(p, as_json))
     n = len(p.ages)
-    err.print(escape(f"{n} prediction{'s' * (n != 1)} with trial #{p.rank} ({p.trial_id}), "
+    err.print(escape(f"{counted(n, 'prediction')} with trial #{p.rank} ({p.trial_id}), "
                      f"model in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
     for notice in p.notes:
         err.print(f"[yellow]note[/]: {escape(notice)}")
@@ -645,7 +646,7 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
     c = rep.counts
     n = len(rep.ranked)
-    out.print(escape(f"{n} trial{'s' * (n != 1)}{planned}: {counts_text(c)}"))
+    out.print(escape(f"{counted(n, 'trial')}{planned}: {counts_text(c)}"))
     if said := selection_text(rep.selection):
         out.print(escape(said))
     for notice in rep.notices:
@@ -725,7 +726,7 @@ def _resume_hint() -> str:
     try:
         best = json.loads(read_regular(Path(run_dir) / BEST_NAME, 1 << 20))
         done, planned = int(best["trials_done"]), int(best["trials_planned"])
-        saved = f"{done} of {planned} trial{'s' * (planned != 1)} "
+        saved = f"{done} of {counted(planned, 'trial')} "
     except (OSError, ValueError, KeyError, TypeError, NotReadable, RecursionError):
         pass
     return (f"; {saved or 'finished trials '}saved in {run_dir}/ (ranked partial results in "

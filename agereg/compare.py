@@ -16,6 +16,7 @@ from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
 from agereg.records import TrialRecord
 from agereg.runs import eval_folder, record_to_dict, resolve_run
+from agereg.words import counted
 
 
 def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
@@ -124,8 +125,8 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
     else:
         lo, hi = p["difference_ci"]
         lines.append(
-            f"paired bootstrap on the same {p['n_images']} test images ({p['resamples']} "
-            f"resample{'s' * (p['resamples'] != 1)}, seed 0): test fMSE "
+            f"paired bootstrap on the same {p['n_images']} test images ("
+            f"{counted(p['resamples'], 'resample')}, seed 0): test fMSE "
             f"{p['test_fmse'][0]:.4g} (A) vs {p['test_fmse'][1]:.4g} (B); A minus B "
             f"{p['observed_difference']:+.4g} "
             f"[{lo:+.4g}, {hi:+.4g}]; A better in {p['share_a_better']:.0%} of resamples")

@@ -73,6 +73,7 @@ from agereg.split import (
     save_split,
 )
 from agereg.strategies import Proposal, Strategy, make_strategy
+from agereg.words import counted
 
 # A search whose groups need less than this on one core runs in this process: starting
 # worker processes (about 0.4 s) would cost more than two cores save.
@@ -598,8 +599,8 @@ class _Sweep:
             return
         n_trials = len({key for g in todo for key in self._pending(g)})
         folds = f" x {k} folds" if k else ""
-        self.log(f"{proposal.stage}: training {n_trials} trial{'s' * (n_trials != 1)}{folds} "
-                 f"in {len(todo)} group{'s' * (len(todo) != 1)}")
+        self.log(f"{proposal.stage}: training {counted(n_trials, 'trial')}{folds} "
+                 f"in {counted(len(todo), 'group')}")
         if self.ref is None:
             self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,
                                       self.run_dir / ".work")
@@ -748,7 +749,7 @@ def _run(
                    None if base is None else base.cache())
     if sweep.results:
         n = len(sweep.results)
-        log(f"resuming: {n} trial{'s' * (n != 1)} already done")
+        log(f"resuming: {counted(n, 'trial')} already done")
     t0 = time.perf_counter()
     sweep._report(0.0)
     status = "interrupted"

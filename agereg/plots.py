@@ -29,6 +29,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
+from agereg.words import counted
+
 DPI = 100
 # Figure sizes in inches; x DPI gives the PNG's pixels (all products are whole numbers).
 SIZES: dict[str, tuple[float, float]] = {
@@ -579,7 +581,7 @@ def halving_rungs(records: Sequence) -> bytes:
         title = "successive halving: configurations by rung (grey: stopped)"
         if view.top is not None:
             ax.set_ylim(view.bottom, view.top)
-            title += (f";\n{view.above} stopped value{'s' * (view.above != 1)} above the "
+            title += (f";\n{counted(view.above, 'stopped value')} above the "
                       "top edge")
         elif len(view.rungs) == 1:  # nothing went on: the whole range is the story
             values = [y for pts in view.points.values() for _, y in pts]

@@ -18,6 +18,7 @@ from agereg.errors import DataError, RunError
 from agereg.evaluate import predict as linear_predict
 from agereg.pipeline import Log, quiet
 from agereg.runs import RunLock, eval_folder, resolve_run
+from agereg.words import counted
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
         except ValueError:
             raise RunError(f"--trial {trial!r}: give best or a rank (1, 2, ...)") from None
         if not 1 <= k <= len(ranked):
-            raise RunError(f"--trial {k} is out of range: the run has {len(ranked)} finished "
-                           "trials")
+            raise RunError(f"--trial {k} is out of range: the run has "
+                           f"{counted(len(ranked), 'finished trial')}")
     rec = ranked[k - 1]
     d = ctx.dataset.info.n_features
     X = check_images(Path(images), d)  # before any training: bad input costs nothing

@@ -46,6 +46,7 @@ from agereg.runs import (
     stored_config,
     stored_lr_limit,
 )
+from agereg.words import counted
 
 if TYPE_CHECKING:
     from agereg.plots import Curve, GridCells
@@ -337,8 +338,8 @@ def eval_lines(res: dict) -> list[str]:
         signed = worst["mean_signed_error"]
         lean = "" if signed == 0 else f": predicted too {'old' if signed > 0 else 'young'}"
         lines.append(f"error by age: the largest MAE is in ages {worst['decade']}, "
-                     f"{fmt(worst['mae'])} years over {worst['count']} "
-                     f"image{'s' * (worst['count'] != 1)} (mean signed error "
+                     f"{fmt(worst['mae'])} years over {counted(worst['count'], 'image')} "
+                     f"(mean signed error "
                      f"{fmt(signed, True)}{lean})")
     boot = res.get("bootstrap")
     winner = res["trial"]["rank"] == 1
@@ -355,7 +356,7 @@ def eval_lines(res: dict) -> list[str]:
                 f"{fmt(paired['mean_difference'], True)} [{fmt(lo, True)}, {fmt(hi, True)}] "
                 f"(test fMSE, {who} minus {other})")
         lines.append(
-            f"bootstrap: {boot['resamples']} resample{'s' * (boot['resamples'] != 1)} of "
+            f"bootstrap: {counted(boot['resamples'], 'resample')} of "
             f"the {boot['n_images']} test images (seed {boot['seed']}); an average resample "
             f"leaves out {boot['left_out_share']:.1%} of them (1/e = 36.8%)")
     ridge = res.get("ridge")
@@ -818,7 +819,7 @@ def render_html(
         parts.append("<p>no finished trial yet.</p>\n")
     done = len(ranked)
     parts += [
-        f"<h2>Ranking (top {min(top, done)} of {done} trials"
+        f"<h2>Ranking (top {min(top, done)} of {counted(done, 'trial')}"
         f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
         f"<p>{_e(counts_text(counts))}.</p>\n",
         _table(ranking_columns(ranked), ranking_rows(ranked, top, by=by)),

@@ -188,3 +188,19 @@ def test_images_scaled_unlike_the_training_images_get_a_note(searched, data_copy
     predicted = np.array(json.loads(out)["predicted_age"])
     assert ages_note.startswith(
         f"{int(np.sum((predicted < ytr.min()) | (predicted > ytr.max())))} of 6 predicted")
+
+
+def test_a_one_trial_run_counts_its_trial_in_the_singular(data_copy: Path, tmp_path: Path):
+    config = tmp_path / "one.yaml"
+    config.write_text(f"name: one\nn_jobs: 1\ndata: {{dir: {data_copy}}}\n"
+                      "grid: {batch_size: 8, learning_rate: 1.0e-3, epochs: 1, l2: 0.0}\n")
+    run_dir = search(config, tmp_path / "runs")
+    np.save(tmp_path / "new.npy", np.load(data_copy / "age_regression_Xte.npy")[:2])
+    code, _, err = run(["eval", "--run", str(run_dir), "--rank", "2"])
+    assert code == 2 and "--rank 2 is out of range: the run has 1 finished trial\n" in err, err
+    code, _, err = run(["predict", str(tmp_path / "new.npy"), "--run", str(run_dir),
+                        "--trial", "2"])
+    assert code == 2 and "--trial 2 is out of range: the run has 1 finished trial\n" in err
+    code, _, err = run(["report", str(run_dir)])
+    assert code == 0, err
+    assert "<h2>Ranking (top 1 of 1 trial, 1 planned)</h2>" in (run_dir / "report.html").read_text()

@@ -295,9 +295,9 @@ def test_evaluating_an_unfinished_run_says_its_ranking_may_change(tiny_config: P
     code, out, err = run(["eval", "--run", str(cut), "--bootstrap", "0", "--no-plots",
                           "--json"])
     assert code == 0, err
-    assert (f"the search was interrupted: {logged} of {planned} planned trials are in its "
-            f"log, so the ranking may change when `agereg search --resume {cut}` completes "
-            "it") in json.loads(out)["notes"]
+    assert (f"the search was interrupted: its log holds {logged} of {planned} planned "
+            f"trials, so the ranking may change when `agereg search --resume {cut}` "
+            "completes it") in json.loads(out)["notes"]
     code, _, err = run(["search", "--resume", str(cut), "--runs-dir", str(runs), "--quiet"])
     assert code == 0, err
     code, out, err = run(["eval", "--run", str(cut), "--bootstrap", "0", "--no-plots",

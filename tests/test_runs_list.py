@@ -191,12 +191,12 @@ def test_compare_says_when_a_run_s_search_did_not_finish(tiny_config: Path, tmp_
     code, out, err = run(["compare", str(a), str(b), "--json"])
     assert code == 0, err
     said = json.loads(out)["unfinished"]
-    assert said[0].startswith("the search was killed: 24 of 24 planned trials are in its log")
+    assert said[0].startswith("the search was killed: its log holds 24 of 24 planned trials")
     assert said[1] is None
     with lock_held_elsewhere(a):  # a live search holds the lock: still running
         code, out, err = run(["compare", str(a), str(b)])
     assert code == 0, err
-    assert ("note: A: the search is still running: 24 of 24 planned trials are in its log, "
+    assert ("note: A: the search is still running: its log holds 24 of 24 planned trials, "
             "so the ranking may change when it finishes") in " ".join(out.split())
 
 
