@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from agereg.records import TrialRecord, best_record, rank
+from agereg.records import Status, TrialRecord, best_record, rank
 
 AXES = ("batch_size", "learning_rate", "epochs", "l2")
 
@@ -32,7 +32,7 @@ def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "
     is then suggested only up to it, since beyond it full-batch descent diverges."""
     best = best_record(rank(list(records), by))
     if best is None:
-        return ()
+        return _all_diverged(records, lr_limit)
     who = "best" if rule == "best" else "lowest-validation"
     out = []
     for axis in AXES:
@@ -58,3 +58,21 @@ def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "
         out.append(f"{who} {axis} {value:g} is the {side} tried: the optimum may lie "
                    f"{where} it{up_to}; try {_suggest(axis, value, largest, cap)}")
     return tuple(out)
+
+
+def _all_diverged(records: Sequence[TrialRecord], lr_limit: float | None) -> tuple[str, ...]:
+    """When every trial diverged (none failed: that is no verdict on the learning rate),
+    the range to try: three decades up to a third of the smallest learning rate tried,
+    and no higher than 1 / lambda_max (half the full-batch limit, for the squared loss),
+    the largest step minibatch SGD on least squares takes at its fastest."""
+    if not records or any(r.status is not Status.DIVERGED for r in records):
+        return ()
+    smallest = min(r.learning_rate for r in records)
+    high = smallest / 3
+    limit = ""
+    if lr_limit and all(r.loss == "squared" for r in records):
+        high = min(high, lr_limit / 2)
+        limit = f" (the full-batch limit 2 / lambda_max is {lr_limit:.3g})"
+    return (f"every trial diverged, down to the smallest learning rate tried, "
+            f"{smallest:g}{limit}; try learning_rate: {{log_uniform: [{high / 1000:.3g}, "
+            f"{high:.3g}]}}",)

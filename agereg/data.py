@@ -163,9 +163,11 @@ def _load_y(path: Path) -> np.ndarray:
     y = _load_array(path)
     _check_numeric(y, path)
     if y.ndim != 1:
-        raise DataError(f"{path}: ages must be a 1-D array (N,), got shape {y.shape}")
+        fix = (f"; save it flat, np.save('{path.name}', y.ravel())"
+               if y.ndim == 2 and 1 in y.shape else "")
+        raise DataError(f"{path}: ages must be a 1-D array (N,), got shape {y.shape}{fix}")
     if y.shape[0] == 0:
-        raise DataError(f"{path}: empty array")
+        raise DataError(f"{path}: holds no ages (an empty array); give one age per image")
     y = np.asarray(y, dtype=np.float64)
     _check_finite(y, path)
     return y

@@ -378,6 +378,33 @@ def test_the_edge_notice_suggests_learning_rates_up_to_the_measured_limit(
     assert json.loads((run_dir / "run.json").read_text())["lr_limit"] == info["lr_limit"]
 
 
+def test_a_search_where_every_trial_diverged_says_which_learning_rates_to_try(
+        data_copy: Path, tmp_path: Path):
+    import re
+
+    def text(name: str, lrs: str) -> str:
+        return (f"name: {name}\ndata: {{dir: {data_copy}}}\nn_jobs: 1\ngrid:\n"
+                f"  batch_size: [8]\n  learning_rate: [{lrs}]\n  epochs: [3]\n  l2: [0.0]\n")
+
+    config = tmp_path / "wild.yaml"
+    config.write_text(text("wild", "1.0, 10.0"))
+    code, out, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs"),
+                          "--quiet"])
+    assert code == 0 and "0 finished, 2 diverged" in err, err
+    run_dir = latest_run(tmp_path / "runs")
+    (said,) = json.loads((run_dir / "best.json").read_text())["notices"]
+    assert said.startswith("every trial diverged, down to the smallest learning rate "
+                           "tried, 1 (the full-batch limit 2 / lambda_max is ")
+    assert said in " ".join(out.split()), out
+    # the suggested range trains: its top, as the next search would try it
+    top = re.fullmatch(r".*try learning_rate: \{log_uniform: \[(\S+), (\S+)\]\}", said)
+    assert top is not None
+    config.write_text(text("tame", top.group(2)))
+    code, _, err = run(["search", str(config), "--runs-dir", str(tmp_path / "runs"),
+                        "--quiet"])
+    assert code == 0 and "1 finished, 0 diverged" in err, err
+
+
 def test_the_eval_table_fits_80_columns_and_never_cuts_a_number():
     from rich.console import Console
 

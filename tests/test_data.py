@@ -115,7 +115,13 @@ def test_length_mismatch(data_copy: Path):
 
 def test_labels_must_be_1d(data_copy: Path):
     np.save(data_copy / FILE_NAMES["ytr"], np.zeros((120, 1)))
-    _expect(data_copy, FILE_NAMES["ytr"], "1-D")
+    _expect(data_copy, FILE_NAMES["ytr"], "1-D", "save it flat, "
+            f"np.save('{FILE_NAMES['ytr']}', y.ravel())")
+
+
+def test_empty_labels(data_copy: Path):
+    np.save(data_copy / FILE_NAMES["yte"], np.zeros(0))
+    _expect(data_copy, FILE_NAMES["yte"], "holds no ages")
 
 
 def test_wrong_number_of_dimensions(data_copy: Path):

@@ -194,6 +194,24 @@ def test_edge_notices_suggest_learning_rates_up_to_the_stability_limit():
     assert edge_notices(absolute, lr_limit=0.036)[0] == edge_notices(absolute)[0]
 
 
+def test_every_trial_diverged_suggests_learning_rates_below_the_smallest_tried():
+    diverged = [TrialRecord(8, lr, 4, 0.0, math.nan, math.nan, math.nan, Status.DIVERGED,
+                            0.0) for lr in (0.3, 3.0)]
+    # a third of the smallest tried, three decades down
+    assert edge_notices(diverged) == (
+        "every trial diverged, down to the smallest learning rate tried, 0.3; try "
+        "learning_rate: {log_uniform: [0.0001, 0.1]}",)
+    # no higher than half the full-batch limit, 1 / lambda_max
+    assert edge_notices(diverged, lr_limit=0.036) == (
+        "every trial diverged, down to the smallest learning rate tried, 0.3 (the "
+        "full-batch limit 2 / lambda_max is 0.036); try learning_rate: {log_uniform: "
+        "[1.8e-05, 0.018]}",)
+    # a failed trial says nothing about the learning rate: no advice
+    failed = dataclasses.replace(diverged[0], status=Status.FAILED)
+    assert edge_notices([failed, diverged[1]], lr_limit=0.036) == ()
+    assert edge_notices([]) == ()
+
+
 # ---------------------------------------------------------------- the engine's seam
 
 
