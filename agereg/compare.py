@@ -39,6 +39,19 @@ def _saved_model(ctx: RunContext, rec: TrialRecord) -> tuple[np.ndarray, float] 
         return None
 
 
+def _yaml(v: object) -> str:
+    """A config value as a config file writes it (``unset`` for a key one run lacks)."""
+    if v is None:
+        return "unset"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_yaml(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_yaml(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)  # a float in full: two values never print alike
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
                  n_boot: int = 1000) -> dict[str, Any]:
     """The comparison as a JSON-ready document."""
@@ -111,7 +124,7 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
             f"{sel['test_loss']:.6g}")
     if doc["config_differs"]:
         lines.append("configs differ in: " + "; ".join(
-            f"{d['key']} {d['a']!r} vs {d['b']!r}" for d in doc["config_differs"]))
+            f"{d['key']} {_yaml(d['a'])} vs {_yaml(d['b'])}" for d in doc["config_differs"]))
     else:
         lines.append("the configs are the same")
     for name, said in zip("AB", doc["unfinished"], strict=True):

@@ -380,12 +380,13 @@ def config_digest(cfg: Config) -> str:
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:
-    """The config as ``{"grid.batch_size": [...], "split.seed": 0, ...}``."""
+    """The config as ``{"grid.batch_size": [...], "split.seed": 0, ...}``; a grid axis
+    drawn from a distribution stays one value, ``{"log_uniform": [low, high]}``."""
     out: dict[str, Any] = {}
 
     def walk(d: dict[str, Any], prefix: str) -> None:
         for k, v in d.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and prefix != "grid.":
                 walk(v, f"{prefix}{k}.")
             else:
                 out[f"{prefix}{k}"] = v

@@ -100,6 +100,27 @@ def test_compare_shows_the_figure_that_selected_each_trial(tiny_config: Path,
     assert "validation MAE" not in line_a and "validation MAE" in line_b, out
 
 
+def test_compare_writes_a_distribution_and_a_missing_key_as_a_config_would(
+        tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    a = search(tiny_config, runs)
+    other = tmp_path / "drawn.yaml"
+    other.write_text(tiny_config.read_text().replace(
+        "learning_rate: [1.0e-3, 1.0e-2, 1.0e+30]", "learning_rate: {log_uniform: "
+        "[1.0e-4, 1.0e-2]}") + "search: {strategy: random, n_trials: 3, seed: 5}\n")
+    b = search(other, runs)
+    code, out, err = run(["compare", str(a), str(b), "--json"])
+    assert code == 0, err
+    differs = {d["key"]: (d["a"], d["b"]) for d in json.loads(out)["config_differs"]}
+    assert differs["grid.learning_rate"] == ([1e-3, 1e-2, 1e30],
+                                             {"log_uniform": [1e-4, 1e-2]})
+    code, out, err = run(["compare", str(a), str(b)])
+    said = " ".join(out.split())
+    assert code == 0 and ("grid.learning_rate [0.001, 0.01, 1e+30] vs {log_uniform: "
+                          "[0.0001, 0.01]}") in said, out
+    assert "search.n_trials unset vs 3" in said and "search.seed unset vs 5" in said
+
+
 def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
     runs = tmp_path / "runs"
     a = search(tiny_config, runs)
@@ -129,7 +150,8 @@ def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
     assert p["test_fmse"] == pytest.approx([evals[a]["test"]["fmse"],
                                             evals[b]["test"]["fmse"]], rel=1e-9)
     code, out, err = run(["compare", str(a), str(b)])
-    assert code == 0 and "configs differ in: grid.l2" in out and "A better in" in out
+    assert code == 0 and "configs differ in: grid.l2 [0.0, 0.01] vs [0.1]" in out
+    assert "A better in" in out
     code, _, err = run(["compare", str(a), str(a)])
     assert code == 2 and "two different runs" in err
 
