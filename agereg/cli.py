@@ -26,6 +26,7 @@ import click
 from rich import box
 from rich.console import Console
 from rich.markup import escape as _rich_escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -342,20 +343,48 @@ def _started(run_dir: Path) -> None:
 
 
 def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> None:
-    title = ("best trials by validation " + ("MAE" if by == "mae" else "fMSE") +
-             " (train, val, test: fMSE; MAE: validation, years)")
+    second = "loss" if several_losses(ranked) else "train"
+    names = ("#", "batch", "lr", "epochs", "l2", second, "val", "test", "MAE", "status")
+    rows = ranking_rows(ranked, top, short=True, by=by)
+    # On a terminal narrower than the table, figures the ranking does not need go first
+    # (test, train, then the validation figure it is not ranked by), rather than fold
+    # every number onto two lines; what is left folds, never cut.
+    optional = ["test", *(["train"] if second == "train" else []),
+                "val" if by == "mae" else "MAE"]
+    shown = list(names)
+    while True:
+        table = _ranking_table(shown, rows, names, by)
+        width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+        if width <= out.width or not optional:
+            break
+        shown.remove(optional.pop(0))
+    out.print(table)
+    left_out = [n for n in names if n not in shown]
+    if left_out:
+        said = ", ".join(left_out[:-1]) + " and " * (len(left_out) > 1) + left_out[-1]
+        out.print(escape(f"({said} left out at {out.width} columns; the run's results.csv "
+                         "has every figure)"))
+
+
+def _ranking_table(shown: list[str], rows: list[list[str]], names: tuple[str, ...],
+                   by: str) -> Table:
+    fmse = [n for n in ("train", "val", "test") if n in shown]
+    units = [*([", ".join(fmse) + ": fMSE"] if fmse else []),
+             *(["MAE: validation, years"] if "MAE" in shown else [])]
+    title = f"best trials by validation {'MAE' if by == 'mae' else 'fMSE'}"
+    if units != ["val: fMSE"]:  # the title says that much
+        title += f" ({'; '.join(units)})"
     # no vertical rules: the ranking column's digits must fit 80 columns
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1, 0, 0))
-    # report.ranking_columns, shorter so that the table fits 80 columns
-    second = "loss" if several_losses(ranked) else "train"
-    for col in ("#", "batch", "lr", "epochs", "l2", second, "val", "test", "MAE", "status"):
+    for col in shown:
         # a number too wide folds onto a second line; it is never cut
         table.add_column(col, justify="left" if col in ("status", "loss") else "right",
                          overflow="fold")
-    for row in ranking_rows(ranked, top, short=True, by=by):
-        table.add_row(*row)
-    out.print(table)
+    keep = [names.index(c) for c in shown]
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    return table
 
 
 # ---------------------------------------------------------------- eval

@@ -204,6 +204,42 @@ def test_the_ranking_table_fits_80_columns_and_never_cuts_an_exponent():
     assert "…" not in text and "3.4567890e5" in text and "2.100e6" in text
 
 
+@pytest.mark.parametrize("by", ["fmse", "mae"])
+def test_a_narrow_terminal_leaves_out_figures_the_ranking_does_not_need(by: str):
+    from rich.console import Console
+
+    from agereg import cli
+    from agereg.records import Status, TrialRecord
+
+    recs = [TrialRecord(16, 4.136e-09 * (i + 1), 20, 1e-07, 318.17 + i, 335.13 + i,
+                        324.84 + i, Status.OK, 0.1, val_mae=22.7 + i) for i in range(3)]
+
+    def shown(width: int) -> tuple[list[str], str]:
+        console = Console(width=width, record=True)
+        saved, cli.out = cli.out, console
+        try:
+            cli._print_ranking(recs, 3, by)
+        finally:
+            cli.out = saved
+        text = console.export_text()
+        assert all(len(line) <= width for line in text.splitlines())
+        header = next(line for line in text.splitlines() if line.split()[:2] == ["#", "batch"])
+        return header.split(), " ".join(text.split())
+
+    header, text = shown(80)  # everything fits: nothing left out
+    assert header == ["#", "batch", "lr", "epochs", "l2", "train", "val", "test", "MAE",
+                      "status"] and "left out" not in text
+    header, text = shown(56)
+    ranked_by = "MAE" if by == "mae" else "val"
+    assert header == ["#", "batch", "lr", "epochs", "l2", ranked_by, "status"]
+    left_out = "train, val and test" if by == "mae" else "train, test and MAE"
+    assert (f"({left_out} left out at 56 columns; the run's results.csv has every "
+            "figure)") in text
+    # no number folds onto a second line: every row's figures stay whole
+    assert "4.136e-09" in text and "1.241e-08" in text
+    assert ("335.13" in text) == (by == "fmse") and ("22.70" in text) == (by == "mae")
+
+
 def _closed_reader(args: list[str], stream: str, cwd: Path, until: bytes = b""
                    ) -> subprocess.CompletedProcess:
     """Run agereg with its ``stream`` ("stdout" or "stderr") a pipe whose reader goes away
