@@ -8,6 +8,7 @@ The only module (with ``__main__``) that imports click or rich. Every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import io
 import json
@@ -17,7 +18,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -346,24 +347,37 @@ def _print_ranking(ranked: list[TrialRecord], top: int, by: str = "fmse") -> Non
     second = "loss" if several_losses(ranked) else "train"
     names = ("#", "batch", "lr", "epochs", "l2", second, "val", "test", "MAE", "status")
     rows = ranking_rows(ranked, top, short=True, by=by)
-    # On a terminal narrower than the table, figures the ranking does not need go first
-    # (test, train, then the validation figure it is not ranked by), rather than fold
-    # every number onto two lines; what is left folds, never cut.
+    # the figures the ranking does not need go first: test, train, the other validation one
     optional = ["test", *(["train"] if second == "train" else []),
                 "val" if by == "mae" else "MAE"]
-    shown = list(names)
-    while True:
-        table = _ranking_table(shown, rows, names, by)
-        width = Measurement.get(out, out.options.update_width(10_000), table).maximum
-        if width <= out.width or not optional:
-            break
-        shown.remove(optional.pop(0))
+    table, left_out = _fitted(names, optional,
+                              lambda shown: _ranking_table(shown, rows, names, by))
     out.print(table)
-    left_out = [n for n in names if n not in shown]
+    _say_left_out(left_out, "the run's results.csv has every figure")
+
+
+def _fitted(names: Sequence[str], optional: Sequence[str],
+            build: Callable[[list[str]], Table],
+            measured: Callable[[list[str]], Table] | None = None
+            ) -> tuple[Table, list[str]]:
+    """The table ``build`` makes of the columns ``names``, without as many of the
+    ``optional`` ones (in that order) as the terminal's width needs; and those left out.
+    On a narrow terminal a column less reads better than every number folded onto two
+    lines; what is left still folds, never cut. ``measured``: the table whose width
+    decides, when a column is meant to fold (a long folder name)."""
+    shown, optional = list(names), list(optional)
+    while True:
+        natural = Measurement.get(out, out.options.update_width(10_000),
+                                  (measured or build)(shown)).maximum
+        if natural <= out.width or not optional:
+            return build(shown), [n for n in names if n not in shown]
+        shown.remove(optional.pop(0))
+
+
+def _say_left_out(left_out: list[str], where: str) -> None:
     if left_out:
         said = ", ".join(left_out[:-1]) + " and " * (len(left_out) > 1) + left_out[-1]
-        out.print(escape(f"({said} left out at {out.width} columns; the run's results.csv "
-                         "has every figure)"))
+        out.print(escape(f"({said} left out at {out.width} columns; {where})"))
 
 
 def _ranking_table(shown: list[str], rows: list[list[str]], names: tuple[str, ...],
@@ -442,13 +456,14 @@ def _print_eval(t: EvalText) -> None:
         f"{t.trial} ({t.engine}); data: {t.dataset}"))
     if t.refit_note:
         out.print(escape(t.refit_note))
-    table = Table(caption="mean, median: the constant predictors (training mean, median); "
-                          "ridge: the exact optimum of the trial's l2", caption_justify="left")
-    for i, col in enumerate(t.columns):  # the labels stay whole; a number folds, never "…"
-        table.add_column(escape(col), justify="right", no_wrap=i == 0, overflow="fold")
-    for row in t.rows:
-        table.add_row(*(escape(c) for c in row))
+    # an interval may wrap at its space: measured by its longer half
+    halves = dataclasses.replace(t, rows=[[row[0], *(max(c.split(" "), key=len)
+                                                     for c in row[1:])] for row in t.rows])
+    table, left_out = _fitted(t.columns, [c for c in ("median", "mean") if c in t.columns],
+                              lambda shown: _metrics_table(t, shown),
+                              lambda shown: _metrics_table(halves, shown))
     out.print(table)
+    _say_left_out(left_out, "eval.json and `--json` have them")
     if t.decade_rows:
         by_age = Table(title="test error by decade of true age (signed: + predicted too old)",
                        title_justify="left")
@@ -461,7 +476,26 @@ def _print_eval(t: EvalText) -> None:
         out.print(escape(line))
 
 
+def _metrics_table(t: EvalText, shown: list[str]) -> Table:
+    baselines = [c for c in ("mean", "median") if c in shown]
+    caption = "; ".join([
+        *([f"{', '.join(baselines)}: the constant predictor{'s' * (len(baselines) > 1)} "
+           f"(training {', '.join(baselines)})"] if baselines else []),
+        "ridge: the exact optimum of the trial's l2"])
+    table = Table(caption=caption, caption_justify="left")
+    keep = [t.columns.index(c) for c in shown]
+    for i in keep:  # the labels stay whole; a number folds, never "…"
+        table.add_column(escape(t.columns[i]), justify="right", no_wrap=i == 0,
+                         overflow="fold")
+    for row in t.rows:
+        table.add_row(*(escape(row[i]) for i in keep))
+    return table
+
+
 # ---------------------------------------------------------------- runs
+
+
+FOLDER_ROOM = 24  # a run folder's time stamp (15) and an 8-letter name
 
 
 @cli.command(name="runs")
@@ -476,24 +510,38 @@ def runs_(runs_dir: str, as_json: bool) -> None:
     if as_json:
         _echo(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
         return
-    table = Table(title=f"runs in {escape(runs_dir)} (* latest)", title_justify="left",
-                  box=None, pad_edge=False)
-    table.add_column("", no_wrap=True, width=1)  # the latest run's *
-    for col in ("folder", "data", "strategy", "status", "trials", "best val", "evals"):
-        # a long folder name folds onto more lines, whole (it is what one copies), and
-        # leaves the other columns their room
-        table.add_column(col, justify="right" if col in ("trials", "best val", "evals")
-                         else "left", no_wrap=col != "folder", overflow="fold")
+    names = ("folder", "data", "strategy", "status", "trials", "best val", "evals")
+    cells = []
     for r in rows:
         trials = "" if r.trials_done is None else (
             f"{r.trials_done}/{r.trials_planned}" if r.trials_planned is not None
             else str(r.trials_done))
         data = {"synthetic": "synth"}.get(r.data or "", r.data or "")
-        table.add_row("*" if r.latest else "", escape(r.folder), escape(data),
+        cells.append(["*" if r.latest else "", escape(r.folder), escape(data),
                       escape(r.strategy or ""), escape(r.status), trials,
                       fmt(r.best_val_loss) if r.best_val_loss is not None else "",
-                      str(r.evaluated) if r.evaluated else "")
+                      str(r.evaluated) if r.evaluated else ""])
+
+    def build(shown: list[str], folder_room: int | None = None) -> Table:
+        table = Table(title=f"runs in {escape(runs_dir)} (* latest)", title_justify="left",
+                      box=None, pad_edge=False)
+        table.add_column("", no_wrap=True, width=1)  # the latest run's *
+        for col in shown:
+            # a long folder name folds onto more lines, whole (it is what one copies), and
+            # leaves the other columns their room
+            table.add_column(col, justify="right" if col in ("trials", "best val", "evals")
+                             else "left", no_wrap=col != "folder", overflow="fold")
+        keep = [0, *(1 + names.index(c) for c in shown)]
+        for row in cells:
+            table.add_row(*(row[i][:folder_room] if i == 1 else row[i] for i in keep))
+        return table
+
+    # a folder name longer than a time stamp and a short name folds rather than push
+    # other columns out
+    table, left_out = _fitted(names, ("evals", "strategy", "data"), build,
+                              lambda shown: build(shown, FOLDER_ROOM))
     out.print(table)
+    _say_left_out(left_out, "`agereg runs --json` has every column")
     for r in rows:
         if r.problem:
             err.print(f"[yellow]damaged[/]: {escape(r.problem)}")

@@ -468,3 +468,16 @@ def test_the_eval_table_fits_80_columns_and_never_cuts_a_number():
     # whole, though the interval may wrap at its space
     for figure in ("-0.0006315", "-0.002915", "[1.234e+04,", "1.567e+04]", "test RMSE (years)"):
         assert figure in shown, shown
+    assert "left out" not in shown and "mean, median: the constant predictors" in shown
+    # narrower: the constant predictors' columns go first, and a line says so
+    console = Console(width=60, record=True)
+    saved, cli.out = cli.out, console
+    try:
+        cli._print_eval(text)
+    finally:
+        cli.out = saved
+    narrow = " ".join(console.export_text().split())
+    assert "(mean and median left out at 60 columns; eval.json and `--json` have them)" \
+        in narrow, narrow
+    assert "constant predictor" not in narrow and "-0.0006315" not in narrow
+    assert "0.2359" in narrow and "0.2419" in narrow  # this trial and ridge, whole

@@ -246,8 +246,22 @@ def test_runs_shows_every_column_and_long_folder_names_whole_at_80_columns(tiny_
     rows = shown.splitlines()
     body = rows[next(i for i, r in enumerate(rows) if r.lstrip().startswith("folder")) + 1:]
     assert "".join(r[3:].split("  ")[0].strip() for r in body) == folder, shown
-    for column in ("status", "trials", "best val", "finished", "24/24"):
+    for column in ("data", "strategy", "status", "trials", "best val", "evals", "synth",
+                   "grid", "finished", "24/24"):  # a long name folds; no column goes
         assert column in shown, shown
+    assert "left out" not in shown
+    # narrower than the table: the columns least needed go, and a line says which
+    console = Console(width=56, record=True)
+    saved, cli.out = cli.out, console
+    try:
+        cli.runs_.callback(str(runs), False)  # type: ignore[misc]
+    finally:
+        cli.out = saved
+    narrow = console.export_text()
+    header = next(r for r in narrow.splitlines() if r.lstrip().startswith("folder")).split()
+    assert header == ["folder", "status", "trials", "best", "val"], narrow
+    assert ("(data, strategy and evals left out at 56 columns; `agereg runs --json` has "
+            "every column)") in " ".join(narrow.split()), narrow
 
 
 @pytest.mark.parametrize("value, kept", [(0.0036, 0.0036), (2, 2.0), ("abc", None),
