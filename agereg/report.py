@@ -171,16 +171,18 @@ def draw_grid_pictures(
     run_dir: Path, records: Sequence[TrialRecord], only_missing: bool = False,
     strategy: str = "grid",
 ) -> list[str]:
-    """Write heatmap_val.png and val_vs_epochs.png from the trial log (with
-    ``only_missing``, only those missing or older than the log), and the strategy's own
-    view: the heat map as points for random and refine (their values are not a grid),
-    and halving_rungs.png for halving. Returns the names written (none for an empty
-    log)."""
+    """Write heatmap_val.png and val_vs_epochs.png (once a trial finished) from the
+    trial log (with ``only_missing``, only those missing or older than the log), and the
+    strategy's own view: the heat map as points for random and refine (their values are
+    not a grid), and halving_rungs.png for halving. Returns the names written (none for
+    an empty log)."""
     from agereg import plots
 
     if not records:
         return []
     names = [*GRID_PICTURES, *(["halving_rungs.png"] if strategy == "halving" else [])]
+    if not any(r.status.has_losses() for r in records):
+        names.remove("val_vs_epochs.png")  # no curve to draw; the heat map marks each cell
     todo = [n for n in names if not (only_missing and _fresh(run_dir / n, run_dir))]
     if not todo:
         return []
@@ -814,9 +816,11 @@ def render_html(
         said = None if selection is None else selection_text(selection)
         if said:
             parts.append(f"<p>{_e(said)}</p>\n")
-        parts += [f"<p class=\"notice\">{_e(n)}</p>\n" for n in notices]
     else:
-        parts.append("<p>no finished trial yet.</p>\n")
+        yet = "" if info.get("status") == "finished" else " yet"
+        parts.append(f"<p>no finished trial{yet}.</p>\n")
+    # what to try next (every trial diverged: which learning rates)
+    parts += [f"<p class=\"notice\">{_e(n)}</p>\n" for n in notices]
     done = len(ranked)
     parts += [
         f"<h2>Ranking (top {min(top, done)} of {counted(done, 'trial')}"

@@ -397,7 +397,15 @@ def test_a_run_where_every_trial_diverged_gets_advice_that_works(tmp_path: Path,
     code, out, err = run(["report", str(run_dir)])
     assert code == 0 and "no finished trial to evaluate: every trial diverged" in out, err
     assert "run `agereg eval --best`" not in out  # it would fail
-    assert "every trial diverged" in (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "every trial diverged" in page
+    # the page says what to try, says "no finished trial" without a "yet" (the search
+    # ended), and draws no empty learning-curve picture
+    assert "<p class=\"notice\">every trial diverged, down to the smallest learning rate " \
+        "tried, 1e+20" in page
+    assert "<p>no finished trial.</p>" in page
+    assert (run_dir / "heatmap_val.png").is_file()
+    assert not (run_dir / "val_vs_epochs.png").exists() and "val_vs_epochs" not in page
     np.save(tmp_path / "new.npy", np.load(data / "age_regression_Xte.npy")[:2])
     other = make_run(tmp_path, data, name="other")
     for args in (["eval", "--run", str(run_dir)],
