@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from agereg.cli import cli
 from agereg.runs import CSV_COLUMNS
 
-from tests_helpers import latest_run, read_results, run, search, without_seconds
+from tests_helpers import latest_run, printed, read_results, run, search, without_seconds
 
 
 def test_search_then_eval(tiny_config: Path, tmp_path: Path):
@@ -186,27 +186,19 @@ def test_ranking_numbers_tell_ranks_apart_in_one_format():
 
 
 def test_the_ranking_table_fits_80_columns_and_never_cuts_an_exponent():
-    from rich.console import Console
 
     from agereg import cli
     from agereg.records import TrialRecord
 
     recs = [TrialRecord(640, 3e-08, 64, 1e-07, 3.456789e5 + i * 0.37, 3.456789e5 + i * 0.0123,
                         2.1e6 + i, "ok", 0.1, val_mae=123.456 + i) for i in range(3)]
-    console = Console(width=80, record=True)
-    saved, cli.out = cli.out, console
-    try:
-        cli._print_ranking(recs, 3)
-    finally:
-        cli.out = saved
-    text = console.export_text()
+    text = printed(80, lambda: cli._print_ranking(recs, 3))
     assert all(len(line) <= 80 for line in text.splitlines())
     assert "…" not in text and "3.4567890e5" in text and "2.100e6" in text
 
 
 @pytest.mark.parametrize("by", ["fmse", "mae"])
 def test_a_narrow_terminal_leaves_out_figures_the_ranking_does_not_need(by: str):
-    from rich.console import Console
 
     from agereg import cli
     from agereg.records import Status, TrialRecord
@@ -215,13 +207,7 @@ def test_a_narrow_terminal_leaves_out_figures_the_ranking_does_not_need(by: str)
                         324.84 + i, Status.OK, 0.1, val_mae=22.7 + i) for i in range(3)]
 
     def shown(width: int) -> tuple[list[str], str]:
-        console = Console(width=width, record=True)
-        saved, cli.out = cli.out, console
-        try:
-            cli._print_ranking(recs, 3, by)
-        finally:
-            cli.out = saved
-        text = console.export_text()
+        text = printed(width, lambda: cli._print_ranking(recs, 3, by))
         assert all(len(line) <= width for line in text.splitlines())
         header = next(line for line in text.splitlines() if line.split()[:2] == ["#", "batch"])
         return header.split(), " ".join(text.split())
@@ -442,7 +428,6 @@ def test_a_search_where_every_trial_diverged_says_which_learning_rates_to_try(
 
 
 def test_the_eval_table_fits_80_columns_and_never_cuts_a_number():
-    from rich.console import Console
 
     from agereg import cli
     from agereg.report import EvalText
@@ -456,13 +441,7 @@ def test_the_eval_table_fits_80_columns_and_never_cuts_a_number():
                     "0.215443", False, "batched, float64", "the training split", "synthetic",
                     None, ["metric", "this trial", "mean", "median", "ridge l2=0.215443"], rows,
                     [], [], [])
-    console = Console(width=80, record=True)
-    saved, cli.out = cli.out, console
-    try:
-        cli._print_eval(text)
-    finally:
-        cli.out = saved
-    shown = console.export_text()
+    shown = printed(80, lambda: cli._print_eval(text))
     assert all(len(line) <= 80 for line in shown.splitlines())
     assert "…" not in shown, shown
     # whole, though the interval may wrap at its space
@@ -470,13 +449,7 @@ def test_the_eval_table_fits_80_columns_and_never_cuts_a_number():
         assert figure in shown, shown
     assert "left out" not in shown and "mean, median: the constant predictors" in shown
     # narrower: the constant predictors' columns go first, and a line says so
-    console = Console(width=60, record=True)
-    saved, cli.out = cli.out, console
-    try:
-        cli._print_eval(text)
-    finally:
-        cli.out = saved
-    narrow = " ".join(console.export_text().split())
+    narrow = " ".join(printed(60, lambda: cli._print_eval(text)).split())
     assert "(mean and median left out at 60 columns; eval.json and `--json` have them)" \
         in narrow, narrow
     assert "constant predictor" not in narrow and "-0.0006315" not in narrow

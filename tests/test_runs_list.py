@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_helpers import latest_run, lock_held_elsewhere, run, search
+from tests_helpers import latest_run, lock_held_elsewhere, printed, run, search
 
 
 def test_latest_is_a_link_to_the_newest_created_run(tiny_config: Path, tmp_path: Path):
@@ -224,7 +224,6 @@ def test_compare_says_when_a_run_s_search_did_not_finish(tiny_config: Path, tmp_
 
 def test_runs_shows_every_column_and_long_folder_names_whole_at_80_columns(tiny_config: Path,
                                                                          tmp_path: Path):
-    from rich.console import Console
 
     from agereg import cli
 
@@ -233,13 +232,7 @@ def test_runs_shows_every_column_and_long_folder_names_whole_at_80_columns(tiny_
     long = tmp_path / "long.yaml"
     long.write_text(tiny_config.read_text().replace("name: tiny", f"name: {name}"))
     folder = search(long, runs).name
-    console = Console(width=80, record=True)
-    saved, cli.out = cli.out, console
-    try:
-        cli.runs_.callback(str(runs), False)  # type: ignore[misc]
-    finally:
-        cli.out = saved
-    shown = console.export_text()
+    shown = printed(80, lambda: cli.runs_.callback(str(runs), False))  # type: ignore[misc]
     assert all(len(line) <= 80 for line in shown.splitlines())
     assert "…" not in shown, shown
     # the folder column, read down: the whole name, folded over lines
@@ -251,13 +244,7 @@ def test_runs_shows_every_column_and_long_folder_names_whole_at_80_columns(tiny_
         assert column in shown, shown
     assert "left out" not in shown
     # narrower than the table: the columns least needed go, and a line says which
-    console = Console(width=56, record=True)
-    saved, cli.out = cli.out, console
-    try:
-        cli.runs_.callback(str(runs), False)  # type: ignore[misc]
-    finally:
-        cli.out = saved
-    narrow = console.export_text()
+    narrow = printed(56, lambda: cli.runs_.callback(str(runs), False))  # type: ignore[misc]
     header = next(r for r in narrow.splitlines() if r.lstrip().startswith("folder")).split()
     assert header == ["folder", "status", "trials", "best", "val"], narrow
     assert ("(data, strategy and evals left out at 56 columns; `agereg runs --json` has "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -78,3 +78,18 @@ def lock_held_elsewhere(run_dir: Path) -> Iterator[None]:
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def printed(width: int, show: Callable[[], object]) -> str:
+    """What ``show()`` prints on agereg's stdout console at ``width`` columns."""
+    from rich.console import Console
+
+    from agereg import cli
+
+    console = Console(width=width, record=True)
+    saved, cli.out = cli.out, console
+    try:
+        show()
+    finally:
+        cli.out = saved
+    return console.export_text()
