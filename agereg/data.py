@@ -198,8 +198,9 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
         raise DataError(f"{folder}: a file, not a dataset folder; {hint} (data.dir in the "
                         "config, or --data)")
     if not folder.is_dir():
-        raise DataError(f"{folder}: dataset folder not found; run `agereg synth --out {folder}` "
-                        "or set data.dir in the config")
+        raise DataError(f"{folder}: dataset folder not found; give the folder holding the "
+                        "four .npy files (data.dir in the config, or --data), or make a "
+                        f"stand-in with `agereg synth --out {folder}`")
     paths = {key: folder / name for key, name in FILE_NAMES.items()}
     Xtr, shape_tr = _load_x(paths["Xtr"])
     ytr = _load_y(paths["ytr"])

@@ -120,7 +120,9 @@ def test_synth_command(tmp_path: Path):
         (["search", "{tmp}/missing.yaml"], "missing.yaml"),
         (["eval", "--best", "--runs-dir", "{tmp}/empty"], "no runs yet"),
         (["eval", "--best", "--run", "{tmp}"], "not an agereg run folder"),
-        (["split", "--seed", "1", "--data", "{tmp}/nodata"], "dataset folder not found"),
+        (["split", "--seed", "1", "--data", "{tmp}/nodata"], "dataset folder not found; give "
+         "the folder holding the four .npy files (data.dir in the config, or --data), or make "
+         "a stand-in with `agereg synth --out "),
         (["search", "{config}", "--n-jobs", "0"], "--n-jobs"),
         (["search", "--resume", "--runs-dir", "{tmp}/empty"], "no runs yet"),
     ],
