@@ -589,7 +589,8 @@ def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -
 @click.option("--tracking-uri", default=None,
               help="MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000 "
                    "(default: MLflow's own, MLFLOW_TRACKING_URI).")
-@click.option("--experiment", default="agereg", show_default=True)
+@click.option("--experiment", default="agereg", show_default=True,
+              help="MLflow experiment to export into (created if missing).")
 @click.option("--force", is_flag=True, help="Export again a run exported before.")
 def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: str | None,
            experiment: str, force: bool) -> None:

@@ -50,3 +50,27 @@ def test_readme_names_every_command():
                 "python -m pytest -q"):
         assert cmd in text
     assert "python -m pytest -q" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_readme_describes_every_option_of_every_command():
+    import re
+
+    from agereg.cli import cli
+
+    text = README.read_text()
+    heading = re.compile(r"^##", re.M)
+
+    def section(title: str) -> str:  # from its heading to the next heading
+        start = text.index(title)
+        end = heading.search(text, start + 1)
+        return text[start:end.start() if end else None]
+
+    shared = section("## Commands")  # what every command that reads runs takes
+    assert "`--runs-dir DIR`" in shared and "`--run RUN_DIR`" in shared
+    for name, command in cli.commands.items():
+        own = section(f"### `agereg {name}")
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and opt not in ("--runs-dir", "--run"):
+                    # in prose or a table, as code: not only in the usage block
+                    assert f"`{opt}" in own, (name, opt)
