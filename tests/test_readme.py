@@ -74,3 +74,25 @@ def test_readme_describes_every_option_of_every_command():
                 if opt.startswith("--") and opt not in ("--runs-dir", "--run"):
                     # in prose or a table, as code: not only in the usage block
                     assert f"`{opt}" in own, (name, opt)
+
+
+def test_readme_documents_every_config_key():
+    import re
+
+    from agereg import config
+
+    text = README.read_text()
+    heading = re.compile(r"^## ", re.M)
+
+    def section(title: str) -> str:
+        start = text.index(title)
+        end = heading.search(text, start + 1)
+        return text[start:end.start() if end else None]
+
+    reference, strategies = section("## Configuration"), section("## Search strategies")
+    for keys in (config._TOP_KEYS, config._GRID_KEYS, config._DATA_KEYS, config._SPLIT_KEYS,
+                 config._EXECUTION_KEYS):
+        for key in keys:  # a line of the annotated example, "  key: value  # meaning"
+            assert re.search(rf"^\s*(# )?{key}:", reference, re.M), key
+    for key in config._SEARCH_KEYS:  # the strategies' own keys are described with them
+        assert re.search(rf"^\s*(# )?{key}:", reference, re.M) or f"`{key}`" in strategies, key
