@@ -63,6 +63,7 @@ from agereg.records import (
     score,
     status_counts,
 )
+from agereg.words import counted
 
 LOG_NAME = "trials.jsonl"
 FOLD_LOG_NAME = "folds.jsonl"
@@ -276,8 +277,7 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
             else:
                 name = read_regular(latest, 4 * KiB).decode("utf-8").strip()
         except FileNotFoundError:
-            raise RunError(f"{latest}: no runs yet; start one with `agereg search CONFIG` "
-                           "or name the run folder") from None
+            raise _no_latest(latest) from None
         except (OSError, NotReadable, UnicodeDecodeError):
             name = ""
         if not name or "/" in name or name in (".", "..") or "\x00" in name:
@@ -293,7 +293,7 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
                            " (--resume and --extend take one, after the config: `agereg "
                            "search CONFIG --resume RUN`)" if config else ""))
     if not path.is_dir():
-        raise RunError(f"{path}: run folder not found; list the folders in {runs_dir}")
+        raise RunError(f"{path}: run folder not found; `agereg runs` lists the run folders")
     for name in (CONFIG_NAME, RUN_NAME):
         if (path / name).exists() and not (path / name).is_file():
             raise RunError(f"{path / name}: not a regular file (a FIFO, device or folder); "
@@ -302,6 +302,22 @@ def resolve_run(run: str | os.PathLike | None, runs_dir: Path) -> Path:
         raise RunError(f"{path}: not an agereg run folder (no {CONFIG_NAME} / {RUN_NAME}); "
                        "name a folder that `agereg search` wrote")
     return path
+
+
+def _no_latest(latest: Path) -> RunError:
+    """The error for a missing ``runs/latest``: no runs yet, or (the pointer deleted, or
+    lost in a copy that dropped links) the run folders there, the newest named."""
+    try:
+        held = sorted(p.name for p in latest.parent.iterdir() if p.is_dir()
+                      and (p / CONFIG_NAME).is_file() and (p / RUN_NAME).is_file())
+    except OSError:
+        held = []
+    if not held:
+        return RunError(f"{latest}: no runs yet; start one with `agereg search CONFIG` or "
+                        "name the run folder")
+    return RunError(f"{latest}: missing, but {latest.parent} holds {counted(len(held), 'run')}"
+                    f" (the newest: {latest.parent / held[-1]}); name the run folder "
+                    "(`agereg runs` lists them)")
 
 
 def stored_config(run_dir: Path) -> Config:

@@ -41,6 +41,24 @@ def test_runs_latest_given_as_a_path_names_the_run_it_points_to(tiny_config: Pat
         assert f"wrote {second / 'report.html'}" in err and "runs/latest" not in err, err
 
 
+def test_a_missing_latest_names_the_newest_run_and_a_dangling_one_the_listing(
+        tiny_config: Path, tmp_path: Path):
+    runs = tmp_path / "runs"
+    search(tiny_config, runs)
+    second = search(tiny_config, runs)
+    (runs / "latest").unlink()  # deleted, or lost in a copy that dropped links
+    code, _, err = run(["report", "--runs-dir", str(runs)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"{runs / 'latest'}: missing, but {runs} holds 2 runs (the newest: {second}); "
+            "name the run folder (`agereg runs` lists them)") in err
+    (runs / "latest").symlink_to("20000101-000000-gone")  # its run deleted
+    code, _, err = run(["eval", "--runs-dir", str(runs)])
+    assert code == 2 and ("20000101-000000-gone: run folder not found; `agereg runs` lists "
+                          "the run folders") in err, err
+    code, _, err = run(["report", "--runs-dir", str(tmp_path / "empty")])
+    assert code == 2 and "no runs yet; start one with `agereg search CONFIG`" in err
+
+
 def test_runs_lists_every_run_and_marks_damage(tiny_config: Path, tmp_path: Path):
     runs = tmp_path / "runs"
     a = search(tiny_config, runs)
