@@ -800,15 +800,17 @@ def _resume_hint() -> str:
     run_dir = _Interrupted.run_dir
     if run_dir is None:
         return ""
-    saved = ""
+    command = f"`agereg search --resume {run_dir}`"
     try:
         best = json.loads(read_regular(Path(run_dir) / BEST_NAME, 1 << 20))
         done, planned = int(best["trials_done"]), int(best["trials_planned"])
-        saved = f"{done} of {counted(planned, 'trial')} "
     except (OSError, ValueError, KeyError, TypeError, NotReadable, RecursionError):
-        pass
-    return (f"; {saved or 'finished trials '}saved in {run_dir}/ (ranked partial results in "
-            f"results.csv); continue with `agereg search --resume {run_dir}`")
+        done, planned = -1, 0  # unknown: say what is true either way
+    if done == 0:
+        return f"; no trial had finished in {run_dir}/: {command} trains them all"
+    saved = f"{done} of {counted(planned, 'trial')}" if done > 0 else "finished trials"
+    return (f"; {saved} saved in {run_dir}/ (ranked partial results in results.csv); "
+            f"continue with {command}")
 
 
 class _Interrupted:

@@ -15,18 +15,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
 import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from agereg import interrupts
 from agereg.batched import Curves, GroupResult, GroupSpec, State, train_groups
 from agereg.data import Dataset
 from agereg.engine import Arrays, Fit, train_reference
@@ -422,8 +424,33 @@ def launch(
                     r.status is Status.FAILED for r in o.records))
         except BaseException:  # GeneratorExit, KeyboardInterrupt, a failed append...
             note_interrupt()
-            results.close()  # joblib terminates the workers now
+            # joblib terminates the workers now; a second Ctrl-C waits until they are
+            # gone (see _stop_local_workers)
+            with interrupts.shielded():
+                results.close()
+                _stop_local_workers()
             raise
+
+
+def _stop_local_workers() -> None:
+    """Kill what is left of this process's loky workers after joblib's abort.
+
+    loky kills its workers one by one from its manager thread. Without psutil it first
+    lists a worker's children with ``pgrep``, which a Ctrl-C sent to the whole process
+    group (a second Ctrl-C, or ``timeout``'s signal) can kill; its fallback then calls a
+    method its own Popen lacks, the manager thread dies, and the workers not yet killed
+    idle on, so Python's exit waited for them forever (about 1 `timeout -s INT` in 7
+    near the end of the homework grid's tasks hung). Every worker is idle or aborted by
+    now and no result is wanted: SIGKILL them all (a dead one is skipped)."""
+    import multiprocessing
+
+    from joblib.externals.loky.backend.process import LokyProcess
+
+    for p in multiprocessing.active_children():
+        if isinstance(p, LokyProcess):
+            with suppress(OSError, AttributeError, ValueError):
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(timeout=5)
 
 
 def plan_tasks(ref: ArraysRef, groups: Sequence[Group], firsts: Sequence[int], engine: str,
@@ -478,3 +505,6 @@ def _install_quiet_abort_hook() -> None:
 
     hook._agereg = True  # type: ignore[attr-defined]
     threading.excepthook = hook
+    # loky's warning (with a traceback) when pgrep is killed mid-abort: the workers are
+    # stopped all the same (_stop_local_workers)
+    warnings.filterwarnings("ignore", message="Failed to kill subprocesses")

@@ -373,6 +373,54 @@ def test_a_second_interrupt_waits_for_the_summaries(tmp_path: Path, data_copy: P
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
 
 
+# A search interrupted while its loky workers train, in a process of its own (the hang
+# was at that process's exit). loky's teardown is made to fail as it does without
+# psutil when the process group's Ctrl-C kills its pgrep: the manager thread dies after
+# dropping a worker from its books, and the workers left idle on.
+_TEARDOWN_FAILS = """\
+import os, signal, sys, threading
+import agereg.pipeline as pipeline
+from joblib.externals.loky import process_executor
+from agereg.cli import main
+
+pipeline.IN_PROCESS_SECONDS = 0.0  # real worker processes, even for tiny data
+real_launch = pipeline.launch
+
+def launch(*args, **kwargs):  # Ctrl-C while the workers train
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    return real_launch(*args, **kwargs)
+
+def kill_process_tree(process, *args, **kwargs):  # loky's fallback once pgrep is killed
+    raise AttributeError("'Popen' object has no attribute 'kill'")
+
+pipeline.launch, process_executor.kill_process_tree = launch, kill_process_tree
+sys.exit(main(["search", sys.argv[1], "--runs-dir", sys.argv[2], "--quiet"]))
+"""
+
+
+def test_an_interrupt_whose_worker_teardown_fails_still_exits(tmp_path: Path,
+                                                              data_copy: Path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "long.yaml"  # 100,000 epochs: the workers train well past the
+    config.write_text(CONFIG.format(data=data_copy).replace(  # Ctrl-C, 1 s in
+        "n_jobs: 1", "n_jobs: 2").replace("epochs: [1, 3]", "epochs: [100000]"))
+    (tmp_path / "drive.py").write_text(_TEARDOWN_FAILS)
+    try:
+        proc = subprocess.run([sys.executable, str(tmp_path / "drive.py"), str(config),
+                               str(tmp_path / "runs")], capture_output=True, text=True,
+                              timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interrupted search never exited: its exit waited for a worker")
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    run_dir = next((tmp_path / "runs").glob("*-h"))
+    assert (f"interrupted (Ctrl-C); no trial had finished in {run_dir}/: `agereg search "
+            f"--resume {run_dir}` trains them all") in proc.stderr, proc.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+
+
 def test_deliver_raises_at_once_outside_and_after_the_block_inside():
     with pytest.raises(KeyboardInterrupt):
         interrupts.deliver(KeyboardInterrupt())
