@@ -258,4 +258,3 @@ def train_reference(
 def diverged_fit(d: int) -> Fit:
     """The record of a diverged trial with D weights: everything NaN."""
     return Fit(np.full(d, np.nan), float("nan"), NAN3, True)
-

@@ -148,4 +148,3 @@ class Refine:
             columns = list(dict.fromkeys(columns))  # no duplicate columns
             columns.sort()
         return None
-
