@@ -617,13 +617,16 @@ def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: st
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--trial", default="best", show_default=True,
               help="best (as the run's select rule picks) or a rank K.")
+@click.option("--refit", is_flag=True,
+              help="Use the trial's model retrained on training + validation rows "
+                   "(agereg eval --refit; made first when missing).")
 @click.option("--out", "out_file", default=None, type=click.Path(dir_okay=False),
               help="Write the CSV (or JSON) there instead of stdout; a name ending in .npy "
                    "gets the ages as a float64 .npy array.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of CSV.")
-def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: str | None,
-            force: bool, as_json: bool) -> None:
+def predict(images: str, run: str | None, runs_dir: str, trial: str, refit: bool,
+            out_file: str | None, force: bool, as_json: bool) -> None:
     """Predicted ages for the images in IMAGES (.npy: (N, H, W), (N, D) or one image) with
     the run's best (or --trial K) model; CSV "index,predicted_age" on stdout or --out
     (an .npy array for an --out ending in .npy)."""
@@ -640,7 +643,7 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, out_file: s
     if out_file is not None and not Path(out_file).parent.is_dir():
         raise AgeregError(f"--out {out_file}: the folder {Path(out_file).parent} does not "
                           "exist; create it first")
-    p = predict_images(images, run, Path(runs_dir), trial, log=_log)
+    p = predict_images(images, run, Path(runs_dir), trial, log=_log, refit=refit)
     if out_file is None:
         _echo(_prediction_text(p, as_json))
     elif as_npy:  # the ages as numpy would have them: float64, shape (N,)

@@ -33,9 +33,11 @@ class Prediction:
 
 
 def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
-                   trial: str = "best", log: Log = quiet) -> Prediction:
+                   trial: str = "best", log: Log = quiet, refit: bool = False) -> Prediction:
     """Predict ages for the images in ``images`` (an .npy of shape (N, H, W), (N, D), or
-    one image) with trial ``trial`` ("best": as the run's select rule picks; or a rank)."""
+    one image) with trial ``trial`` ("best": as the run's select rule picks; or a rank);
+    ``refit``: with its model retrained on the training and validation rows (``agereg
+    eval --refit``; a cross-validated run's model always is)."""
     run_dir = resolve_run(run, runs_dir)
     with RunLock(run_dir):
         ctx = open_run(run_dir, runs_dir, log)
@@ -56,12 +58,12 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
     rec = ranked[k - 1]
     d = ctx.dataset.info.n_features
     X = check_images(Path(images), d)  # before any training: bad input costs nothing
-    folder = eval_folder(run_dir, rec.trial_id, refit=ctx.split.k > 0)
+    folder = eval_folder(run_dir, rec.trial_id, refit=refit or ctx.split.k > 0)
     trained_now = not (folder / "weights.npy").is_file()
     if trained_now:
-        log(f"trial #{k} has no saved model yet: evaluating it first, as `agereg eval "
-            f"--rank {k}` would")
-        outcome = evaluate_run(run_dir, runs_dir, rank=k, log=log)
+        log(f"trial #{k} has no saved {'refit ' * refit}model yet: evaluating it first, "
+            f"as `agereg eval --rank {k}{' --refit' * refit}` would")
+        outcome = evaluate_run(run_dir, runs_dir, rank=k, refit=refit, log=log)
         folder = outcome.folder
     w, b = load_model(folder, d)
     ages = linear_predict(np.asarray(X, dtype=np.float64), w, b)

@@ -204,3 +204,27 @@ def test_a_one_trial_run_counts_its_trial_in_the_singular(data_copy: Path, tmp_p
     code, _, err = run(["report", str(run_dir)])
     assert code == 0, err
     assert "<h2>Ranking (top 1 of 1 trial, 1 planned)</h2>" in (run_dir / "report.html").read_text()
+
+
+def test_predict_refit_uses_the_model_retrained_on_training_and_validation_rows(
+        searched, data_copy: Path, tmp_path: Path):
+    run_dir, _ = searched
+    X = np.load(data_copy / "age_regression_Xte.npy")[:4]
+    np.save(tmp_path / "new.npy", X)
+    args = ["predict", str(tmp_path / "new.npy"), "--run", str(run_dir), "--json"]
+    code, out, err = run([*args, "--refit"])
+    assert code == 0, err
+    assert "no saved refit model yet: evaluating it first, as `agereg eval --rank 1 " \
+        "--refit` would" in err
+    got = json.loads(out)
+    folder = Path(got["model"])
+    assert folder.name.endswith("-refit") and (folder / "eval.json").is_file()
+    assert json.loads((folder / "eval.json").read_text())["refit"] is True
+    w, b = np.load(folder / "weights.npy"), float(np.load(folder / "bias.npy"))
+    np.testing.assert_allclose(got["predicted_age"], X.reshape(4, -1) @ w + b, rtol=1e-12)
+    # without --refit: the search's own model, another one
+    code, out, err = run(args)
+    assert code == 0, err
+    plain = json.loads(out)
+    assert not plain["model"].endswith("-refit")
+    assert plain["predicted_age"] != got["predicted_age"]
