@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -53,7 +54,6 @@ def test_readme_names_every_command():
 
 
 def test_readme_describes_every_option_of_every_command():
-    import re
 
     from agereg.cli import cli
 
@@ -77,7 +77,6 @@ def test_readme_describes_every_option_of_every_command():
 
 
 def test_readme_documents_every_config_key():
-    import re
 
     from agereg import config
 
@@ -96,3 +95,19 @@ def test_readme_documents_every_config_key():
             assert re.search(rf"^\s*(# )?{key}:", reference, re.M), key
     for key in config._SEARCH_KEYS:  # the strategies' own keys are described with them
         assert re.search(rf"^\s*(# )?{key}:", reference, re.M) or f"`{key}`" in strategies, key
+
+
+def test_readme_lists_every_key_of_eval_json(tiny_config: Path, tmp_path: Path):
+    from tests_helpers import run
+
+    run_dir = search(tiny_config, tmp_path / "runs")
+    code, out, err = run(["eval", "--run", str(run_dir), "--bootstrap", "10", "--no-plots",
+                          "--json"])
+    assert code == 0, err
+    keys = set(json.loads(out))
+    text = README.read_text()
+    table = text[text.index("`eval.json` keys:"):]
+    table = table[:table.index("\n\n", table.index("| key | meaning |"))]
+    documented = {name for row in table.splitlines()[2:]
+                  for name in re.findall(r"`([a-z_.]+)`", row.split("|")[1])}
+    assert keys <= documented, keys - documented
