@@ -54,7 +54,6 @@ def test_readme_names_every_command():
 
 
 def test_readme_describes_every_option_of_every_command():
-
     from agereg.cli import cli
 
     text = README.read_text()
@@ -77,7 +76,6 @@ def test_readme_describes_every_option_of_every_command():
 
 
 def test_readme_documents_every_config_key():
-
     from agereg import config
 
     text = README.read_text()
