@@ -89,8 +89,10 @@ def make_split(n: int, seed: int, val_fraction: float, ytr_sha256: str) -> Split
     """Split ``range(n)`` with ``np.random.default_rng(seed).permutation(n)``."""
     n_val = n_validation(n, val_fraction)
     if n_val < 1 or n - n_val < 1:
-        fix = (f"use a val_fraction from {_shown(1 / n, n)} to {_shown((n - 1) / n, n)}"
-               if n >= 2 else "a split needs at least 2 training images")
+        low, high = _shown(1 / n, n), _shown((n - 1) / n, n)
+        fix = ("a split needs at least 2 training images" if n < 2 else
+               f"use val_fraction {low}" if low == high else
+               f"use a val_fraction from {low} to {high}")
         raise SplitError(f"val_fraction {val_fraction} leaves {n_val} validation and "
                          f"{n - n_val} training rows out of {n}; both need at least one: {fix}")
     perm = np.random.default_rng(seed).permutation(n)
