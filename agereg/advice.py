@@ -41,6 +41,8 @@ def edge_notices(records: Sequence[TrialRecord], by: str = "fmse", rule: str = "
         if len(tried) < 2 or tried[0] < value < tried[-1]:
             continue
         largest = value == tried[-1]
+        if axis in ("batch_size", "epochs") and value == 1 and not largest:
+            continue  # nothing smaller to try
         if axis == "l2" and value == 0:
             out.append(f"{who} l2 0 is the smallest tried: regularisation does not help at "
                        "these settings")

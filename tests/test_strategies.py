@@ -194,6 +194,15 @@ def test_edge_notices_suggest_learning_rates_up_to_the_stability_limit():
     assert edge_notices(absolute, lr_limit=0.036)[0] == edge_notices(absolute)[0]
 
 
+def test_no_notice_suggests_a_batch_size_or_epoch_count_below_one():
+    recs = [TrialRecord(bs, 0.01, ep, 0.1, 1.0, 1.0 + bs + ep, 1.0, Status.OK, 0.0)
+            for bs in (1, 4) for ep in (1, 3)]
+    assert edge_notices(recs) == ()  # the best, batch 1 and 1 epoch: nothing lies below
+    best_at_4 = [dataclasses.replace(r, val_loss=10.0 - r.batch_size) for r in recs]
+    assert any(n.startswith("best batch_size 4 is the largest tried")
+               for n in edge_notices(best_at_4))
+
+
 def test_every_trial_diverged_suggests_learning_rates_below_the_smallest_tried():
     diverged = [TrialRecord(8, lr, 4, 0.0, math.nan, math.nan, math.nan, Status.DIVERGED,
                             0.0) for lr in (0.3, 3.0)]
