@@ -89,8 +89,9 @@ def range_notes(X: np.ndarray, X_train: np.ndarray, ages: np.ndarray, y_train: n
     y_lo, y_hi = float(np.min(y_train)), float(np.max(y_train))
     outside = int(np.count_nonzero((ages < y_lo) | (ages > y_hi)))
     if outside:
-        notes.append(f"{outside} of {len(ages)} predicted ages lie outside the training ages "
-                     f"({y_lo:.4g} to {y_hi:.4g} years)")
+        which = ("the predicted age lies" if len(ages) == 1 else
+                 f"{outside} of {len(ages)} predicted ages lie")
+        notes.append(f"{which} outside the training ages ({y_lo:.4g} to {y_hi:.4g} years)")
     return tuple(notes)
 
 

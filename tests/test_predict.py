@@ -228,3 +228,14 @@ def test_predict_refit_uses_the_model_retrained_on_training_and_validation_rows(
     plain = json.loads(out)
     assert not plain["model"].endswith("-refit")
     assert plain["predicted_age"] != got["predicted_age"]
+
+
+def test_the_note_on_one_predicted_age_outside_the_training_ages_reads_as_one():
+    from agereg.predict import range_notes
+
+    X, ages_train = np.zeros((3, 4)), np.array([20.0, 30.0, 40.0])
+    assert range_notes(X[:1], X, np.array([55.0]), ages_train) == (
+        "the predicted age lies outside the training ages (20 to 40 years)",)
+    assert range_notes(X[:2], X, np.array([55.0, 25.0]), ages_train) == (
+        "1 of 2 predicted ages lie outside the training ages (20 to 40 years)",)
+    assert range_notes(X[:1], X, np.array([25.0]), ages_train) == ()
