@@ -252,10 +252,10 @@ def evaluate_run(
         folder = eval_folder(ctx.run_dir, rec.trial_id, refit)
         if (folder / EVAL_NAME).is_file() and not force:
             found = read_json(folder / EVAL_NAME, "recompute it with `agereg eval --force`")
-            from agereg.report import describe_eval
+            from agereg.report import as_of_now, describe_eval
 
             describe_eval(found, folder / EVAL_NAME)  # read back: input, validated
-            return EvalOutcome(found, folder, existing=True)
+            return EvalOutcome(as_of_now(found, rank), folder, existing=True)
         with EvalStaging(folder) as staging:
             result = _evaluate(ctx, ranked, rank, selected, refit, n_boot, plots, staging,
                                log, again)

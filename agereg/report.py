@@ -459,7 +459,8 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
         info = {**info, "status": "killed (no process holds the run any more; "
                                   "agereg search --resume goes on)"}
     dataset = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
-    evals = read_evaluations(run_dir)
+    finished = [r for r in ranked if r.status.has_losses()]
+    evals = read_evaluations(run_dir, {r.trial_id: k for k, r in enumerate(finished, 1)})
     analysis = read_analysis(run_dir)
     selection = select(ranked, cfg.select, cfg.select_by)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True,
@@ -497,9 +498,11 @@ def read_analysis(run_dir: Path) -> tuple[list[str], list[Path]] | None:
     return lines, pictures
 
 
-def read_evaluations(run_dir: Path) -> list[Evaluation]:
+def read_evaluations(run_dir: Path, ranks: dict[str, int] | None = None
+                     ) -> list[Evaluation]:
     """Every evaluation of the run (``evals/*/``, and a 0.1 run's own eval.json), each
-    checked to be one; the best-ranked first, plain retrainings before refits."""
+    checked to be one; the best-ranked first, plain retrainings before refits.
+    ``ranks``: each finished trial's rank now, by trial id (see :func:`as_of_now`)."""
     folders = evaluations(run_dir)
     if (run_dir / EVAL_NAME).is_file():  # written by agereg 0.1, before evals/ existed
         folders.append(run_dir)
@@ -507,12 +510,31 @@ def read_evaluations(run_dir: Path) -> list[Evaluation]:
     for folder in folders:
         path = folder / EVAL_NAME
         res = read_json(path, "recompute it with `agereg eval --force`")
-        text = describe_eval(res, path)  # read back: checked as it is described
+        describe_eval(res, path)  # read back: checked as it is described
+        trial_id = folder.name.removesuffix("-refit") if folder != run_dir else None
+        res = as_of_now(res, (ranks or {}).get(trial_id or ""))
+        text = describe_eval(res, path)
         listed = (res.get("files") or {}).get("pictures") or []
         evals.append(Evaluation(folder, res, text, [n for n in EVAL_PICTURES
                                                     if n in listed and (folder / n).is_file()]))
     evals.sort(key=lambda e: (bool(e.result.get("refit")), e.result["trial"]["rank"]))
     return evals
+
+
+def as_of_now(res: dict, rank_now: int | None) -> dict:
+    """An eval.json as it reads now. When the trial ranks otherwise than when it was
+    evaluated (the search was resumed and trained more trials), it is labelled with its
+    rank of now, and a first note says that what compares it with other trials (the
+    paired bootstrap, the ridge path's SGD figures) is as of then. The file is unchanged."""
+    was = res["trial"]["rank"]
+    if rank_now is None or rank_now == was:
+        return res
+    again = f"`agereg eval --rank {rank_now}{' --refit' * bool(res.get('refit'))} --force`"
+    note = (f"evaluated when this trial ranked #{was}; the search has trained more trials "
+            "since, so what compares it with other trials (the paired bootstrap, the ridge "
+            f"path's SGD figures) is as of then: {again} brings it up to date")
+    return {**res, "trial": {**res["trial"], "rank": rank_now},
+            "notes": [note, *(res.get("notes") or [])]}
 
 
 _TRIAL_KEYS: dict[str, type] = {"rank": int, "batch_size": int, "learning_rate": float,

@@ -305,3 +305,44 @@ def test_evaluating_an_unfinished_run_says_its_ranking_may_change(tiny_config: P
     assert code == 0, err
     assert not any("did not finish" in n or "ranking may change" in n
                    for n in json.loads(out)["notes"])
+
+
+def test_an_evaluation_made_before_a_resume_is_labelled_with_its_rank_of_now(
+        tiny_config: Path, tmp_path: Path, monkeypatch):
+    import agereg.pipeline as pipeline
+
+    from tests_helpers import interrupt_at_call
+
+    runs = tmp_path / "runs"
+    calls = interrupt_at_call(monkeypatch, pipeline, "append_records", 2)
+    code, _, _ = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
+    assert code == 130
+    monkeypatch.setattr(pipeline, "append_records", calls["real"])
+    cut = latest_run(runs)
+    first = {r.trial_id for r in read_log(cut)}  # the trials of the first group
+    args = ["eval", "--run", str(cut), "--bootstrap", "0", "--no-plots"]
+    code, out, err = run([*args, "--rank", "5", "--json"])  # after the first group only
+    assert code == 0, err
+    evaluated = json.loads(out)["folder"].split("/")[-1]
+    assert evaluated in first and json.loads(out)["trial"]["rank"] == 5
+    code, _, err = run(["search", "--resume", str(cut), "--runs-dir", str(runs), "--quiet"])
+    assert code == 0, err
+    ranked = [r for r in read_results(cut) if r["status"] == "ok"]
+    now = next(k for k, r in enumerate(ranked, 1) if r["trial_id"] == evaluated)
+    assert now > 5  # the other group's trials rank above it now: the setting this tests
+    note = (f"evaluated when this trial ranked #5; the search has trained more trials "
+            f"since, so what compares it with other trials (the paired bootstrap, the ridge "
+            f"path's SGD figures) is as of then: `agereg eval --rank {now} --force` brings "
+            "it up to date")
+    # the report and the stored evaluation, shown again, say the rank of now, and why
+    code, out, err = run(["report", str(cut)])
+    assert code == 0, err
+    assert f"trial #{now}: " in out and note in " ".join(out.split()), out
+    page = (cut / "report.html").read_text()
+    assert f"<h3>trial #{now}: " in page and "evaluated when this trial ranked #5" in page
+    code, out, err = run([*args, "--rank", str(now), "--json"])
+    assert code == 0 and "already evaluated" in err, err
+    shown = json.loads(out)
+    assert shown["trial"]["rank"] == now and shown["notes"][0] == note
+    stored = json.loads((cut / "evals" / evaluated / "eval.json").read_text())
+    assert stored["trial"]["rank"] == 5  # the file itself is left as it was
