@@ -199,8 +199,9 @@ def draw_grid_pictures(
 
 
 def _fresh(picture: Path, run_dir: Path) -> bool:
-    """Whether a grid picture exists and is newer than the trial log and the curves it was
-    drawn from (one drawn from a partial log is redrawn once the run has grown)."""
+    """Whether a grid picture (or the analysis) exists and is newer than the trial log
+    and the curves it was drawn from (one drawn from a partial log is redrawn once the
+    run has grown)."""
     try:
         drawn = picture.stat().st_mtime_ns
     except OSError:
@@ -494,6 +495,10 @@ def read_analysis(run_dir: Path) -> tuple[list[str], list[Path]] | None:
             as exc:
         raise RunError(f"{path}: not an agereg analysis ({type(exc).__name__}); delete it or "
                        "run `agereg analyze --run RUN` again") from None
+    if not _fresh(path, run_dir):  # the search trained more trials since (a --resume)
+        lines.append(f"analysed before the search trained its latest trials: the figures at "
+                     "the selected trial and the scaling rules are as of then; `agereg "
+                     f"analyze --run {run_dir}` brings them up to date")
     pictures = [path.parent / n for n in ANALYSIS_PICTURES if (path.parent / n).is_file()]
     return lines, pictures
 

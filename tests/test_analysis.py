@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -238,6 +239,20 @@ def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path
     assert (run_dir / "analysis" / "gradient_noise.png").is_file()
     code, out, err = run(["report", str(run_dir)])
     assert code == 0 and "Batch size and learning rate" in (run_dir / "report.html").read_text()
+    assert "analysed before the search trained" not in out
+    # a log newer than the analysis (a --resume trained more trials): the report says so
+    log = run_dir / "trials.jsonl"
+    made = (run_dir / "analysis" / "analysis.json").stat().st_mtime_ns
+    os.utime(log, ns=(made + 10**9, made + 10**9))
+    code, out, err = run(["report", str(run_dir)])
+    assert code == 0, err
+    said = (f"analysed before the search trained its latest trials: the figures at the "
+            f"selected trial and the scaling rules are as of then; `agereg analyze --run "
+            f"{run_dir}` brings them up to date")
+    assert "".join(said.split()) in "".join(out.split())  # a long path folds anywhere
+    # the page shortens the folder, as it does every path (it is shared)
+    assert said.replace(str(run_dir), f"…/{run_dir.name}") in (
+        run_dir / "report.html").read_text()
 
 
 def test_analyze_with_one_training_row_is_one_line(tmp_path: Path):
