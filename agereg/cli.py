@@ -67,6 +67,7 @@ from agereg.report import (
     ranking_rows,
     selection_text,
     several_losses,
+    stale_report,
     summary_dict,
 )
 from agereg.runs import BEST_NAME
@@ -288,6 +289,10 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
     err.print(escape(f"{counted(n, 'trial')} ({outcome.computed} trained now{reused}; "
               f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
               f"results in {outcome.run_dir}/"))
+    if outcome.computed and stale_report(outcome.run_dir):
+        err.print("[yellow]note[/]: " + escape(
+            f"{outcome.run_dir / 'report.html'} shows the run before these trials; "
+            f"`agereg report {outcome.run_dir}` rewrites it"))
     failed = outcome.failure()
     if failed is None:
         return 0

@@ -198,6 +198,12 @@ def draw_grid_pictures(
     return todo
 
 
+def stale_report(run_dir: Path) -> bool:
+    """Whether the run folder holds a report.html older than its trial log (written
+    before a --resume or --extend trained more trials): `agereg report` rewrites it."""
+    return (run_dir / REPORT_NAME).is_file() and not _fresh(run_dir / REPORT_NAME, run_dir)
+
+
 def _fresh(picture: Path, run_dir: Path) -> bool:
     """Whether a grid picture (or the analysis) exists and is newer than the trial log
     and the curves it was drawn from (one drawn from a partial log is redrawn once the

@@ -325,8 +325,12 @@ def test_an_evaluation_made_before_a_resume_is_labelled_with_its_rank_of_now(
     assert code == 0, err
     evaluated = json.loads(out)["folder"].split("/")[-1]
     assert evaluated in first and json.loads(out)["trial"]["rank"] == 5
+    assert run(["report", str(cut)])[0] == 0  # a report.html of the partial run
     code, _, err = run(["search", "--resume", str(cut), "--runs-dir", str(runs), "--quiet"])
     assert code == 0, err
+    said = (f"note: {cut / 'report.html'} shows the run before these trials; `agereg "
+            f"report {cut}` rewrites it")
+    assert "".join(said.split()) in "".join(err.split()), err  # a long path may fold
     ranked = [r for r in read_results(cut) if r["status"] == "ok"]
     now = next(k for k, r in enumerate(ranked, 1) if r["trial_id"] == evaluated)
     assert now > 5  # the other group's trials rank above it now: the setting this tests
