@@ -58,8 +58,13 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
         earlier = client.search_runs([exp_id], filter_string=f"tags.`{TAG}` = '{key}' and "
                                      "attributes.status = 'FINISHED'")
         if earlier and not force:
+            then = sum(int(v) for k, v in earlier[0].data.tags.items()
+                       if k.startswith("count.") and str(v).isdigit())
+            since = (f"; the run has changed since ({then} trials then, {len(records)} now)"
+                     if then and then != len(records) else "")
             raise RunError(f"{run_dir}: already exported to MLflow experiment {experiment!r} "
-                           f"(run {earlier[0].info.run_id}); pass --force to export again")
+                           f"(run {earlier[0].info.run_id}){since}; pass --force to export "
+                           "again")
         ranked = rank(records, cfg.select_by)
         sel = select(ranked, cfg.select, cfg.select_by)
         parent = client.create_run(exp_id, run_name=run_dir.name,

@@ -64,6 +64,16 @@ def test_export_to_a_local_tracking_uri(tiny_config: Path, tmp_path: Path,
     code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
                         "--experiment", "tiny"])
     assert code == 2 and "already exported" in err and "--force" in err
+    assert "changed since" not in err
+    # the log changed after the export (here: cut to its first group, as a run that is
+    # then resumed grows): the refusal says so
+    log = run_dir / "trials.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:12]))
+    code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
+                        "--experiment", "tiny"])
+    assert code == 2 and "the run has changed since (24 trials then, 12 now)" in err, err
+    log.write_text("".join(lines))
     code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri", uri,
                         "--experiment", "tiny", "--force"])
     assert code == 0, err
