@@ -528,8 +528,9 @@ def runs_(runs_dir: str, as_json: bool) -> None:
                       str(r.evaluated) if r.evaluated else ""])
 
     def build(shown: list[str], folder_room: int | None = None) -> Table:
+        # one space between columns (as the ranking): a homework run's line fits 80
         table = Table(title=f"runs in {escape(runs_dir)} (* latest)", title_justify="left",
-                      box=None, pad_edge=False)
+                      box=None, pad_edge=False, padding=(0, 1, 0, 0))
         table.add_column("", no_wrap=True, width=1)  # the latest run's *
         for col in shown:
             # a long folder name folds onto more lines, whole (it is what one copies), and
