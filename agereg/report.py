@@ -521,10 +521,11 @@ def read_evaluations(run_dir: Path, ranks: dict[str, int] | None = None
     for folder in folders:
         path = folder / EVAL_NAME
         res = read_json(path, "recompute it with `agereg eval --force`")
-        describe_eval(res, path)  # read back: checked as it is described
+        text = describe_eval(res, path)  # read back: checked as it is described
         trial_id = folder.name.removesuffix("-refit") if folder != run_dir else None
-        res = as_of_now(res, (ranks or {}).get(trial_id or ""))
-        text = describe_eval(res, path)
+        now = as_of_now(res, (ranks or {}).get(trial_id or ""))
+        if now is not res:  # its rank moved: described as it reads now
+            res, text = now, describe_eval(now, path)
         listed = (res.get("files") or {}).get("pictures") or []
         evals.append(Evaluation(folder, res, text, [n for n in EVAL_PICTURES
                                                     if n in listed and (folder / n).is_file()]))
