@@ -276,19 +276,24 @@ def test_small_searches_train_in_process(tiny_config: Path, tmp_path: Path, monk
     assert seen == [1, 2]
 
 
-def test_evaluating_an_unfinished_run_says_its_ranking_may_change(tiny_config: Path,
-                                                                  tmp_path: Path,
-                                                                  monkeypatch):
+def _cut_after_the_first_group(config: Path, runs: Path, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
+    """A search interrupted (Ctrl-C) once its first group is in the log: its run."""
     import agereg.pipeline as pipeline
 
     from tests_helpers import interrupt_at_call
 
-    runs = tmp_path / "runs"
     calls = interrupt_at_call(monkeypatch, pipeline, "append_records", 2)
-    code, _, _ = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
+    code, _, _ = run(["search", str(config), "--runs-dir", str(runs), "--quiet"])
     assert code == 130
     monkeypatch.setattr(pipeline, "append_records", calls["real"])
-    cut = latest_run(runs)
+    return latest_run(runs)
+
+
+def test_evaluating_an_unfinished_run_says_its_ranking_may_change(tiny_config: Path,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch):
+    runs = tmp_path / "runs"
+    cut = _cut_after_the_first_group(tiny_config, runs, monkeypatch)
     logged = len(read_log(cut))
     planned = json.loads((cut / "run.json").read_text())["trials_planned"]
     assert 0 < logged < planned
@@ -309,16 +314,8 @@ def test_evaluating_an_unfinished_run_says_its_ranking_may_change(tiny_config: P
 
 def test_an_evaluation_made_before_a_resume_is_labelled_with_its_rank_of_now(
         tiny_config: Path, tmp_path: Path, monkeypatch):
-    import agereg.pipeline as pipeline
-
-    from tests_helpers import interrupt_at_call
-
     runs = tmp_path / "runs"
-    calls = interrupt_at_call(monkeypatch, pipeline, "append_records", 2)
-    code, _, _ = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
-    assert code == 130
-    monkeypatch.setattr(pipeline, "append_records", calls["real"])
-    cut = latest_run(runs)
+    cut = _cut_after_the_first_group(tiny_config, runs, monkeypatch)
     first = {r.trial_id for r in read_log(cut)}  # the trials of the first group
     args = ["eval", "--run", str(cut), "--bootstrap", "0", "--no-plots"]
     code, out, err = run([*args, "--rank", "5", "--json"])  # after the first group only
