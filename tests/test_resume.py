@@ -276,7 +276,8 @@ def test_small_searches_train_in_process(tiny_config: Path, tmp_path: Path, monk
     assert seen == [1, 2]
 
 
-def _cut_after_the_first_group(config: Path, runs: Path, monkeypatch) -> Path:  # type: ignore[no-untyped-def]
+def _cut_after_the_first_group(config: Path, runs: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> Path:
     """A search interrupted (Ctrl-C) once its first group is in the log: its run."""
     import agereg.pipeline as pipeline
 
