@@ -439,7 +439,7 @@ def _stop_local_workers() -> None:
     lists a worker's children with ``pgrep``, which a Ctrl-C sent to the whole process
     group (a second Ctrl-C, or ``timeout``'s signal) can kill; its fallback then calls a
     method its own Popen lacks, the manager thread dies, and the workers not yet killed
-    idle on, so Python's exit waited for them forever (about 1 `timeout -s INT` in 7
+    idle on, so Python's exit waited for them forever (about 1 `timeout -s INT` in 6
     near the end of the homework grid's tasks hung). Every worker is idle or aborted by
     now and no result is wanted: SIGKILL them all (a dead one is skipped)."""
     import multiprocessing
