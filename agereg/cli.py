@@ -410,6 +410,7 @@ def _ranking_table(shown: list[str], rows: list[list[str]], names: tuple[str, ..
 
 
 @cli.command(name="eval")
+@click.argument("run_dir", required=False, type=click.Path())
 @click.option("--best", "best", is_flag=True,
               help="Evaluate the best trial, as the run's select rule picks it (default).")
 @click.option("--rank", "rank", default=None, type=click.IntRange(min=1),
@@ -429,15 +430,18 @@ def _ranking_table(shown: list[str], rows: list[list[str]], names: tuple[str, ..
 @click.option("--retrain", "again", is_flag=True,
               help="Train the trial again instead of using the parameters the search kept "
                    "(the validation fMSE must come out bit for bit the search's).")
-def eval_(best: bool, rank: int | None, run: str | None, runs_dir: str, refit: bool,
-          n_boot: int, no_plots: bool, as_json: bool, force: bool, again: bool) -> None:
-    """Measure the best trial of a run (the parameters the search kept, else trained again)
-    on the test set, with bootstrap confidence intervals, the exact ridge optimum, the
+def eval_(run_dir: str | None, best: bool, rank: int | None, run: str | None, runs_dir: str,
+          refit: bool, n_boot: int, no_plots: bool, as_json: bool, force: bool,
+          again: bool) -> None:
+    """Measure the best trial of RUN_DIR (or --run; default: the latest run) with the
+    parameters the search kept (else trained again) on the test set, with bootstrap confidence intervals, the exact ridge optimum, the
     noise model and pictures. Each evaluation keeps its own folder,
     RUN/evals/<trial_id>[-refit]/."""
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    outcome = evaluate_run(run, Path(runs_dir), rank=rank, refit=refit, n_boot=n_boot,
+    if run_dir is not None and run is not None:
+        raise click.UsageError("give the run as RUN_DIR or --run, not both")
+    outcome = evaluate_run(run_dir or run, Path(runs_dir), rank=rank, refit=refit, n_boot=n_boot,
                            plots=not no_plots, log=_log, force=force, again=again)
     res = outcome.result
     if as_json:

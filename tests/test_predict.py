@@ -239,3 +239,12 @@ def test_the_note_on_one_predicted_age_outside_the_training_ages_reads_as_one():
     assert range_notes(X[:2], X, np.array([55.0, 25.0]), ages_train) == (
         "1 of 2 predicted ages lie outside the training ages (20 to 40 years)",)
     assert range_notes(X[:1], X, np.array([25.0]), ages_train) == ()
+
+
+def test_eval_takes_the_run_as_an_argument_too(searched):
+    run_dir, _ = searched
+    code, out, err = run(["eval", str(run_dir), "--bootstrap", "0", "--no-plots", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["run"] == str(run_dir)
+    code, _, err = run(["eval", str(run_dir), "--run", str(run_dir)])
+    assert code == 2 and "give the run as RUN_DIR or --run, not both" in err
