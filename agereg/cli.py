@@ -434,9 +434,9 @@ def eval_(run_dir: str | None, best: bool, rank: int | None, run: str | None, ru
           refit: bool, n_boot: int, no_plots: bool, as_json: bool, force: bool,
           again: bool) -> None:
     """Measure the best trial of RUN_DIR (or --run; default: the latest run) with the
-    parameters the search kept (else trained again) on the test set, with bootstrap confidence intervals, the exact ridge optimum, the
-    noise model and pictures. Each evaluation keeps its own folder,
-    RUN/evals/<trial_id>[-refit]/."""
+    parameters the search kept (else trained again) on the test set, with bootstrap
+    confidence intervals, the exact ridge optimum, the noise model and pictures. Each
+    evaluation keeps its own folder, RUN/evals/<trial_id>[-refit]/."""
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
     if run_dir is not None and run is not None:
@@ -681,6 +681,7 @@ def _prediction_text(p: Prediction, as_json: bool) -> str:
 
 
 @cli.command()
+@click.argument("run_dir", required=False, type=click.Path())
 @click.option("--data", "data_dir", default=None, type=click.Path(file_okay=False),
               help="Dataset folder (uses its split.json, or a new 80/20 split).")
 @click.option("--run", "run", default=None, type=click.Path(),
@@ -692,15 +693,19 @@ def _prediction_text(p: Prediction, as_json: bool) -> str:
 @click.option("--draws", default=100, show_default=True, type=click.IntRange(1, 100_000),
               help="Minibatches drawn per batch size to measure the gradient noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def analyze(data_dir: str | None, run: str | None, runs_dir: str, batch_size: int | None,
-            draws: int, as_json: bool) -> None:
-    """How large a batch, how fast a learning rate: the Hessian's largest eigenvalue and
-    the stability limit, the minibatch gradient noise against batch size, the simple noise
-    scale, a learning-rate range, and (for a run) the scaling rules."""
+def analyze(run_dir: str | None, data_dir: str | None, run: str | None, runs_dir: str,
+            batch_size: int | None, draws: int, as_json: bool) -> None:
+    """How large a batch, how fast a learning rate, for RUN_DIR (or --run; default: the
+    latest run) or --data: the Hessian's largest eigenvalue and the stability limit, the
+    minibatch gradient noise against batch size, the simple noise scale, a learning-rate
+    range, and (for a run) the scaling rules."""
     from agereg.analyze import analyze as run_analysis
 
+    if run_dir is not None and run is not None:
+        raise click.UsageError("give the run as RUN_DIR or --run, not both")
+    run = run_dir or run
     if data_dir is not None and run is not None:
-        raise click.UsageError("give --data or --run, not both")
+        raise click.UsageError("give --data or a run, not both")
     res = run_analysis(data_dir, run, Path(runs_dir), batch_size, draws=draws, log=_log)
     if as_json:
         _echo(json.dumps(res, indent=2) + "\n")

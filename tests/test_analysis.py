@@ -223,9 +223,12 @@ def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path
     code, _, err = run(["search", str(tiny_config), "--runs-dir", str(runs), "--quiet"])
     assert code == 0 and "learning rate 1e+30 >= 2 / lambda_max" in err
     run_dir = search(tiny_config, runs)
-    code, out, err = run(["analyze", "--run", str(run_dir), "--draws", "20"])
+    code, out, err = run(["analyze", str(run_dir), "--draws", "20"])  # as report takes it
     assert code == 0, err
     assert "scaling rules:" in out and "gradient noise at the selected trial" in out
+    for both in (["--run", str(run_dir)], ["--data", str(tmp_path)]):
+        code, _, err = run(["analyze", str(run_dir), *both])
+        assert code == 2 and "not both" in err, err
     saved = json.loads((run_dir / "analysis" / "analysis.json").read_text())
     assert saved["learning_rates"][-1]["stable_full_batch"] is False  # 1e30
     # the selected trial's parameters are those the search kept: trained again (once
