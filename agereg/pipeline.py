@@ -295,6 +295,12 @@ def resume_search(
     if overrides is not None:
         cfg = overrides(cfg)
         _check_same(stored, cfg, run_dir)
+    if cfg.execution.curves != stored.execution.curves:
+        # the run's curves.csv must cover every trial or none
+        was, flag = ("on", "--no-curves") if stored.execution.curves else ("off", "--curves")
+        raise ConfigError(f"{run_dir}: started with learning curves {was}; {flag} (or "
+                          "execution.curves) would record them for only some of its trials: "
+                          "resume without it, or start a new search")
     with RunLock(run_dir):
         check_backend(cfg.execution, run_dir, log)
         _note_jobs(cfg, log)

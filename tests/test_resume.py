@@ -3,6 +3,7 @@ unwritable folders and a full disk."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -348,3 +349,23 @@ def test_an_evaluation_made_before_a_resume_is_labelled_with_its_rank_of_now(
     assert shown["trial"]["rank"] == now and shown["notes"][0] == note
     stored = json.loads((cut / "evals" / evaluated / "eval.json").read_text())
     assert stored["trial"]["rank"] == 5  # the file itself is left as it was
+
+
+def test_a_resume_keeps_the_run_s_learning_curve_setting(tiny_config: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    runs = tmp_path / "runs"
+    cut = _cut_after_the_first_group(tiny_config, runs, monkeypatch)  # curves on
+    before = (cut / "curves.csv").read_bytes()
+    code, _, err = run(["search", "--resume", str(cut), "--no-curves", "--quiet"])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"{cut}: started with learning curves on; --no-curves (or execution.curves) "
+            "would record them for only some of its trials") in err
+    assert (cut / "curves.csv").read_bytes() == before  # nothing trained
+    code, _, err = run(["search", "--resume", str(cut), "--quiet"])
+    assert code == 0, err
+    trained = {(r.batch_size, r.learning_rate, r.l2) for r in read_log(cut)
+               if r.status.has_losses()}
+    with open(cut / "curves.csv") as f:  # every configuration that trained has its curve
+        curved = {(int(r["batch_size"]), float(r["learning_rate"]), float(r["l2"]))
+                  for r in csv.DictReader(f)}
+    assert trained <= curved and len(trained) == 8
