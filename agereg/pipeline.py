@@ -44,7 +44,10 @@ from agereg.runs import (
     DATASET_NAME,
     FOLD_LOG_NAME,
     RUN_NAME,
+    CurveKey,
+    CurvePoint,
     RunLock,
+    append_curve_points,
     append_curves,
     append_fold_records,
     append_plan,
@@ -449,6 +452,10 @@ class Extension:
                            "the same split (the same split section, or copy "
                            f"{self.split_path} to the data folder)")
 
+    def curves(self) -> dict[CurveKey, dict[int, CurvePoint]]:
+        """Its learning curves (none when it recorded none)."""
+        return read_curves(self.run_dir)
+
     def cache(self) -> dict[TrialKey, TrialRecord]:
         """Its trials that have losses or diverged (a failed trial is trained again), as
         reused records that name where they came from."""
@@ -489,9 +496,12 @@ class _Sweep:
 
     def __init__(self, cfg: Config, dataset: Dataset, split: Split, run_dir: Path,
                  done: list[TrialRecord], log: Log, progress: Progress | None,
-                 cache: dict[TrialKey, TrialRecord] | None) -> None:
+                 base: Extension | None) -> None:
         self.cfg, self.dataset, self.split, self.run_dir = cfg, dataset, split, run_dir
-        self.log, self.progress, self.cache = log, progress, cache or {}
+        self.log, self.progress = log, progress
+        self.cache = {} if base is None else base.cache()
+        # the extended run's learning curves, carried along with its reused trials
+        self.base_curves = {} if base is None or not cfg.execution.curves else base.curves()
         self.lock = threading.Lock()
         # a failed trial is not done: a resumed search trains it again
         self.results: dict[TrialKey, TrialRecord] = {
@@ -598,6 +608,12 @@ class _Sweep:
         reuse = [self.cache[key] for key in proposal.trial_keys()
                  if key not in self.results and key in self.cache]
         if reuse:
+            if self.cfg.execution.curves and not self.base_curves and not self.reused:
+                self.log("note: the extended run recorded no learning curves: its reused "
+                         "trials have none here")
+            configs = {(r.batch_size, r.learning_rate, r.l2, r.loss) for r in reuse}
+            append_curve_points(self.run_dir, {  # before the records that they explain
+                key: points for key, points in self.base_curves.items() if key[:4] in configs})
             self._append(reuse)
             self.reused += len(reuse)
         todo = [g for g in groups if self._pending(g)]
@@ -751,8 +767,7 @@ def _run(
     base: Extension | None = None,
     lr_limit: float | None = None,
 ) -> SearchOutcome:
-    sweep = _Sweep(cfg, dataset, split, run_dir, done, log, progress,
-                   None if base is None else base.cache())
+    sweep = _Sweep(cfg, dataset, split, run_dir, done, log, progress, base)
     if sweep.results:
         n = len(sweep.results)
         log(f"resuming: {counted(n, 'trial')} already done")

@@ -678,6 +678,24 @@ def append_curves(run_dir: Path, group: Group, curves: Curves) -> None:
     append_durable(path, buf.getvalue())
 
 
+def append_curve_points(run_dir: Path, curves: dict[CurveKey, dict[int, CurvePoint]]
+                        ) -> None:
+    """Append curve points as read from another run's curves.csv (an extended run's
+    reused trials), written as :func:`append_curves` writes them; durable on return."""
+    if not curves:
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    path = run_dir / CURVES_NAME
+    if not path.exists():
+        w.writerow(CURVE_COLUMNS)
+    for (bs, lr, l2, loss, fold), points in curves.items():
+        for epoch, (tr, vf, va) in sorted(points.items()):
+            w.writerow([bs, repr(float(lr)), repr(float(l2)), loss,
+                        "" if fold is None else fold, epoch, _fmt(tr), _fmt(vf), _fmt(va)])
+    append_durable(path, buf.getvalue())
+
+
 def read_curves(run_dir: Path) -> dict[CurveKey, dict[int, CurvePoint]]:
     """The learning curves of a run by column and fold (none if it has no curves.csv);
     a later row for the same column, fold and epoch supersedes an earlier one."""

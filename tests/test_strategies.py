@@ -360,6 +360,34 @@ def test_extend_reuses_logged_trials(tmp_path: Path, data_copy: Path):
         assert res["reproduced"] is True and res["parameters"] == "kept by the search"
 
 
+def test_an_extended_run_carries_the_learning_curves_of_its_reused_trials(
+        tmp_path: Path, data_copy: Path):
+    from agereg.runs import read_curves
+
+    runs = tmp_path / "runs"
+    small = search(write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-2]",
+                                name="small"), runs)
+    bigger = write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-2]", name="big")
+    bigger.write_text(bigger.read_text().replace("batch_size: [4, 16]",
+                                                 "batch_size: [4, 8, 16]"))
+    code, _, err = run(["search", str(bigger), "--runs-dir", str(runs), "--quiet", "--extend",
+                        str(small)])
+    assert code == 0 and "6 trained now, 12 reused" in err, err  # batch size 8 alone trains
+    grown = latest_run(runs)
+    fresh = search(bigger, tmp_path / "fresh")
+    # the reused trials' curves came along (copied, not trained here): the same as a
+    # search of the whole grid, to the last digit
+    assert read_curves(grown) == read_curves(fresh)
+    assert {k[0] for k in read_curves(grown)} == {4, 8, 16}
+    # a run without curves, extended with them: said, not hidden
+    bare = search(write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-2]",
+                               name="bare"), runs, "--no-curves")
+    code, _, err = run(["search", str(bigger), "--runs-dir", str(runs), "--quiet", "--extend",
+                        str(bare)])
+    assert code == 0 and ("note: the extended run recorded no learning curves: its reused "
+                          "trials have none here") in " ".join(err.split()), err
+
+
 def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy: Path):
     runs = tmp_path / "runs"
     small = search(write_config(tmp_path, data_copy, "{strategy: grid}",
