@@ -156,6 +156,8 @@ def kept_fit(ctx: RunContext, arrays: Arrays, rec: TrialRecord) -> Fit | str:
         return "the reference engine keeps no parameters"
     groups = [g for stage in ctx.plan.values() for g in stage]
     got = load_params(ctx.run_dir, groups, rec, arrays.X_fit.shape[1])
+    if isinstance(got, str) and rec.origin:  # reused by --extend: the run that trained it
+        got = _origin_params(Path(rec.origin), rec, arrays.X_fit.shape[1], got)
     if isinstance(got, str):
         return got
     if got[0].dtype != arrays.X_fit.dtype:
@@ -164,6 +166,19 @@ def kept_fit(ctx: RunContext, arrays: Arrays, rec: TrialRecord) -> Fit | str:
     if fit.losses[1] != rec.val_loss:
         return "its kept parameters do not give the search's validation fMSE"
     return fit
+
+
+def _origin_params(origin: Path, rec: TrialRecord, d: int, reason: str
+                   ) -> tuple[np.ndarray, np.generic] | str:
+    """A reused trial's parameters from the run that trained it (``origin``), if that
+    run is still there and kept them; else ``reason``. Trusted as any kept parameters
+    are: only when they give the search's validation fMSE bit for bit (the caller)."""
+    try:
+        groups = [g for stage in read_plan(origin).values() for g in stage]
+    except (RunError, OSError):
+        return reason
+    got = load_params(origin, groups, rec, d)
+    return reason if isinstance(got, str) else got
 
 
 def _where(ctx: RunContext, refit: bool) -> str:

@@ -55,7 +55,7 @@ def load_params(run_dir: Path, groups: list[Group], rec: TrialRecord, d: int
              and g.loss == rec.loss and rec.epochs in g.epochs
              and (rec.learning_rate, rec.l2) in g.columns]
     reason = ("the run keeps no parameters for it (a run written before agereg kept them, "
-              "or a trial reused from another run by --extend)")
+              "or a trial reused by --extend whose run is gone or kept none)")
     for g in found:
         path = params_path(run_dir, g)
         E, K = len(g.epochs), len(g.columns)

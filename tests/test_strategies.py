@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -345,7 +346,6 @@ def test_extend_reuses_logged_trials(tmp_path: Path, data_copy: Path):
     assert without_seconds(read_results(grown)) == without_seconds(read_results(fresh))
     origins = {r.origin for r in read_log(grown)}
     assert origins == {None, str(small)}
-    import json
     assert json.loads((grown / "run.json").read_text())["extends"] == str(small)
     # eval of a trial trained here and of a reused one: a reused trial's group trained
     # here too (for its new learning rate), so both have kept parameters, and both
@@ -379,6 +379,15 @@ def test_an_extended_run_carries_the_learning_curves_of_its_reused_trials(
     # search of the whole grid, to the last digit
     assert read_curves(grown) == read_curves(fresh)
     assert {k[0] for k in read_curves(grown)} == {4, 8, 16}
+    # a reused trial trained nowhere in this run: eval takes the parameters the extended
+    # run kept (the search's validation fMSE bit for bit), not a new training
+    ranked = [r for r in rank_records(read_log(grown)) if r.status.has_losses()]
+    k = next(i for i, r in enumerate(ranked, 1) if r.origin == str(small))
+    code, out, err = run(["eval", "--run", str(grown), "--rank", str(k), "--no-plots",
+                          "--bootstrap", "0", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["reproduced"] is True and res["parameters"] == "kept by the search"
     # a run without curves, extended with them: said, not hidden
     bare = search(write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-2]",
                                name="bare"), runs, "--no-curves")
