@@ -613,7 +613,8 @@ class _Sweep:
                          "trials have none here")
             configs = {(r.batch_size, r.learning_rate, r.l2, r.loss) for r in reuse}
             append_curve_points(self.run_dir, {  # before the records that they explain
-                key: points for key, points in self.base_curves.items() if key[:4] in configs})
+                key: self.base_curves.pop(key) for key in list(self.base_curves)
+                if key[:4] in configs})  # each configuration's curve once
             self._append(reuse)
             self.reused += len(reuse)
         todo = [g for g in groups if self._pending(g)]
