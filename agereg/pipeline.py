@@ -612,9 +612,10 @@ class _Sweep:
                 self.log("note: the extended run recorded no learning curves: its reused "
                          "trials have none here")
             configs = {(r.batch_size, r.learning_rate, r.l2, r.loss) for r in reuse}
-            append_curve_points(self.run_dir, {  # before the records that they explain
-                key: self.base_curves.pop(key) for key in list(self.base_curves)
-                if key[:4] in configs})  # each configuration's curve once
+            carried = {key: self.base_curves.pop(key) for key in list(self.base_curves)
+                       if key[:4] in configs}  # each configuration's curve once
+            if carried:  # before the records that they explain
+                append_curve_points(self.run_dir, carried)
             self._append(reuse)
             self.reused += len(reuse)
         todo = [g for g in groups if self._pending(g)]

@@ -660,30 +660,20 @@ CurvePoint = tuple[float | None, float | None, float | None]  # train_running, v
 
 def append_curves(run_dir: Path, group: Group, curves: Curves) -> None:
     """Append a group's learning curves (rows of diverged epochs are left out); durable
-    when this returns. The header is written with the first rows."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    path = run_dir / CURVES_NAME
-    if not path.exists():
-        w.writerow(CURVE_COLUMNS)
-    for k, (lr, l2) in enumerate(group.columns):
-        for t, epoch in enumerate(curves.epochs):
-            vf = curves.val_fmse[t, k]
-            if not math.isfinite(vf):
-                continue
-            w.writerow([group.batch_size, repr(float(lr)), repr(float(l2)), group.loss,
-                        "" if group.fold is None else group.fold, int(epoch),
-                        _fmt(float(curves.train[t, k])), _fmt(float(vf)),
-                        _fmt(float(curves.val_mae[t, k]))])
-    append_durable(path, buf.getvalue())
+    when this returns."""
+    append_curve_points(run_dir, {
+        (group.batch_size, float(lr), float(l2), group.loss, group.fold): {
+            int(epoch): (float(curves.train[t, k]), float(curves.val_fmse[t, k]),
+                         float(curves.val_mae[t, k]))
+            for t, epoch in enumerate(curves.epochs) if math.isfinite(curves.val_fmse[t, k])}
+        for k, (lr, l2) in enumerate(group.columns)})
 
 
 def append_curve_points(run_dir: Path, curves: dict[CurveKey, dict[int, CurvePoint]]
                         ) -> None:
-    """Append curve points as read from another run's curves.csv (an extended run's
-    reused trials), written as :func:`append_curves` writes them; durable on return."""
-    if not curves:
-        return
+    """Append learning-curve points, by column and fold as :func:`read_curves` gives them
+    (a group's, or an extended run's for its reused trials), each column's by epoch;
+    durable when this returns. The header is written with the first rows."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     path = run_dir / CURVES_NAME
