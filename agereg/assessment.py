@@ -33,7 +33,7 @@ from agereg.launcher import in_memory
 from agereg.params import load_params
 from agereg.pipeline import Log, load_run_dataset, load_run_split, quiet, stored_config
 from agereg.plan import Group
-from agereg.records import RunSummary, TrialRecord
+from agereg.records import RunSummary, TrialRecord, finished_trials
 from agereg.records import rank as rank_records
 from agereg.runs import (
     EVAL_NAME,
@@ -253,16 +253,13 @@ def evaluate_run(
     with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
         ctx = open_run(run_dir, runs_dir, log)
         summary = ctx.summary()
-        ranked = [r for r in summary.ranked if r.status.has_losses()]
+        ranked = finished_trials(summary.ranked)
         selected = summary.selection.rank or 1
         if not ranked:
             raise nothing_finished(ctx, "evaluate")
         if rank is None:
             rank = selected
-        if not 1 <= rank <= len(ranked):
-            raise RunError(f"--rank {rank} is out of range: the run has "
-                           f"{counted(len(ranked), 'finished trial')}")
-        rec = ranked[rank - 1]
+        rec = nth_finished(ranked, rank, "--rank")
         refit = refit or ctx.split.k > 0  # K folds: refit on all training rows
         folder = eval_folder(ctx.run_dir, rec.trial_id, refit)
         if (folder / EVAL_NAME).is_file() and not force:
@@ -387,6 +384,15 @@ def _measure(
         "notes": notes,
     }
     return result, fit, pred_te
+
+
+def nth_finished(ranked: list[TrialRecord], k: int, option: str) -> TrialRecord:
+    """Trial #``k`` of the finished trials ``ranked``, asked for by ``option`` (--rank,
+    --trial); one line when the run has no such rank."""
+    if not 1 <= k <= len(ranked):
+        raise RunError(f"{option} {k} is out of range: the run has "
+                       f"{counted(len(ranked), 'finished trial')}")
+    return ranked[k - 1]
 
 
 def nothing_finished(ctx: RunContext, doing: str, locked: bool = True) -> RunError:

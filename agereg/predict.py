@@ -12,13 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from agereg.assessment import evaluate_run, load_model, nothing_finished, open_run
+from agereg.assessment import (
+    evaluate_run,
+    load_model,
+    nothing_finished,
+    nth_finished,
+    open_run,
+)
 from agereg.data import check_images
 from agereg.errors import DataError, RunError
 from agereg.evaluate import predict as linear_predict
 from agereg.pipeline import Log, quiet
+from agereg.records import finished_trials
 from agereg.runs import RunLock, eval_folder, resolve_run
-from agereg.words import counted
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
     with RunLock(run_dir):
         ctx = open_run(run_dir, runs_dir, log)
     summary = ctx.summary()
-    ranked = [r for r in summary.ranked if r.status.has_losses()]
+    ranked = finished_trials(summary.ranked)
     if not ranked:
         raise nothing_finished(ctx, "predict with", locked=False)
     if trial == "best":
@@ -52,10 +58,7 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
             k = int(trial)
         except ValueError:
             raise RunError(f"--trial {trial!r}: give best or a rank (1, 2, ...)") from None
-        if not 1 <= k <= len(ranked):
-            raise RunError(f"--trial {k} is out of range: the run has "
-                           f"{counted(len(ranked), 'finished trial')}")
-    rec = ranked[k - 1]
+    rec = nth_finished(ranked, k, "--trial")
     d = ctx.dataset.info.n_features
     X = check_images(Path(images), d)  # before any training: bad input costs nothing
     folder = eval_folder(run_dir, rec.trial_id, refit=refit or ctx.split.k > 0)

@@ -159,6 +159,12 @@ def rank(records: list[TrialRecord] | tuple[TrialRecord, ...], by: str = "fmse"
     return have + rest
 
 
+def finished_trials(ranked: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials of a ranking that have losses, in its order: the K-th is trial #K of
+    ``agereg eval --rank K``, ``predict --trial K`` and the report."""
+    return [r for r in ranked if r.status.has_losses()]
+
+
 def best_record(ranked: list[TrialRecord]) -> TrialRecord | None:
     return ranked[0] if ranked and ranked[0].status.has_losses() else None
 

@@ -25,7 +25,15 @@ from agereg import __version__
 from agereg.advice import edge_notices
 from agereg.errors import RunError
 from agereg.fileio import NotReadable, atomic_write_bytes, atomic_write_text, read_regular
-from agereg.records import Config3, Selection, TrialRecord, rank, select, status_counts
+from agereg.records import (
+    Config3,
+    Selection,
+    TrialRecord,
+    finished_trials,
+    rank,
+    select,
+    status_counts,
+)
 from agereg.runs import (
     CONFIG_NAME,
     CURVES_NAME,
@@ -466,8 +474,8 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
         info = {**info, "status": "killed (no process holds the run any more; "
                                   "agereg search --resume goes on)"}
     dataset = read_json(run_dir / DATASET_NAME, "this run folder is damaged")
-    finished = [r for r in ranked if r.status.has_losses()]
-    evals = read_evaluations(run_dir, {r.trial_id: k for k, r in enumerate(finished, 1)})
+    evals = read_evaluations(run_dir, {r.trial_id: k for k, r in
+                                       enumerate(finished_trials(ranked), 1)})
     analysis = read_analysis(run_dir)
     selection = select(ranked, cfg.select, cfg.select_by)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True,
@@ -839,7 +847,7 @@ def render_html(
         ], left=2),
         "<h2>Best trial</h2>\n",
     ]
-    ok = [r for r in ranked if r.status.has_losses()]
+    ok = finished_trials(ranked)
     if ok:
         b = selection.trial if selection is not None and selection.trial is not None else ok[0]
         parts.append(f"<p>best trial: <strong>{_e(trial_text(asdict(b)))}</strong>: "
