@@ -16,6 +16,7 @@ from agereg.runs import (
     BEST_NAME,
     CONFIG_NAME,
     DATASET_NAME,
+    EVAL_NAME,
     RUN_NAME,
     evaluations,
     read_json,
@@ -78,7 +79,7 @@ def _row(folder: Path, latest: Path | None) -> RunRow:
         dataset = read_json(folder / DATASET_NAME, "this run folder is damaged")
         best = read_json(folder / BEST_NAME, "resume the run to rebuild it") \
             if (folder / BEST_NAME).exists() else {}
-        n_evals = len(evaluations(folder)) + int((folder / "eval.json").is_file())
+        n_evals = len(evaluations(folder)) + int((folder / EVAL_NAME).is_file())
         name = stored_config(folder).name  # the folder's suffix (-2) is not part of it
     except RunError as exc:
         return RunRow(folder.name, name or folder.name, started, None, None, "damaged", None,

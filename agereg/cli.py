@@ -57,6 +57,7 @@ from agereg.fileio import NotReadable, read_regular
 from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
+    REPORT_NAME,
     EvalText,
     analysis_lines,
     build_report,
@@ -70,8 +71,8 @@ from agereg.report import (
     stale_report,
     summary_dict,
 )
-from agereg.runs import BEST_NAME
-from agereg.words import counted
+from agereg.runs import BEST_NAME, EVAL_NAME
+from agereg.words import counted, listed
 
 if TYPE_CHECKING:
     from agereg.predict import Prediction
@@ -291,7 +292,7 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
               f"results in {outcome.run_dir}/"))
     if outcome.computed and stale_report(outcome.run_dir):
         err.print("[yellow]note[/]: " + escape(
-            f"{outcome.run_dir / 'report.html'} shows the run before these trials; "
+            f"{outcome.run_dir / REPORT_NAME} shows the run before these trials; "
             f"`agereg report {outcome.run_dir}` rewrites it"))
     failed = outcome.failure()
     if failed is None:
@@ -381,8 +382,7 @@ def _fitted(names: Sequence[str], optional: Sequence[str],
 
 def _say_left_out(left_out: list[str], where: str) -> None:
     if left_out:
-        said = ", ".join(left_out[:-1]) + " and " * (len(left_out) > 1) + left_out[-1]
-        out.print(escape(f"({said} left out at {out.width} columns; {where})"))
+        out.print(escape(f"({listed(left_out)} left out at {out.width} columns; {where})"))
 
 
 def _ranking_table(shown: list[str], rows: list[list[str]], names: tuple[str, ...],
@@ -439,15 +439,14 @@ def eval_(run_dir: str | None, best: bool, rank: int | None, run: str | None, ru
     evaluation keeps its own folder, RUN/evals/<trial_id>[-refit]/."""
     if best and rank is not None:
         raise click.UsageError("give --best or --rank, not both")
-    if run_dir is not None and run is not None:
-        raise click.UsageError("give the run as RUN_DIR or --run, not both")
-    outcome = evaluate_run(run_dir or run, Path(runs_dir), rank=rank, refit=refit, n_boot=n_boot,
-                           plots=not no_plots, log=_log, force=force, again=again)
+    outcome = evaluate_run(_one_run(run_dir, run), Path(runs_dir), rank=rank, refit=refit,
+                           n_boot=n_boot, plots=not no_plots, log=_log, force=force,
+                           again=again)
     res = outcome.result
     if as_json:
         _echo(json.dumps(res, indent=2) + "\n")
     else:
-        _print_eval(describe_eval(res, outcome.folder / "eval.json"))
+        _print_eval(describe_eval(res, outcome.folder / EVAL_NAME))
     if outcome.existing:
         err.print(escape(f"already evaluated: shown from {outcome.folder}/ (computed earlier; "
                          "--force computes it again)"))
@@ -456,6 +455,13 @@ def eval_(run_dir: str | None, best: bool, rank: int | None, run: str | None, ru
         err.print(f"[yellow]warning[/]: the model's validation fMSE {res['val_fmse']!r} differs "
                   f"from the search's {res['search_val_fmse']!r}")
     err.print(escape(f"wrote {', '.join(eval_files(res))} in {outcome.folder}/"))
+
+
+def _one_run(run_dir: str | None, run: str | None) -> str | None:
+    """The run a command was given, as its RUN_DIR argument or as --run (not both)."""
+    if run_dir is not None and run is not None:
+        raise click.UsageError("give the run as RUN_DIR or --run, not both")
+    return run_dir or run
 
 
 def _print_eval(t: EvalText) -> None:
@@ -701,9 +707,7 @@ def analyze(run_dir: str | None, data_dir: str | None, run: str | None, runs_dir
     range, and (for a run) the scaling rules."""
     from agereg.analyze import analyze as run_analysis
 
-    if run_dir is not None and run is not None:
-        raise click.UsageError("give the run as RUN_DIR or --run, not both")
-    run = run_dir or run
+    run = _one_run(run_dir, run)
     if data_dir is not None and run is not None:
         raise click.UsageError("give --data or a run, not both")
     res = run_analysis(data_dir, run, Path(runs_dir), batch_size, draws=draws, log=_log)

@@ -16,7 +16,7 @@ from agereg.errors import RunError
 from agereg.evaluate import bootstrap_test, predict
 from agereg.records import TrialRecord
 from agereg.runs import eval_folder, record_to_dict, resolve_run
-from agereg.words import counted
+from agereg.words import counted, listed
 
 
 def _selected(ctx: RunContext) -> tuple[TrialRecord, int]:
@@ -79,7 +79,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
         doc["paired_note"] = "the runs used different test files: no paired comparison"
     elif any(m is None for m in models):
         missing = [c.run_dir for c, m in zip(ctxs, models, strict=True) if m is None]
-        todo = " and ".join(f"`agereg eval --best --run {d}`" for d in missing)
+        todo = listed([f"`agereg eval --best --run {d}`" for d in missing])
         who = "neither run is" if len(missing) == 2 else f"{missing[0]} is not"
         doc["paired_note"] = (f"{who} evaluated: run {todo} for a paired bootstrap of the "
                               "test difference")
