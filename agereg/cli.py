@@ -129,8 +129,11 @@ class _State:
     debug = False
 
 
-class Terminated(Exception):
-    """Raised in the main thread when SIGTERM arrives, so cleanup runs as for Ctrl-C."""
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so cleanup runs as for Ctrl-C.
+
+    A BaseException, as KeyboardInterrupt is: a group trained in this process treats any
+    Exception as its failure, and a SIGTERM is no failure of the trial it lands in."""
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
