@@ -208,10 +208,17 @@ class _Invalid(Exception):
 
 
 class _DuplicateKey(Exception):
-    """A key set twice in one YAML mapping: ``line``, and the ``first`` line setting it."""
+    """A key set twice in one YAML mapping: where (line, column), and where first."""
 
-    def __init__(self, key: object, line: int, first: int) -> None:
-        self.key, self.line, self.first = key, line, first
+    def __init__(self, key: object, at: tuple[int, int], first: tuple[int, int]) -> None:
+        self.key, self.at, self.first = key, at, first
+
+    def where(self) -> str:
+        (line, col), (first, first_col) = self.at, self.first
+        if line == first:  # a flow mapping, {seed: 1, seed: 2}
+            return (f"line {line}, column {col} sets {_show(self.key)} again (first set at "
+                    f"column {first_col})")
+        return f"line {line} sets {_show(self.key)} again (first set on line {first})"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -221,19 +228,20 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
-            seen: dict[object, int] = {}
+            seen: dict[object, tuple[int, int]] = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
+                mark = key_node.start_mark
+                at = (mark.line + 1, mark.column + 1)
                 try:
                     first = seen.get(key)
                 except TypeError:  # an unhashable key: SafeLoader's own error follows
                     continue
                 if first is not None:
-                    raise _DuplicateKey(key, line, first)
-                seen[key] = line
+                    raise _DuplicateKey(key, at, first)
+                seen[key] = at
         return super().construct_mapping(node, deep=deep)
 
 
@@ -268,8 +276,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
     except _DuplicateKey as dup:
         raise _error(
-            f"{source}: line {dup.line} sets {_show(dup.key)} again (first set on line "
-            f"{dup.first}); YAML would keep only the last, so delete one of them"
+            f"{source}: {dup.where()}; YAML would keep only the last, so delete one of them"
         ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
