@@ -48,11 +48,11 @@ from agereg.runs import (
     CurvePoint,
     RunLock,
     append_curve_points,
-    append_curves,
     append_fold_records,
     append_plan,
     append_records,
     create_run_dir,
+    curve_points,
     mean_curve,
     read_curves,
     read_json,
@@ -511,8 +511,15 @@ class _Sweep:
             self.folds = {(r.key(), r.fold): r
                           for r in read_log(run_dir, repair=True, name=FOLD_LOG_NAME)
                           if r.fold is not None and r.status is not Status.FAILED}
+        # a torn last row (a kill mid-append) is cut off before anything is appended
+        on_file = read_curves(run_dir, repair=True)
         # validation fMSE by epoch of each (column, fold): the best epoch of a K-fold trial
-        self.curves = read_curves(run_dir) if split.k else {}
+        self.curves = on_file if split.k else {}
+        # the last epoch of each (column, fold)'s curve on file: a group that trains a
+        # column again from its start (resumed after a kill between its curves and its
+        # records, a halving rung resumed without the parameters of the rung before, a
+        # longer trial beside an extended run's) appends only the epochs after it
+        self.curves_upto = {key: max(points) for key, points in on_file.items() if points}
         self.plan = read_plan(run_dir)
         # (fold, column) -> (epoch, w (D,), b, best val fMSE, its epoch): halving's
         # parameters at the last rung
@@ -523,6 +530,16 @@ class _Sweep:
         self.n_planned = search_budget(cfg.search, cfg.grid)
         # a kill between a trial's last fold and its trial record: complete it now
         self._complete({key for key, _ in self.folds})
+
+    def _append_curves(self, curves: dict[CurveKey, dict[int, CurvePoint]]) -> None:
+        """Append the points after each (column, fold)'s last epoch on file, so that the
+        file holds each point once."""
+        append_curve_points(self.run_dir, {
+            key: {e: p for e, p in points.items() if e > self.curves_upto.get(key, 0)}
+            for key, points in curves.items()})
+        for key, points in curves.items():
+            if points:
+                self.curves_upto[key] = max(self.curves_upto.get(key, 0), max(points))
 
     def run(self, strategy: Strategy) -> None:
         seen: set[tuple[str, int]] = set()
@@ -614,10 +631,11 @@ class _Sweep:
             configs = {(r.batch_size, r.learning_rate, r.l2, r.loss) for r in reuse}
             carried = {key: self.base_curves.pop(key) for key in list(self.base_curves)
                        if key[:4] in configs}  # each configuration's curve once
-            if carried:  # before the records that they explain
-                append_curve_points(self.run_dir, carried)
-            self._append(reuse)
-            self.reused += len(reuse)
+            with interrupts.shielded():  # the curves with their records, or neither
+                if carried:  # before the records that they explain
+                    self._append_curves(carried)
+                self._append(reuse)
+                self.reused += len(reuse)
         todo = [g for g in groups if self._pending(g)]
         if not todo:
             return
@@ -647,37 +665,39 @@ class _Sweep:
     def _take(self, outcome: GroupOutcome) -> None:
         """Make a trained group's outcome durable, in this order: its learning curves and
         its parameters, then its records (a fold's in folds.jsonl, a trial's once its
-        every fold is in), then the state halving continues from."""
-        k, g = self.split.k, outcome.group
-        if outcome.curves is not None:  # before the records that they explain
-            append_curves(self.run_dir, g, outcome.curves)
-            for j, (lr, l2) in enumerate(g.columns):
-                points = self.curves.setdefault((g.batch_size, lr, l2, g.loss, g.fold), {})
-                for t, e in enumerate(outcome.curves.epochs):
-                    points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
-        if outcome.weights is not None and outcome.bias is not None:
-            # before the records: a logged trial has its parameters for eval
-            save_params(self.run_dir, g, outcome.weights, outcome.bias)
-        # a fold's record is kept even when another fold failed its trial, so a resume
-        # trains only the failed fold
-        new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]
-        if k:
-            append_fold_records(self.run_dir, new)  # durable before it counts
-            self.folds.update({(r.key(), r.fold): r for r in new  # type: ignore[misc]
-                               if r.status is not Status.FAILED})
-            self.computed += self._complete({r.key() for r in new})
-            failed_now = [r for r in new if r.status is Status.FAILED]
-            if failed_now:  # a failed fold fails its trial now: record it
-                self._append([combine_folds([r]) for r in failed_now
-                              if r.key() not in self.results])
-        else:
-            new = [r for r in new if r.key() not in self.results]
-            self._append(new)
-            self.computed += len(new)
-        if self.cfg.on_error == "stop" and (stop := failure(new, self.run_dir)):
-            raise stop  # on_error: stop
-        if outcome.state is not None:
-            self._keep(g, outcome.state)
+        every fold is in), then the state halving continues from. Ctrl-C and SIGTERM wait
+        until all of it is written: the group is saved whole, not trained again."""
+        with interrupts.shielded():
+            k, g = self.split.k, outcome.group
+            if outcome.curves is not None:  # before the records that they explain
+                self._append_curves(curve_points(g, outcome.curves))
+                for j, (lr, l2) in enumerate(g.columns):
+                    points = self.curves.setdefault((g.batch_size, lr, l2, g.loss, g.fold), {})
+                    for t, e in enumerate(outcome.curves.epochs):
+                        points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
+            if outcome.weights is not None and outcome.bias is not None:
+                # before the records: a logged trial has its parameters for eval
+                save_params(self.run_dir, g, outcome.weights, outcome.bias)
+            # a fold's record is kept even when another fold failed its trial, so a resume
+            # trains only the failed fold
+            new = [r for r in outcome.records if (r.key(), r.fold) not in self.folds]
+            if k:
+                append_fold_records(self.run_dir, new)  # durable before it counts
+                self.folds.update({(r.key(), r.fold): r for r in new  # type: ignore[misc]
+                                   if r.status is not Status.FAILED})
+                self.computed += self._complete({r.key() for r in new})
+                failed_now = [r for r in new if r.status is Status.FAILED]
+                if failed_now:  # a failed fold fails its trial now: record it
+                    self._append([combine_folds([r]) for r in failed_now
+                                  if r.key() not in self.results])
+            else:
+                new = [r for r in new if r.key() not in self.results]
+                self._append(new)
+                self.computed += len(new)
+            if self.cfg.on_error == "stop" and (stop := failure(new, self.run_dir)):
+                raise stop  # on_error: stop
+            if outcome.state is not None:
+                self._keep(g, outcome.state)
 
     def _estimated_seconds(self, groups: list[Group]) -> float:
         """A rough single-core time for the groups: two (rows, D) x (D, 16) products per

@@ -658,15 +658,15 @@ CurveKey = tuple[int, float, float, str, int | None]  # (batch_size, lr, l2, los
 CurvePoint = tuple[float | None, float | None, float | None]  # train_running, val_fmse, val_mae
 
 
-def append_curves(run_dir: Path, group: Group, curves: Curves) -> None:
-    """Append a group's learning curves (rows of diverged epochs are left out); durable
-    when this returns."""
-    append_curve_points(run_dir, {
+def curve_points(group: Group, curves: Curves) -> dict[CurveKey, dict[int, CurvePoint]]:
+    """A group's learning curves by column and fold, as :func:`append_curve_points` takes
+    them (the points of diverged epochs are left out)."""
+    return {
         (group.batch_size, float(lr), float(l2), group.loss, group.fold): {
             int(epoch): (float(curves.train[t, k]), float(curves.val_fmse[t, k]),
                          float(curves.val_mae[t, k]))
             for t, epoch in enumerate(curves.epochs) if math.isfinite(curves.val_fmse[t, k])}
-        for k, (lr, l2) in enumerate(group.columns)})
+        for k, (lr, l2) in enumerate(group.columns)}
 
 
 def append_curve_points(run_dir: Path, curves: dict[CurveKey, dict[int, CurvePoint]]
@@ -686,11 +686,12 @@ def append_curve_points(run_dir: Path, curves: dict[CurveKey, dict[int, CurvePoi
     append_durable(path, buf.getvalue())
 
 
-def read_curves(run_dir: Path) -> dict[CurveKey, dict[int, CurvePoint]]:
+def read_curves(run_dir: Path, repair: bool = False) -> dict[CurveKey, dict[int, CurvePoint]]:
     """The learning curves of a run by column and fold (none if it has no curves.csv);
-    a later row for the same column, fold and epoch supersedes an earlier one."""
+    a later row for the same column, fold and epoch supersedes an earlier one. A torn
+    last row (a kill mid-write) is ignored and, with ``repair``, cut off."""
     path = run_dir / CURVES_NAME
-    lines = _read_lines(path, repair=False)
+    lines = _read_lines(path, repair)
     out: dict[CurveKey, dict[int, CurvePoint]] = {}
     if not lines:
         return out

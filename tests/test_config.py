@@ -263,7 +263,8 @@ def test_yaml_errors(tmp_path: Path, text: str, fragments: list[str]) -> None:
     [
         ("name: a\nname: b\n" + GRID, "line 2 sets 'name' again (first set on line 1)"),
         (GRID + "  l2: [0.5]\n", "line 6 sets 'l2' again (first set on line 5)"),
-        ("split: {seed: 1, seed: 2}\n" + GRID, "line 1, column 18 sets 'seed' again (first set at column 9)"),
+        ("split: {seed: 1, seed: 2}\n" + GRID,
+         "line 1, column 18 sets 'seed' again (first set at column 9)"),
         (GRID + "grid: {l2: [0.5]}\n", "line 6 sets 'grid' again (first set on line 1)"),
     ],
 )

@@ -19,7 +19,14 @@ from agereg import fileio
 from agereg.runs import LOG_NAME, RunLock, create_run_dir, read_log
 from agereg.synth import write_synthetic
 
-from tests_helpers import latest_run, read_results, run, search, without_seconds
+from tests_helpers import (
+    curve_lines,
+    latest_run,
+    read_results,
+    run,
+    search,
+    without_seconds,
+)
 
 # A grid of 8 groups (one per batch size) that takes a few seconds with n_jobs=1, so a
 # signal can land between groups.
@@ -152,6 +159,27 @@ def test_torn_last_line_is_ignored_and_redone(tiny_config: Path, tmp_path: Path)
     assert code == 0, err
     assert without_seconds(read_results(run_dir)) == without_seconds(read_results(reference))
     assert all(line.endswith(b"}\n") for line in log.read_bytes().splitlines(keepends=True))
+
+
+def test_a_torn_curves_row_is_cut_and_each_point_written_once(tiny_config: Path,
+                                                               tmp_path: Path):
+    reference = search(tiny_config, tmp_path / "ref")
+    runs = tmp_path / "runs"
+    run_dir = search(tiny_config, runs)
+    log, curves = run_dir / LOG_NAME, run_dir / "curves.csv"
+    # a kill while the curves of a group were being appended: its records never came,
+    # and the last row is cut halfway
+    log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:4]))
+    rows = curves.read_bytes()
+    curves.write_bytes(rows[: len(rows) // 2 + 7])
+    code, _, err = run(["search", "--resume", str(run_dir), "--runs-dir", str(runs),
+                        "--quiet"])
+    assert code == 0, err
+    # the torn row was cut before the new rows came, and the trials trained again did
+    # not append the rows already there: the file is a fresh search's, row for row
+    assert curve_lines(run_dir) == curve_lines(reference)
+    code, _, err = run(["report", str(run_dir), "--runs-dir", str(runs)])
+    assert code == 0, err
 
 
 def test_corrupt_middle_line_is_an_error(tiny_config: Path, tmp_path: Path):

@@ -23,6 +23,7 @@ from agereg.strategies.random_search import RandomSearch
 from agereg.strategies.refine import Refine
 
 from tests_helpers import (
+    curve_lines,
     interrupt_at_call,
     latest_run,
     read_results,
@@ -328,6 +329,9 @@ def test_interrupt_and_resume_give_the_same_results(tmp_path: Path, data_copy: P
     assert code == 0, err
     resumed = latest_run(tmp_path / "cut")
     assert without_seconds(read_results(resumed)) == without_seconds(read_results(whole))
+    # each learning-curve point once: a group cut off before its records (or a halving
+    # rung trained again from the start) does not append the epochs already there
+    assert curve_lines(resumed) == curve_lines(whole)
 
 
 def test_extend_reuses_logged_trials(tmp_path: Path, data_copy: Path):
@@ -378,6 +382,16 @@ def test_an_extended_run_carries_the_learning_curves_of_its_reused_trials(
     # the reused trials' curves came along (copied, not trained here): the same as a
     # search of the whole grid, to the last digit
     assert read_curves(grown) == read_curves(fresh)
+    assert curve_lines(grown) == curve_lines(fresh)  # each point once in the file too
+    # a longer trial of a reused configuration trains it again from the start: only the
+    # epochs after the carried curve's are appended
+    short = write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-2]",
+                         name="short")
+    short.write_text(short.read_text().replace("epochs: [1, 3, 9]", "epochs: [1, 3]"))
+    code, _, err = run(["search", str(bigger), "--runs-dir", str(runs), "--quiet", "--extend",
+                        str(search(short, runs))])
+    assert code == 0 and "10 trained now, 8 reused" in err, err
+    assert curve_lines(latest_run(runs)) == curve_lines(fresh)
     assert {k[0] for k in read_curves(grown)} == {4, 8, 16}
     # a reused trial trained nowhere in this run: eval takes the parameters the extended
     # run kept (the search's validation fMSE bit for bit), not a new training

@@ -42,6 +42,11 @@ def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def curve_lines(run_dir: Path) -> list[str]:
+    """The rows of a run's curves.csv as written, sorted (groups finish in any order)."""
+    return sorted((run_dir / "curves.csv").read_text().splitlines()[1:])
+
+
 def interrupt_at_call(monkeypatch, module, name: str, call: int) -> dict:  # type: ignore[no-untyped-def]
     """Make the ``call``-th call of ``module.name`` raise KeyboardInterrupt, as a Ctrl-C
     landing there; earlier calls go through. Returns ``{"n": calls so far, "real": the
