@@ -1,5 +1,5 @@
 """``python -m agereg``: the same entry point as the ``agereg`` console script."""
 
-from agereg.cli import run
+from agereg.entry import run
 
 run()

@@ -421,6 +421,34 @@ def test_an_interrupt_whose_worker_teardown_fails_still_exits(tmp_path: Path,
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
 
 
+_SLOW_IMPORT = """
+import importlib.abc, os, signal, sys, threading, time
+from agereg import entry
+
+class Slow(importlib.abc.MetaPathFinder):  # agereg's imports, made to take 30 s
+    def find_spec(self, name, path, target=None):
+        if name == "agereg.cli":
+            time.sleep(30)
+
+sys.meta_path.insert(0, Slow())
+threading.Timer(0.5, os.kill, (os.getpid(), getattr(signal, sys.argv[1]))).start()
+sys.argv = ["agereg", "runs"]
+entry.run()
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [("SIGINT", 130, "Ctrl-C"),
+                                                   ("SIGTERM", 143, "SIGTERM")])
+def test_a_signal_while_agereg_is_importing_is_one_line(tmp_path: Path, sig: str,
+                                                        code: int, name: str):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _SLOW_IMPORT, sig], capture_output=True,
+                          text=True, timeout=20, check=False)
+    assert (proc.returncode, proc.stderr) == (code, f"interrupted ({name})\n")
+
+
 def test_deliver_raises_at_once_outside_and_after_the_block_inside():
     with pytest.raises(KeyboardInterrupt):
         interrupts.deliver(KeyboardInterrupt())
