@@ -326,36 +326,27 @@ def _reference(arrays: Arrays, group: Group, seed: int,
 
 def run_groups(
     ref: ArraysRef, groups: Sequence[Group], seed: int, engine: str,
-    parent_pid: int | None = None, starts: Sequence[State | None] | None = None,
+    starts: Sequence[State | None] | None = None,
     keep_state: bool = False, curves: bool = False,
     progress_files: Sequence[str | None] | None = None,
 ) -> list[GroupOutcome]:
     """The joblib task: groups of one fold, trained together. One BLAS thread, always: the
     same kernels, so the same numbers, whatever ``n_jobs`` is, and workers x threads never
     exceeds the cores."""
-    if parent_pid is not None:
-        _exit_with_parent(parent_pid)
     with threadpool_limits(limits=1, user_api="blas"):
         return run_groups_on(load_arrays(ref, groups[0].fold), groups, seed, engine,
                              starts or [None] * len(groups), keep_state, curves,
                              progress_files)
 
 
-_WATCHING_PARENT = False
-
-
 def _exit_with_parent(parent_pid: int) -> None:
-    """In a worker process started by agereg itself (loky), exit once agereg is gone.
+    """loky's initializer of each worker it starts for agereg: exit once agereg is gone.
 
     Ctrl-C and SIGTERM stop the workers through joblib, but after ``kill -9`` (or the OOM
-    killer) loky's workers would finish their group and then idle on as orphans. Nothing
-    happens in agereg's own process (sequential or threading backend) or in a dask worker,
-    whose parent is its nanny.
+    killer) loky's workers would idle on as orphans (up to loky's 300 s idle timeout) or,
+    holding a result nobody reads, forever. Watching from the worker's start, not from its
+    first task, also covers a worker whose parent died before it took one.
     """
-    global _WATCHING_PARENT
-    if _WATCHING_PARENT or os.getpid() == parent_pid or os.getppid() != parent_pid:
-        return
-    _WATCHING_PARENT = True
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -412,7 +403,7 @@ def launch(
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
         results = parallel(
-            delayed(run_groups)(ref, [groups[i] for i in t], seed, engine, os.getpid(),
+            delayed(run_groups)(ref, [groups[i] for i in t], seed, engine,
                                 [starts[i] for i in t], keep_state, curves,
                                 [files[i] for i in t])
             for t in tasks)
@@ -475,8 +466,10 @@ def _backend(backend: str, jobs: int, scheduler: str | None, ref: ArraysRef
         return dask_backend(str(scheduler), Path(ref.folder).parent)  # <run>/.work
     from joblib import parallel_config
 
-    return parallel_config(backend=backend, n_jobs=jobs,
-                           inner_max_num_threads=1 if backend == "loky" else None)
+    if backend == "loky":  # processes started here, which must not outlive agereg
+        return parallel_config(backend=backend, n_jobs=jobs, inner_max_num_threads=1,
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+    return parallel_config(backend=backend, n_jobs=jobs)
 
 
 # When a search is interrupted, joblib tears its process pool down while loky's manager

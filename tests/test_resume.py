@@ -99,6 +99,32 @@ def assert_gone(pids: list[int], timeout: float = 10) -> None:
     assert not [pid for pid in pids if alive(pid)]
 
 
+_IDLE_WORKERS = """
+import os, sys, time
+from joblib import Parallel, delayed
+from agereg.launcher import _backend
+
+with _backend("loky", 2, None, None):  # the workers agereg's searches use
+    pids = Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(8))
+print(*sorted(set(pids)), flush=True)
+time.sleep(60)  # killed with SIGKILL here, its workers idle
+"""
+
+
+def test_workers_that_outlive_a_kill_9_exit_even_when_idle():
+    # loky keeps idle workers for 300 s; a worker watching its parent only from its first
+    # task could also miss a parent killed before it took one, then block for ever on a
+    # result nobody reads
+    proc = subprocess.Popen([sys.executable, "-c", _IDLE_WORKERS], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert workers and proc.pid not in workers
+    proc.kill()
+    proc.wait()
+    assert_gone(workers, timeout=5)
+
+
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, slow_data: Path):
     config = slow_config(tmp_path, slow_data)
     reference = search(config, tmp_path / "ref")
