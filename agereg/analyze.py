@@ -98,6 +98,7 @@ def analyze(
     at_zero = gradient_noise(X, y, np.zeros(X.shape[1]), 0.0, 0.0, seed, draws)
     result["noise_at_zero"] = _noise_dict(at_zero)
     bs = batch_size
+    chosen = None
     if ctx is not None:
         grid = ctx.cfg.grid
         result["learning_rates"] = [
@@ -157,6 +158,15 @@ def analyze(
                  f"{beta:.4g}, the fastest step of minibatch SGD (Ma, Bassily & Belkin, "
                  "2018)") + ", then 3 decades down",
     }  # fmt: skip
+    if chosen is not None and chosen.batch_size == bs and chosen.learning_rate > top:
+        # the two suggestions a user sees, this range and the search's edge notice, must
+        # not seem to contradict the trial that trained best
+        result.setdefault("notes", []).append(
+            f"the selected trial's learning rate {chosen.learning_rate:g} lies above this "
+            f"range ({chosen.learning_rate / top:.2g} x its top) and trained best at batch "
+            f"size {bs}: the top is the fastest step in theory, not a limit (full-batch "
+            f"descent is stable up to 2 / lambda_max = {eig.lr_limit:.3g}); search around "
+            f"{chosen.learning_rate:g} rather than below it")
     result = json_safe(result)  # type: ignore[assignment]
     if ctx is not None:
         _write(ctx.run_dir, result)

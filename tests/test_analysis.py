@@ -23,6 +23,7 @@ from agereg.analysis import (
     top_eigenvalue,
 )
 from agereg.records import TrialRecord
+from agereg.synth import write_synthetic
 
 from tests_helpers import run, search
 
@@ -259,8 +260,6 @@ def test_analyze_command_end_to_end(tiny_config: Path, data_copy: Path, tmp_path
 
 
 def test_analyze_with_one_training_row_is_one_line(tmp_path: Path):
-    from agereg.synth import write_synthetic
-
     data = write_synthetic(tmp_path / "d", seed=0, n_train=2, n_test=1, side=4)
     code, _, err = run(["split", "--seed", "0", "--val-fraction", "0.5", "--data", str(data)])
     assert code == 0, err
@@ -309,3 +308,27 @@ def test_analyze_says_its_figures_are_the_squared_loss_s(tmp_path: Path, data_co
     assert code == 0 and "note: the run trains with the absolute loss too" in out, err
     saved = json.loads((run_dir / "analysis" / "analysis.json").read_text())
     assert saved["notes"] and "squared loss's" in saved["notes"][0]
+
+
+def test_a_best_learning_rate_above_the_range_is_said(tmp_path: Path):
+    # on 800 images of 16x16 the best of these rates at batch size 16 is 0.03, 2.1 x the
+    # range's top: the range must not read as a ceiling the best trial broke
+    data = write_synthetic(tmp_path / "data", seed=2, n_train=800, n_test=200, side=16)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\nn_jobs: 1\ndata: {{dir: {data}}}\ngrid: {{batch_size: [16], "
+                      "learning_rate: [0.003, 0.01, 0.02, 0.03], epochs: [5], l2: [0.0]}\n")
+    run_dir = search(config, tmp_path / "runs")
+    code, out, err = run(["analyze", str(run_dir), "--draws", "5", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    best, top = res["noise_at_selected"]["trial"]["learning_rate"], res["lr_range"]["top"]
+    assert best == 0.03 and best > top
+    assert res["notes"] == [
+        f"the selected trial's learning rate 0.03 lies above this range ({best / top:.2g} x "
+        f"its top) and trained best at batch size 16: the top is the fastest step in "
+        f"theory, not a limit (full-batch descent is stable up to 2 / lambda_max = "
+        f"{res['lr_limit']:.3g}); search around 0.03 rather than below it"]
+    # at another batch size than the selected trial's, nothing is said
+    code, out, err = run(["analyze", str(run_dir), "--draws", "5", "--json",
+                          "--batch-size", "64"])
+    assert code == 0 and "notes" not in json.loads(out), err
