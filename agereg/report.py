@@ -31,6 +31,7 @@ from agereg.records import (
     TrialRecord,
     finished_trials,
     rank,
+    score,
     select,
     status_counts,
 )
@@ -685,10 +686,12 @@ def selection_text(sel: Selection) -> str | None:
         return None
     if sel.note:
         return sel.note
-    t = sel.trial
-    return (f"selected by one_se: #{sel.rank} ({trial_text(asdict(t))}), validation "
-            f"{fmt(t.val_loss)}: the most regularised of the {sel.n_within} trials within one "
-            f"standard error ({fmt(sel.se)}) of the lowest, {fmt(sel.lowest.val_loss)}")
+    t, what = sel.trial, "validation MAE" if sel.by == "mae" else "validation"
+    # the figure the rule compared (MAE under select_by: mae), with its standard error
+    return (f"selected by one_se: #{sel.rank} ({trial_text(asdict(t))}), {what} "
+            f"{fmt(score(t, sel.by))}: the most regularised of the {sel.n_within} trials "
+            f"within one standard error ({fmt(sel.se)}) of the lowest, "
+            f"{fmt(score(sel.lowest, sel.by))}")
 
 
 def analysis_lines(res: dict) -> list[str]:

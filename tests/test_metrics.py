@@ -236,6 +236,26 @@ def test_no_curves_records_none_and_changes_no_number(tmp_path: Path, data_copy:
     assert all(r["best_epoch"] == "" for r in read_results(off))
 
 
+def test_one_se_by_mae_states_the_mae_it_compared(tmp_path: Path, data_copy: Path):
+    from agereg.report import fmt
+
+    config = tmp_path / "se.yaml"
+    config.write_text(CONFIG.format(data=data_copy, extra="select: one_se\nselect_by: mae"))
+    runs = tmp_path / "runs"
+    code, out, err = run(["search", str(config), "--runs-dir", str(runs), "--quiet"])
+    assert code == 0, err
+    sel = json.loads((latest_run(runs) / "best.json").read_text())["selection"]
+    rows = read_results(latest_run(runs))
+    chosen, lowest = rows[sel["rank"] - 1], rows[0]
+    assert sel["lowest"] == float(lowest["val_mae"])
+    assert sel["standard_error"] == float(lowest["val_mae_se"])
+    said = (f"validation MAE {fmt(float(chosen['val_mae']))}: the most regularised of the "
+            f"{sel['n_within']} trials within one standard error "
+            f"({fmt(float(lowest['val_mae_se']))}) of the lowest, "
+            f"{fmt(float(lowest['val_mae']))}")
+    assert said in " ".join(out.split()), out  # not the fMSE beside the MAE's error
+
+
 @pytest.mark.parametrize("loss, fragment", [
     ("[squared, hinge]", "grid.loss[1] = 'hinge' is not one of 'squared', 'absolute'"),
     ("[absolute, absolute]", "grid.loss lists a loss twice"),
