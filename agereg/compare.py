@@ -69,6 +69,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
         "config_differs": differs,
         "same_training_data": ctxs[0].dataset.info.sha256.get("ytr") ==
                               ctxs[1].dataset.info.sha256.get("ytr"),
+        "splits": [c.split.describe() for c in ctxs],
+        "same_split": ctxs[0].split.same_rows(ctxs[1].split),
         "paired_test": None,
         "unfinished": [unfinished(c, locked=False) for c in ctxs],  # read without the lock
     }
@@ -132,6 +134,10 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
             lines.append(f"note: {name}: {said}")
     if not doc["same_training_data"]:
         lines.append("note: the runs trained on different training files")
+    elif not doc["same_split"]:
+        a, b = doc["splits"]
+        lines.append(f"note: the runs validated on different rows (A: {a}; B: {b}): their "
+                     "validation figures do not compare, their test figures do")
     p = doc["paired_test"]
     if p is None:
         lines.append(doc.get("paired_note", "no paired comparison"))

@@ -52,6 +52,14 @@ class Split:
         train = np.concatenate([f for j, f in enumerate(self.folds) if j != i])
         return train, self.folds[i]
 
+    def same_rows(self, other: Split) -> bool:
+        """Whether the two splits validate (and train) on the same rows, in the same
+        order: then their validation figures compare."""
+        return (self.ytr_sha256 == other.ytr_sha256 and self.k == other.k and
+                all(np.array_equal(a, b) for a, b in zip(
+                    (self.train, self.val, *self.folds), (other.train, other.val, *other.folds),
+                    strict=True)))
+
     def describe(self) -> str:
         if self.k:
             return f"{self.k} folds (seed {self.seed})"

@@ -169,9 +169,24 @@ def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
                                             evals[b]["test"]["fmse"]], rel=1e-9)
     code, out, err = run(["compare", str(a), str(b)])
     assert code == 0 and "configs differ in: grid.l2 [0.0, 0.01] vs [0.1]" in out
-    assert "A better in" in out
+    assert "A better in" in out and "validated on different rows" not in out
     code, _, err = run(["compare", str(a), str(a)])
     assert code == 2 and "two different runs" in err
+    # another split: the validation figures are from other rows, and it says so
+    folds = tmp_path / "folds.yaml"
+    folds.write_text(tiny_config.read_text().replace("split: {seed: 1, val_fraction: 0.25}",
+                                                     "split: {seed: 1, folds: 3}"))
+    c = search(folds, runs)
+    code, out, err = run(["compare", str(a), str(c), "--json"])
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["same_split"] is False and doc["splits"] == ["seed 1, val_fraction 0.25",
+                                                           "3 folds (seed 1)"]
+    assert json.loads(run(["compare", str(a), str(b), "--json"])[1])["same_split"] is True
+    code, out, err = run(["compare", str(a), str(c)])
+    assert code == 0 and ("note: the runs validated on different rows (A: seed 1, "
+                          "val_fraction 0.25; B: 3 folds (seed 1)): their validation figures "
+                          "do not compare, their test figures do") in " ".join(out.split())
 
 
 def test_a_run_whose_process_died_is_listed_as_killed(tiny_config: Path, tmp_path: Path):
