@@ -641,8 +641,8 @@ class _Sweep:
             return
         n_trials = len({key for g in todo for key in self._pending(g)})
         folds = f" x {k} folds" if k else ""
-        self.log(f"{proposal.stage}: training {counted(n_trials, 'trial')}{folds} "
-                 f"in {counted(len(todo), 'group')}")
+        self.log(f"{proposal.title or proposal.stage}: training "
+                 f"{counted(n_trials, 'trial')}{folds} in {counted(len(todo), 'group')}")
         if self.ref is None:
             self.ref = prepare_arrays(self.dataset, self.split, self.cfg.execution.precision,
                                       self.run_dir / ".work")

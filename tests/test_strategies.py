@@ -275,8 +275,13 @@ def write_config(tmp_path: Path, data: Path, search_: str, lr: str = LRS, name: 
 def test_halving_survivors_equal_the_grid_to_the_last_digit(tmp_path: Path, data_copy: Path):
     runs = tmp_path / "runs"
     grid_run = search(write_config(tmp_path, data_copy, "{strategy: grid}", name="g"), runs)
-    halv_run = search(write_config(tmp_path, data_copy, "{strategy: halving, eta: 3}",
-                                   name="h", n_jobs=2), runs)
+    code, _, err = run(["search", str(write_config(tmp_path, data_copy,
+                                                   "{strategy: halving, eta: 3}", name="h",
+                                                   n_jobs=2)), "--runs-dir", str(runs),
+                        "--quiet"])
+    assert code == 0, err
+    halv_run = latest_run(runs)
+    assert "rung 1 of 3 (1 epoch): training 24 trials" in err, err
     grid = {r.key(): r for r in read_log(grid_run)}
     halv = read_log(halv_run)
     assert len(halv) == 24 + 8 + 2  # 24 configurations, then 24 // 3, then 8 // 3
@@ -293,6 +298,8 @@ def test_halving_survivors_equal_the_grid_to_the_last_digit(tmp_path: Path, data
         Status.PRUNED if grid[r.key()].status is Status.OK else Status.DIVERGED for r in stopped]
     assert any(r.status is Status.PRUNED for r in stopped)
     plan = read_plan(halv_run)
+    # the stored stage names key the plan of runs made before: "(1 epochs)" stays there,
+    # while the search prints "rung 1 of 3 (1 epoch)"
     assert list(plan) == ["rung 1 of 3 (1 epochs)", "rung 2 of 3 (3 epochs)",
                           "rung 3 of 3 (9 epochs)"]
     assert all(g.start_epoch == 3 for g in plan["rung 3 of 3 (9 epochs)"])

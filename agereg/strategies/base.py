@@ -26,13 +26,15 @@ Results = Mapping[TrialKey, TrialRecord]
 class Proposal:
     """Train ``columns`` and record them at ``epochs``; ``start_epoch`` > 0 continues
     from the parameters after that epoch (successive halving). ``prune`` lists finished
-    trials to mark ``pruned``. ``stage`` names the step, the same on every replay."""
+    trials to mark ``pruned``. ``stage`` names the step, the same on every replay (it keys
+    the stored plan); ``title``, when given, is how the step is shown instead."""
 
     stage: str
     columns: tuple[Config3, ...]
     epochs: tuple[int, ...]
     start_epoch: int = 0
     prune: tuple[TrialKey, ...] = ()
+    title: str = ""
 
     def trial_keys(self) -> list[TrialKey]:
         return [at_epochs(c, ep) for c in self.columns for ep in self.epochs]

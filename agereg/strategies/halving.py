@@ -12,6 +12,7 @@ from __future__ import annotations
 from agereg.config import Grid
 from agereg.records import Config3, Status, TrialKey, at_epochs, score
 from agereg.strategies.base import Proposal, Results, initial_columns, missing
+from agereg.words import counted
 
 
 class Halving:
@@ -41,8 +42,10 @@ class Halving:
             keys = [at_epochs(c, epoch) for c in alive]
             if missing(keys, results):
                 # the stage's name keys its groups in plan.jsonl: kept as runs stored it
-                return Proposal(f"rung {k + 1} of {len(self.rungs)} ({epoch} epochs)",
-                                tuple(alive), (epoch,), start, tuple(pruned))
+                # ("(1 epochs)" too); the title is what the search prints
+                rung = f"rung {k + 1} of {len(self.rungs)}"
+                return Proposal(f"{rung} ({epoch} epochs)", tuple(alive), (epoch,), start,
+                                tuple(pruned), title=f"{rung} ({counted(epoch, 'epoch')})")
             if k == len(self.rungs) - 1:
                 break
             keep = self.survivors(alive, epoch, results)
