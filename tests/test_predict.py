@@ -248,3 +248,17 @@ def test_eval_takes_the_run_as_an_argument_too(searched):
     assert json.loads(out)["run"] == str(run_dir)
     code, _, err = run(["eval", str(run_dir), "--run", str(run_dir)])
     assert code == 2 and "give the run as RUN_DIR or --run, not both" in err
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 9, 10])
+def test_predicting_in_blocks_of_rows_equals_the_whole_product(n: int):
+    from agereg.predict import predict_rows
+
+    rng = np.random.default_rng(n)
+    X = rng.random((n, 48, 48), dtype=np.float32).reshape(n, -1)  # as predict reads them
+    w, b = rng.standard_normal(2304), 37.5
+    whole = np.asarray(X, dtype=np.float64) @ w + b
+    assert np.array_equal(predict_rows(X, w, b), whole)  # one block
+    # blocks of 4 rows (and a last block of 1 to 3): the same numbers, each row's dot
+    # product perhaps summed in another order
+    np.testing.assert_allclose(predict_rows(X, w, b, rows=4), whole, rtol=1e-13, atol=0)
