@@ -412,14 +412,18 @@ def _ranking_table(shown: list[str], rows: list[list[str]], names: tuple[str, ..
 # ---------------------------------------------------------------- eval
 
 
+# the run a command reads, as its RUN_DIR argument or as --run (see _one_run)
+_run_option = click.option("--run", "run", default=None, type=click.Path(),
+                           help="Run folder (default: the latest run).")
+
+
 @cli.command(name="eval")
 @click.argument("run_dir", required=False, type=click.Path())
 @click.option("--best", "best", is_flag=True,
               help="Evaluate the best trial, as the run's select rule picks it (default).")
 @click.option("--rank", "rank", default=None, type=click.IntRange(min=1),
               help="Evaluate the trial of this rank instead.")
-@click.option("--run", "run", default=None, type=click.Path(),
-              help="Run folder (default: the latest run).")
+@_run_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--refit", is_flag=True, help="Retrain on training + validation rows first.")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True,
@@ -611,16 +615,18 @@ def compare(run_a: str, run_b: str, runs_dir: str, n_boot: int, as_json: bool) -
 @click.option("--experiment", default="agereg", show_default=True,
               help="MLflow experiment to export into (created if missing).")
 @click.option("--force", is_flag=True, help="Export again a run exported before.")
+@_run_option
 def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: str | None,
-           experiment: str, force: bool) -> None:
-    """Export RUN_DIR (default: the latest run) to MLflow: one parent run, one child run
-    per configuration with its losses at every recorded epoch count, report.html as an
-    artifact."""
+           experiment: str, force: bool, run: str | None) -> None:
+    """Export RUN_DIR (or --run; default: the latest run) to MLflow: one parent run, one
+    child run per configuration with its losses at every recorded epoch count, report.html
+    as an artifact."""
     from agereg.export import export_mlflow
 
     if not to_mlflow:
         raise click.UsageError("give --mlflow (the one export target)")
-    res = export_mlflow(run_dir, Path(runs_dir), tracking_uri, experiment, force)
+    res = export_mlflow(_one_run(run_dir, run), Path(runs_dir), tracking_uri, experiment,
+                        force)
     err.print(escape(f"exported to MLflow ({res['tracking_uri']}): experiment "
                      f"{res['experiment']!r}, parent run {res['parent_run_id']} with "
                      f"{res['child_runs']} child runs"))
@@ -631,8 +637,7 @@ def export(run_dir: str | None, runs_dir: str, to_mlflow: bool, tracking_uri: st
 
 @cli.command()
 @click.argument("images", type=click.Path(dir_okay=False))
-@click.option("--run", "run", default=None, type=click.Path(),
-              help="Run folder (default: the latest run).")
+@_run_option
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False))
 @click.option("--trial", default="best", show_default=True,
               help="best (as the run's select rule picks) or a rank K.")
@@ -734,10 +739,12 @@ def analyze(run_dir: str | None, data_dir: str | None, run: str | None, runs_dir
               help="Rows of the ranked table to print and to put in the report.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout instead of the tables.")
-def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool) -> None:
-    """Print the ranking (and test metrics, if evaluated) of RUN_DIR (default: the latest
-    run) and write RUN_DIR/report.html, a self-contained page to share."""
-    rep = build_report(run_dir, Path(runs_dir), top)
+@_run_option
+def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool,
+           run: str | None) -> None:
+    """Print the ranking (and test metrics, if evaluated) of RUN_DIR (or --run; default:
+    the latest run) and write RUN_DIR/report.html, a self-contained page to share."""
+    rep = build_report(_one_run(run_dir, run), Path(runs_dir), top)
     if as_json:
         doc = summary_dict(rep.run_dir, rep.ranked, rep.selection, rep.notices, top)
         doc.update(trials_planned=rep.trials_planned, report=str(rep.html_path),

@@ -248,6 +248,12 @@ def test_eval_takes_the_run_as_an_argument_too(searched):
     assert json.loads(out)["run"] == str(run_dir)
     code, _, err = run(["eval", str(run_dir), "--run", str(run_dir)])
     assert code == 2 and "give the run as RUN_DIR or --run, not both" in err
+    # every command that reads one run takes --run too, as the README says
+    code, out, err = run(["report", "--run", str(run_dir), "--json"])
+    assert code == 0 and json.loads(out)["run"] == str(run_dir), err
+    for command in (["report"], ["export", "--mlflow"], ["analyze"]):
+        code, _, err = run([*command, str(run_dir), "--run", str(run_dir)])
+        assert code == 2 and "give the run as RUN_DIR or --run, not both" in err, err
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 9, 10])
