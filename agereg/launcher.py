@@ -401,6 +401,10 @@ def launch(
         # counts the pages of our memory-mapped arrays as growth; the restart is harmless
         # (the page cache stays), its warning is noise.
         warnings.filterwarnings("ignore", message="A worker stopped while some jobs")
+        # when an error (a full disk, on_error: stop) stops the search, joblib says that
+        # the tasks still running were cancelled: the error's own line says what happened
+        warnings.filterwarnings("ignore", message=r"\d+ tasks (have been successfully "
+                                r"executed|which were still being processed)")
         parallel = Parallel(return_as="generator_unordered", pre_dispatch="all")
         results = parallel(
             delayed(run_groups)(ref, [groups[i] for i in t], seed, engine,

@@ -298,6 +298,29 @@ def test_disk_full_while_logging_keeps_finished_trials(tiny_config: Path, tmp_pa
     assert len(read_results(run_dir)) == 24
 
 
+def test_a_full_disk_with_worker_processes_is_one_line(tiny_config: Path, tmp_path: Path,
+                                                       monkeypatch, recwarn):
+    import agereg.pipeline as pipeline
+
+    real = fileio.append_durable
+
+    def full(path, text):  # the OS refuses the first append of the trial log
+        if Path(path).name == LOG_NAME:
+            with monkeypatch.context() as m:
+                m.setattr(fileio, "open_no_follow", raise_enospc)
+                return real(path, text)
+        return real(path, text)
+
+    monkeypatch.setattr("agereg.runs.append_durable", full)
+    monkeypatch.setattr(pipeline, "IN_PROCESS_SECONDS", 0.0)  # loky's workers, not in-process
+    code, _, err = run(["search", str(tiny_config), "--runs-dir", str(tmp_path), "--quiet",
+                        "--n-jobs", "2"])
+    assert code == 2 and "No space left on device" in err, err
+    # joblib's warning that the tasks still running were cancelled is not printed
+    assert not [w for w in recwarn if "tasks" in str(w.message)], [str(w.message)
+                                                                  for w in recwarn]
+
+
 def raise_enospc(*args: object) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
