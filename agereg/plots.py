@@ -365,7 +365,8 @@ def val_vs_epochs(curves: Sequence[Curve]) -> bytes:
             ax.set_xticks(marks)
         # a see-through legend: lines that run together stay visible behind it
         _finish(ax, "epochs", "validation fMSE",
-                f"validation fMSE of the best {len(curves)} configurations" if curves
+                ("validation fMSE of the best configuration" if len(curves) == 1 else
+                 f"validation fMSE of the best {len(curves)} configurations") if curves
                 else "validation fMSE: no finished trial",
                 legend=bool(curves), legend_size=8, legend_alpha=0.6)
         _margins(fig, ax=ax, title="validation fMSE of the best configurations")

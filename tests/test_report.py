@@ -553,3 +553,22 @@ def test_a_damaged_eval_json_is_one_line(tmp_path: Path, tiny_data: Path, text: 
     assert code == 2, err
     assert err.strip().startswith(f"error: {run_dir}/evals/abc/eval.json: not ")
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("n", "title"), [
+    (1, "validation fMSE of the best configuration"),
+    (2, "validation fMSE of the best 2 configurations"),
+    (0, "validation fMSE: no finished trial"),
+])  # fmt: skip
+def test_the_learning_curve_title_counts_its_configurations(monkeypatch, n: int, title: str):
+    seen = []
+    real = plots._finish
+
+    def spy(ax, xlabel, ylabel, title, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(title)
+        return real(ax, xlabel, ylabel, title, **kwargs)
+
+    monkeypatch.setattr(plots, "_finish", spy)
+    plots.val_vs_epochs([plots.Curve(f"batch 8, lr {k}", (1, 2), (3.0, 2.0))
+                         for k in range(n)])
+    assert seen == [title]
