@@ -21,6 +21,7 @@ from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.records import Config3, TrialRecord, rank, select, status_counts
 from agereg.runs import read_curves, read_log, resolve_run, stored_config
+from agereg.words import counted
 
 TAG = "agereg.run"  # on the parent: the run folder it was exported from
 
@@ -60,7 +61,8 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
         if earlier and not force:
             then = sum(int(v) for k, v in earlier[0].data.tags.items()
                        if k.startswith("count.") and str(v).isdigit())
-            since = (f"; the run has changed since ({then} trials then, {len(records)} now)"
+            since = (f"; the run has changed since ({counted(then, 'trial')} then, "
+                     f"{len(records)} now)"
                      if then and then != len(records) else "")
             raise RunError(f"{run_dir}: already exported to MLflow experiment {experiment!r} "
                            f"(run {earlier[0].info.run_id}){since}; pass --force to export "

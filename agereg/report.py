@@ -688,10 +688,13 @@ def selection_text(sel: Selection) -> str | None:
         return sel.note
     t, what = sel.trial, "validation MAE" if sel.by == "mae" else "validation"
     # the figure the rule compared (MAE under select_by: mae), with its standard error
-    return (f"selected by one_se: #{sel.rank} ({trial_text(asdict(t))}), {what} "
-            f"{fmt(score(t, sel.by))}: the most regularised of the {sel.n_within} trials "
-            f"within one standard error ({fmt(sel.se)}) of the lowest, "
-            f"{fmt(score(sel.lowest, sel.by))}")
+    head = (f"selected by one_se: #{sel.rank} ({trial_text(asdict(t))}), {what} "
+            f"{fmt(score(t, sel.by))}")
+    if sel.n_within == 1:  # the lowest itself
+        return (f"{head}: no other trial lies within one standard error ({fmt(sel.se)}) "
+                "of it, so the lowest is selected")
+    return (f"{head}: the most regularised of the {sel.n_within} trials within one standard "
+            f"error ({fmt(sel.se)}) of the lowest, {fmt(score(sel.lowest, sel.by))}")
 
 
 def analysis_lines(res: dict) -> list[str]:

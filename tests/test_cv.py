@@ -213,6 +213,23 @@ def test_one_se_picks_the_most_regularised_within_one_standard_error():
     assert REGULARISATION_ORDER.startswith("fewer epochs, then larger l2")
 
 
+def test_one_se_says_so_when_no_other_trial_is_within_one_standard_error():
+    from agereg.report import selection_text
+
+    ranked = rank([rec(16, 1e-2, 20, 1e-3, 10.0, 0.5), rec(16, 1e-2, 1, 1e-3, 11.0)])
+    sel = select(ranked, "one_se")
+    assert sel.trial == ranked[0] and sel.n_within == 1
+    assert selection_text(sel) == (
+        "selected by one_se: #1 (batch_size 16, learning_rate 0.01, epochs 20, l2 0.001), "
+        "validation 10: no other trial lies within one standard error (0.5) of it, so the "
+        "lowest is selected")
+    ranked = rank([rec(16, 1e-2, 20, 1e-3, 10.0, 2.0), rec(16, 1e-2, 1, 1e-3, 11.0)])
+    assert selection_text(select(ranked, "one_se")) == (
+        "selected by one_se: #2 (batch_size 16, learning_rate 0.01, epochs 1, l2 0.001), "
+        "validation 11: the most regularised of the 2 trials within one standard error (2) "
+        "of the lowest, 10")
+
+
 def test_one_se_without_a_standard_error_keeps_the_lowest():
     ranked = rank([rec(16, 1e-2, 20, 1e-3, 10.0, None), rec(16, 1e-2, 1, 1e-3, 10.1)])
     sel = select(ranked, "one_se")
