@@ -430,7 +430,9 @@ class Extension:
             if not _covers(new, old):
                 raise RunError(f"--extend {run_dir}: grid.{axis} must contain that run's "
                                f"({_axis_text(old)}), but is {_axis_text(new)}; widen it")
-        return cls(run_dir, run_dir / SPLIT_NAME, read_log(run_dir))
+        with RunLock(run_dir):  # a search still writing it: one line, as for eval
+            records = read_log(run_dir)
+        return cls(run_dir, run_dir / SPLIT_NAME, records)
 
     @staticmethod
     def run_info(base: Extension | None) -> dict[str, str]:

@@ -26,6 +26,7 @@ from tests_helpers import (
     curve_lines,
     interrupt_at_call,
     latest_run,
+    lock_held_elsewhere,
     read_results,
     run,
     search,
@@ -422,6 +423,13 @@ def test_extend_refuses_a_narrower_or_different_config(tmp_path: Path, data_copy
     runs = tmp_path / "runs"
     small = search(write_config(tmp_path, data_copy, "{strategy: grid}",
                                 lr="[1.0e-3, 1.0e-2]", name="small"), runs)
+    bigger = write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-3, 1.0e-2, 0.1]",
+                          name="big")
+    with lock_held_elsewhere(small):  # its search still running: it would train twice
+        code, _, err = run(["search", str(bigger), "--runs-dir", str(runs), "--extend",
+                            str(small)])
+    assert code == 2 and "another agereg process (pid" in err, err
+    assert [p.name for p in runs.iterdir() if "big" in p.name] == []  # no folder made
     narrower = write_config(tmp_path, data_copy, "{strategy: grid}", lr="[1.0e-3]", name="n")
     code, _, err = run(["search", str(narrower), "--runs-dir", str(runs), "--extend",
                         str(small)])
