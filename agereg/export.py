@@ -20,7 +20,7 @@ from typing import Any
 from agereg.config import flat_config
 from agereg.errors import RunError
 from agereg.records import Config3, TrialRecord, rank, select, status_counts
-from agereg.runs import read_curves, read_log, resolve_run, stored_config
+from agereg.runs import RunLock, read_curves, read_log, resolve_run, stored_config
 from agereg.words import counted
 
 TAG = "agereg.run"  # on the parent: the run folder it was exported from
@@ -40,7 +40,8 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
 
     run_dir = resolve_run(run, runs_dir)
     cfg = stored_config(run_dir)
-    records = read_log(run_dir)
+    with RunLock(run_dir):  # a search still writing it: one line, as for eval
+        records = read_log(run_dir)
     if not records:
         raise RunError(f"{run_dir}: no trials to export yet; resume the search first: "
                        f"`agereg search --resume {run_dir}`")

@@ -124,3 +124,16 @@ def test_a_refused_export_to_a_folder_suggests_a_database_file(
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert ("give a database file, e.g. sqlite:///mlflow.db" in err) is hinted, err
         assert " ...)" in err  # a long message is cut at a word, and says so
+
+
+def test_a_run_whose_search_is_still_running_is_not_exported(tiny_config: Path,
+                                                              tmp_path: Path):
+    from tests_helpers import lock_held_elsewhere
+
+    run_dir = search(tiny_config, tmp_path / "runs")
+    db = tmp_path / "mlflow.db"
+    with lock_held_elsewhere(run_dir):  # as its search holds it while it trains
+        code, _, err = run(["export", str(run_dir), "--mlflow", "--tracking-uri",
+                            f"sqlite:///{db}"])
+    assert code == 2 and "another agereg process (pid" in err, err
+    assert not db.exists()  # nothing exported, not even an empty experiment
