@@ -104,6 +104,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, runs_dir: Path,
             "observed_difference": boot.paired.observed_difference,
             "difference_ci": list(boot.paired.difference_ci),
             "share_a_better": boot.paired.share_better,
+            # the same ages for every image (the same model twice): nothing to compare
+            "identical_predictions": bool(np.array_equal(preds[0], preds[1])),
         }
     return doc
 
@@ -141,6 +143,10 @@ def compare_lines(doc: dict[str, Any]) -> list[str]:
     p = doc["paired_test"]
     if p is None:
         lines.append(doc.get("paired_note", "no paired comparison"))
+    elif p.get("identical_predictions"):
+        lines.append(f"paired comparison on the same {p['n_images']} test images: the two "
+                     "selected models predict the same age for every image (test fMSE "
+                     f"{p['test_fmse'][0]:.4g}): no difference to test")
     else:
         lo, hi = p["difference_ci"]
         lines.append(

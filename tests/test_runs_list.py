@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,15 @@ def test_compare_two_runs(tiny_config: Path, tmp_path: Path):
     code, out, err = run(["compare", str(a), str(b)])
     assert code == 0 and "configs differ in: grid.l2 [0.0, 0.01] vs [0.1]" in out
     assert "A better in" in out and "validated on different rows" not in out
+    assert p["identical_predictions"] is False
+    # a run and its copy: the same model twice, said as such, not "A better in 0%"
+    twin = runs / "twin"
+    shutil.copytree(a, twin)
+    code, out, err = run(["compare", str(a), str(twin)])
+    assert code == 0, err
+    assert ("the two selected models predict the same age for every image (test fMSE "
+            f"{p['test_fmse'][0]:.4g}): no difference to test") in " ".join(out.split())
+    assert "A better in" not in out
     code, _, err = run(["compare", str(a), str(a)])
     assert code == 2 and "two different runs" in err
     # another split: the validation figures are from other rows, and it says so
