@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -422,13 +423,23 @@ def launch(
             # joblib terminates the workers now; a second Ctrl-C waits until they are
             # gone (see _stop_local_workers)
             with interrupts.shielded():
+                workers = _local_workers()  # the ones that ran this search's tasks
                 results.close()
-                _stop_local_workers()
+                _stop_local_workers(workers)
             raise
 
 
-def _stop_local_workers() -> None:
-    """Kill what is left of this process's loky workers after joblib's abort.
+def _local_workers() -> list[Any]:
+    """This process's loky worker processes, alive now."""
+    import multiprocessing
+
+    from joblib.externals.loky.backend.process import LokyProcess
+
+    return [p for p in multiprocessing.active_children() if isinstance(p, LokyProcess)]
+
+
+def _stop_local_workers(workers: Sequence[Any]) -> None:
+    """Kill what is left of ``workers``, this search's loky workers, after joblib's abort.
 
     loky kills its workers one by one from its manager thread. Without psutil it first
     lists a worker's children with ``pgrep``, which a Ctrl-C sent to the whole process
@@ -436,13 +447,16 @@ def _stop_local_workers() -> None:
     method its own Popen lacks, the manager thread dies, and the workers not yet killed
     idle on, so Python's exit waited for them forever (about 1 `timeout -s INT` in 6
     near the end of the homework grid's tasks hung). Every worker is idle or aborted by
-    now and no result is wanted: SIGKILL them all (a dead one is skipped)."""
-    import multiprocessing
+    now and no result is wanted: SIGKILL them all (a dead one is skipped).
 
-    from joblib.externals.loky.backend.process import LokyProcess
-
-    for p in multiprocessing.active_children():
-        if isinstance(p, LokyProcess):
+    Not while loky's manager thread still runs: then loky has its workers in hand, and
+    when joblib did not abort (every task had finished) it keeps them for the next
+    search in this process, whose executor they would break (TerminatedWorkerError).
+    Workers joblib started during the abort are not in ``workers``."""
+    if any(t.name == "ExecutorManagerThread" and t.is_alive() for t in threading.enumerate()):
+        return
+    for p in workers:
+        if p.is_alive():
             with suppress(OSError, AttributeError, ValueError):
                 os.kill(p.pid, signal.SIGKILL)
                 p.join(timeout=5)
