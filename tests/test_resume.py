@@ -321,6 +321,29 @@ def test_a_full_disk_with_worker_processes_is_one_line(tiny_config: Path, tmp_pa
                                                                   for w in recwarn]
 
 
+def test_a_search_failing_after_its_last_task_leaves_the_workers_to_the_next(
+        tiny_config: Path, tmp_path: Path, monkeypatch):
+    import agereg.pipeline as pipeline
+
+    real = fileio.append_durable
+    calls = {"n": 0}
+
+    def full_at_the_end(path, text):  # every task has finished: joblib keeps its executor
+        calls["n"] += Path(path).name == LOG_NAME
+        if calls["n"] == 2:
+            raise fileio.RunError("no space left (simulated)")
+        return real(path, text)
+
+    monkeypatch.setattr("agereg.runs.append_durable", full_at_the_end)
+    monkeypatch.setattr(pipeline, "IN_PROCESS_SECONDS", 0.0)  # loky's workers
+    args = ["search", str(tiny_config), "--runs-dir", str(tmp_path), "--quiet", "--n-jobs", "2"]
+    code, _, err = run(args)
+    assert code == 2 and "simulated" in err, err
+    monkeypatch.setattr("agereg.runs.append_durable", real)
+    code, _, err = run(args)  # at once, in the same process, with the same executor
+    assert code == 0, err
+
+
 def raise_enospc(*args: object) -> None:
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
