@@ -250,7 +250,9 @@ def evaluate_run(
         raise RunError(f"--bootstrap {n_boot}: give a number of resamples from 0 (none) to "
                        f"{MAX_BOOTSTRAP:,}")
     run_dir = resolve_run(run, runs_dir)
-    with RunLock(run_dir):  # read and written under the lock: no search writes it meanwhile
+    # read and written under the lock: no search writes it meanwhile (a run that cannot
+    # be written still shows its stored evaluations)
+    with RunLock(run_dir, read_only_ok=True):
         ctx = open_run(run_dir, runs_dir, log)
         summary = ctx.summary()
         ranked = finished_trials(summary.ranked)

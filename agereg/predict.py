@@ -45,7 +45,7 @@ def predict_images(images: str | Path, run: str | Path | None, runs_dir: Path,
     ``refit``: with its model retrained on the training and validation rows (``agereg
     eval --refit``; a cross-validated run's model always is)."""
     run_dir = resolve_run(run, runs_dir)
-    with RunLock(run_dir):
+    with RunLock(run_dir, read_only_ok=True):  # a read-only run predicts too
         ctx = open_run(run_dir, runs_dir, log)
     summary = ctx.summary()
     ranked = finished_trials(summary.ranked)

@@ -109,10 +109,16 @@ LOCK_TRIES = 20  # RunLock tries this many times, 10 ms apart, before naming the
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<run>/.lock``; the kernel drops it if the process dies."""
+    """An exclusive ``flock`` on ``<run>/.lock``; the kernel drops it if the process dies.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``read_only_ok``: a command that may only read the run (``predict``, ``eval`` showing
+    a stored evaluation) works on a run folder it cannot write (a read-only mount, another
+    user's run) under a shared flock instead, which a search's exclusive one still
+    refuses; without a lock file no search can be writing it."""
+
+    def __init__(self, run_dir: Path, read_only_ok: bool = False) -> None:
         self.path = run_dir / ".lock"
+        self.read_only_ok = read_only_ok
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -124,6 +130,8 @@ class RunLock:
             if exc.errno == errno.ELOOP:
                 raise RunError(f"{self.path}: is a symbolic link; agereg never follows links "
                                "in a run folder: remove it") from None
+            if self.read_only_ok and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return self._shared()
             raise RunError(f"{self.path.parent}: cannot lock the run folder "
                            f"({exc.strerror or exc}); check permissions") from None
         for attempt in range(LOCK_TRIES):
@@ -142,6 +150,25 @@ class RunLock:
                                "is writing this run; wait for it or stop it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def _shared(self) -> RunLock:
+        """A shared flock on a lock file this process cannot write (none if there is no
+        such file: then no search ever locked the run here)."""
+        import fcntl
+
+        try:
+            fd = open_no_follow(self.path, os.O_RDONLY)
+        except OSError:
+            return self
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunError(f"{self.path.parent}: another agereg process (pid {other}) is "
+                           "writing this run; wait for it or stop it first") from None
         self._fd = fd
         return self
 

@@ -268,3 +268,35 @@ def test_predicting_in_blocks_of_rows_equals_the_whole_product(n: int):
     # blocks of 4 rows (and a last block of 1 to 3): the same numbers, each row's dot
     # product perhaps summed in another order
     np.testing.assert_allclose(predict_rows(X, w, b, rows=4), whole, rtol=1e-13, atol=0)
+
+
+def test_a_run_folder_that_cannot_be_written_still_predicts_and_shows_its_evaluation(
+        searched, data_copy: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+    import os
+
+    import agereg.runs as runs_module
+
+    from tests_helpers import lock_held_elsewhere
+
+    run_dir, _ = searched
+    code, _, err = run(["eval", str(run_dir), "--bootstrap", "0", "--no-plots"])
+    assert code == 0, err
+    real = runs_module.open_no_follow
+
+    def read_only(path, flags, *args):  # type: ignore[no-untyped-def]
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):  # as on a read-only mount
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(runs_module, "open_no_follow", read_only)
+    images = str(data_copy / "age_regression_Xte.npy")
+    code, out, err = run(["predict", images, "--run", str(run_dir)])
+    assert code == 0 and out.startswith("index,predicted_age"), err
+    code, out, err = run(["eval", str(run_dir)])
+    assert code == 0 and "already evaluated" in err, err
+    monkeypatch.setattr(runs_module, "open_no_follow", real)
+    with lock_held_elsewhere(run_dir):  # a search writing it: still refused
+        monkeypatch.setattr(runs_module, "open_no_follow", read_only)
+        code, _, err = run(["predict", images, "--run", str(run_dir)])
+    assert code == 2 and "another agereg process (pid" in err, err
