@@ -144,10 +144,7 @@ class RunLock:
                 if attempt < LOCK_TRIES - 1:
                     time.sleep(0.01)
                     continue
-                other = os.read(fd, 64).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise RunError(f"{self.path.parent}: another agereg process (pid {other}) "
-                               "is writing this run; wait for it or stop it first") from None
+                raise self._busy(fd) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -165,12 +162,17 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise RunError(f"{self.path.parent}: another agereg process (pid {other}) is "
-                           "writing this run; wait for it or stop it first") from None
+            raise self._busy(fd) from None
         self._fd = fd
         return self
+
+    def _busy(self, fd: int) -> RunError:
+        """The error for a lock another process holds (its PID is in the file); closes
+        ``fd``."""
+        other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return RunError(f"{self.path.parent}: another agereg process (pid {other}) is "
+                        "writing this run; wait for it or stop it first")
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
