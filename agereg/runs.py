@@ -161,8 +161,11 @@ class RunLock:
             return self
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             raise self._busy(fd) from None
+        except OSError:  # a filesystem without flock: nothing to wait for
+            os.close(fd)
+            return self
         self._fd = fd
         return self
 
