@@ -52,13 +52,14 @@ from agereg.config import (
     apply_overrides,
     load_config,
 )
-from agereg.errors import AgeregError
+from agereg.errors import AgeregError, RunError
 from agereg.fileio import NotReadable, read_regular
 from agereg.launcher import note_interrupt
 from agereg.records import TrialRecord
 from agereg.report import (
     REPORT_NAME,
     EvalText,
+    Report,
     analysis_lines,
     build_report,
     counts_text,
@@ -747,10 +748,12 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool,
     rep = build_report(_one_run(run_dir, run), Path(runs_dir), top)
     if as_json:
         doc = summary_dict(rep.run_dir, rep.ranked, rep.selection, rep.notices, top)
-        doc.update(trials_planned=rep.trials_planned, report=str(rep.html_path),
+        doc.update(trials_planned=rep.trials_planned,
+                   report=None if rep.html_path is None else str(rep.html_path),
                    evaluations=[{"folder": str(e.folder), **e.result} for e in rep.evals],
                    analysis=rep.analysis)
         _echo(json.dumps(doc, indent=2) + "\n")
+        _unwritten(rep)
         return
     _print_ranking(rep.ranked, top, rep.selection.by)
     planned = f" of {rep.trials_planned} planned" if rep.trials_planned is not None else ""
@@ -771,7 +774,16 @@ def report(run_dir: str | None, runs_dir: str, top: int, as_json: bool,
         out.print(escape(f"(files in {ev.folder}/)"))
     if rep.drawn:
         err.print(escape(f"drew {', '.join(rep.drawn)} from the trial log"))
+    _unwritten(rep)
     err.print(escape(f"wrote {rep.html_path}"))
+
+
+def _unwritten(rep: Report) -> None:
+    """After the ranking of a run folder that cannot be written: one line, exit 2."""
+    if rep.html_path is None:
+        raise RunError(f"{rep.run_dir}: cannot write {REPORT_NAME} there (the folder is not "
+                       "writable); the ranking above is read from its log; copy the run "
+                       "folder somewhere writable for the page")
 
 
 # ---------------------------------------------------------------- entry point

@@ -85,7 +85,8 @@ def export_mlflow(run: str | Path | None, runs_dir: Path, tracking_uri: str | No
                     metrics.append(Metric(f"selected.{name}", float(v), now, 0))
         tags = [RunTag(f"count.{k}", str(v)) for k, v in status_counts(records).items()]
         client.log_batch(pid, metrics=metrics, params=params, tags=tags)
-        client.log_artifact(pid, str(report.html_path))
+        if report.html_path is not None:  # written: the run is locked, so writable
+            client.log_artifact(pid, str(report.html_path))
         children = _children(client, exp_id, pid, records, read_curves(run_dir), now,
                              Metric, Param, RunTag)
         client.set_terminated(pid)

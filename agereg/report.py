@@ -453,7 +453,7 @@ class Report:
     counts: dict[str, int]
     trials_planned: int | None
     evals: list[Evaluation]  # best rank first, refits after the plain retrainings
-    html_path: Path
+    html_path: Path | None  # None: the run folder cannot be written, so no page
     drawn: list[str]  # grid pictures drawn now because they were missing
     pictures: list[str]  # grid pictures embedded in the HTML
     notices: tuple[str, ...]  # edge-of-range notices on the best trial
@@ -479,16 +479,20 @@ def build_report(run: str | os.PathLike | None, runs_dir: Path, top: int = 10) -
                                        enumerate(finished_trials(ranked), 1)})
     analysis = read_analysis(run_dir)
     selection = select(ranked, cfg.select, cfg.select_by)
+    # a run folder this process cannot write (a read-only mount, another user's run)
+    # still gives its ranking; the caller says that no page was written
+    writable = os.access(run_dir, os.W_OK)
     drawn = draw_grid_pictures(run_dir, ranked, only_missing=True,
-                               strategy=cfg.search.strategy)
+                               strategy=cfg.search.strategy) if writable else []
     pictures = [n for n in (*GRID_PICTURES, "halving_rungs.png") if (run_dir / n).is_file()]
     planned = info.get("trials_planned")
     config_text = _read_text(run_dir / CONFIG_NAME)
     notices = edge_notices(ranked, cfg.select_by, cfg.select, stored_lr_limit(info))
     page = render_html(run_dir, ranked, counts, planned, info, dataset, config_text, evals,
                        notices, pictures, top, selection, analysis, next_step)
-    html_path = run_dir / REPORT_NAME
-    atomic_write_text(html_path, page)
+    html_path = run_dir / REPORT_NAME if writable else None
+    if html_path is not None:
+        atomic_write_text(html_path, page)
     return Report(run_dir, ranked, counts, planned if isinstance(planned, int) else None,
                   evals, html_path, drawn, pictures, notices, selection, next_step,
                   None if analysis is None else analysis[0])

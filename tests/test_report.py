@@ -450,6 +450,28 @@ def test_a_report_during_a_search_says_to_evaluate_once_it_ends(tmp_path: Path,
     assert "the search is still running: run `agereg eval --best` once it ends" in out, out
 
 
+def test_a_run_folder_that_cannot_be_written_still_prints_its_ranking(
+        tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    from agereg import report as report_module
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run_dir = make_run(tmp_path, data)
+    before = sorted(p.name for p in run_dir.iterdir())
+    real = os.access
+    monkeypatch.setattr(report_module.os, "access",  # as on a read-only mount
+                        lambda path, mode: False if mode == os.W_OK else real(path, mode))
+    code, out, err = run(["report", str(run_dir)])
+    assert code == 2 and "best trials by validation fMSE" in out, err
+    assert f"{run_dir}: cannot write report.html there (the folder is not writable)" in (
+        " ".join(err.split())), err
+    code, out, err = run(["report", str(run_dir), "--json"])
+    assert code == 2 and json.loads(out)["report"] is None, err
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing drawn or written
+
+
 def test_the_ridge_path_spans_the_l2_values_that_trained(tmp_path: Path, tiny_data: Path):
     # l2 1e300 diverges; it stretched the path to 1e302 (and matplotlib overflowed)
     grid = ("  batch_size: [8]\n  learning_rate: [1.0e-2]\n  epochs: [2]\n"
