@@ -877,7 +877,8 @@ def render_html(
     parts += [
         f"<h2>Ranking (top {min(top, done)} of {counted(done, 'trial')}"
         f"{f', {planned} planned' if isinstance(planned, int) else ''})</h2>\n",
-        f"<p>{_e(counts_text(counts))}.</p>\n",
+        f"<p>by validation {'MAE' if by == 'mae' else 'fMSE'}, the lowest first: "
+        f"{_e(counts_text(counts))}.</p>\n",
         _table(ranking_columns(ranked), ranking_rows(ranked, top, by=by)),
     ]
     if pictures:

@@ -254,6 +254,10 @@ def test_one_se_by_mae_states_the_mae_it_compared(tmp_path: Path, data_copy: Pat
             f"({fmt(float(lowest['val_mae_se']))}) of the lowest, "
             f"{fmt(float(lowest['val_mae']))}")
     assert said in " ".join(out.split()), out  # not the fMSE beside the MAE's error
+    # the page says what ranks its table (its fMSE column comes first)
+    code, out, err = run(["report", str(latest_run(runs))])
+    page = (latest_run(runs) / "report.html").read_text()
+    assert code == 0 and "by validation MAE, the lowest first" in page, err
 
 
 @pytest.mark.parametrize("loss, fragment", [

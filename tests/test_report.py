@@ -314,6 +314,7 @@ def test_report_writes_a_self_contained_page(evaluated: dict):
     assert str(root) not in page and str(run_dir) not in page  # no absolute path in it
     assert "…/data&lt;&amp;&gt;" in page  # only the last component
     assert page.count("<tr>") >= 3 + 1 + 8  # ranking rows, dataset rows, eval rows
+    assert "by validation fMSE, the lowest first: 16 finished, 8 diverged, 0 failed." in page
 
 
 def test_eval_json_without_bootstrap_or_plots_and_refit(evaluated: dict):
