@@ -72,7 +72,7 @@ from agereg.report import (
     stale_report,
     summary_dict,
 )
-from agereg.runs import BEST_NAME, EVAL_NAME
+from agereg.runs import BEST_NAME, EVAL_NAME, resolve_run
 from agereg.words import counted, listed
 
 if TYPE_CHECKING:
@@ -295,9 +295,7 @@ def search(config: str | None, n_jobs: int | None, runs_dir: str, engine: str | 
               f"{counts_text(outcome.summary.counts)}) in {outcome.seconds:.1f} s; "
               f"results in {outcome.run_dir}/"))
     if outcome.computed and stale_report(outcome.run_dir):
-        err.print("[yellow]note[/]: " + escape(
-            f"{outcome.run_dir / REPORT_NAME} shows the run before these trials; "
-            f"`agereg report {outcome.run_dir}` rewrites it"))
+        _note_old_report(outcome.run_dir, "shows the run before these trials")
     failed = outcome.failure()
     if failed is None:
         return 0
@@ -463,6 +461,14 @@ def eval_(run_dir: str | None, best: bool, rank: int | None, run: str | None, ru
         err.print(f"[yellow]warning[/]: the model's validation fMSE {res['val_fmse']!r} differs "
                   f"from the search's {res['search_val_fmse']!r}")
     err.print(escape(f"wrote {', '.join(eval_files(res))} in {outcome.folder}/"))
+    _note_old_report(outcome.folder.parent.parent, "does not show this evaluation")
+
+
+def _note_old_report(run_dir: Path, lacks: str) -> None:
+    """A note when the run holds a report.html written before what was just done."""
+    if (run_dir / REPORT_NAME).is_file():
+        err.print("[yellow]note[/]: " + escape(
+            f"{run_dir / REPORT_NAME} {lacks}; `agereg report {run_dir}` rewrites it"))
 
 
 def _one_run(run_dir: str | None, run: str | None) -> str | None:
@@ -680,6 +686,8 @@ def predict(images: str, run: str | None, runs_dir: str, trial: str, refit: bool
                      f"model in {p.folder}/" + (f"; wrote {out_file}" if out_file else "")))
     for notice in p.notes:
         err.print(f"[yellow]note[/]: {escape(notice)}")
+    if p.trained_now:  # the trial was evaluated first
+        _note_old_report(p.run_dir, "does not show this evaluation")
 
 
 def _prediction_text(p: Prediction, as_json: bool) -> str:
@@ -722,12 +730,14 @@ def analyze(run_dir: str | None, data_dir: str | None, run: str | None, runs_dir
     res = run_analysis(data_dir, run, Path(runs_dir), batch_size, draws=draws, log=_log)
     if as_json:
         _echo(json.dumps(res, indent=2) + "\n")
-        return
-    for line in analysis_lines(res):
-        out.print(escape(line))
-    if "pictures" in res:
-        err.print(escape(f"wrote analysis.json, {', '.join(res['pictures'])} in the run's "
-                         "analysis/ folder"))
+    else:
+        for line in analysis_lines(res):
+            out.print(escape(line))
+    if "pictures" in res:  # a run's analysis, written to its folder
+        if not as_json:
+            err.print(escape(f"wrote analysis.json, {', '.join(res['pictures'])} in the "
+                             "run's analysis/ folder"))
+        _note_old_report(resolve_run(run, Path(runs_dir)), "does not show this analysis")
 
 
 # ---------------------------------------------------------------- report

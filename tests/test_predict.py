@@ -300,3 +300,26 @@ def test_a_run_folder_that_cannot_be_written_still_predicts_and_shows_its_evalua
         monkeypatch.setattr(runs_module, "open_no_follow", read_only)
         code, _, err = run(["predict", images, "--run", str(run_dir)])
     assert code == 2 and "another agereg process (pid" in err, err
+
+
+def test_work_a_report_written_before_does_not_show_is_said(searched, data_copy: Path):
+    run_dir, _ = searched
+    assert run(["report", str(run_dir)])[0] == 0
+
+    def said(lacks: str) -> str:
+        return "".join(f"note: {run_dir / 'report.html'} {lacks}; `agereg report {run_dir}` "
+                       "rewrites it".split())  # a long path may fold
+
+    code, _, err = run(["eval", str(run_dir), "--bootstrap", "0", "--no-plots"])
+    assert code == 0 and said("does not show this evaluation") in "".join(err.split()), err
+    code, _, err = run(["eval", str(run_dir)])  # shown from before: nothing new
+    assert code == 0 and "report.html" not in err, err
+    code, _, err = run(["predict", str(data_copy / "age_regression_Xte.npy"), "--run",
+                        str(run_dir), "--trial", "2"])  # evaluates rank 2 first
+    assert code == 0 and said("does not show this evaluation") in "".join(err.split()), err
+    code, _, err = run(["analyze", str(run_dir), "--draws", "5", "--json"])
+    assert code == 0 and said("does not show this analysis") in "".join(err.split()), err
+    assert run(["report", str(run_dir)])[0] == 0
+    code, _, err = run(["predict", str(data_copy / "age_regression_Xte.npy"), "--run",
+                        str(run_dir), "--trial", "2"])  # its model is there now
+    assert code == 0 and "report.html" not in err, err
