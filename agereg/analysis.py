@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,14 +151,16 @@ def noise_law(trace: float, n: int, batch: int) -> float:
 
 def gradient_noise(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2: float,
                    seed: int, draws: int = 200,
-                   batch_sizes: Sequence[int] | None = None) -> Noise:
+                   batch_sizes: Sequence[int] | None = None,
+                   on_draw: Callable[[int], None] | None = None) -> Noise:
     """Measure the minibatch gradient noise at (w, b) against the law.
 
     The l2 term ``l2 w`` is the same for every example, so it moves G but not the noise:
     ``g_i - G = [x_i r_i - mean(x r), r_i - mean(r)]``, and
     ``tr(Sigma) = mean_i r_i^2 (|x_i|^2 + 1) - |mean(x r)|^2 - mean(r)^2`` needs no
     (N, D) matrix of gradients. Each minibatch is drawn without replacement with
-    ``np.random.default_rng(seed)``.
+    ``np.random.default_rng(seed)``. ``on_draw(d)`` is told after each draw ``d`` (1, 2,
+    ...), for a caller that reports progress.
     """
     X = np.asarray(X, dtype=np.float64)
     n = len(y)
@@ -185,11 +187,13 @@ def gradient_noise(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, l2: fl
         M[i, :bsz] = 1.0 / bsz
     rng = np.random.default_rng(seed)
     totals = np.zeros(len(sizes))
-    for _ in range(draws):
+    for d in range(1, draws + 1):
         rows = rng.permutation(n)[:top]
         means = M @ P[rows]  # (S, B) @ (B, D + 1) -> (S, D + 1), float32 sums
         diff = means.astype(np.float64) - centre
         totals += np.einsum("ij,ij->i", diff, diff)
+        if on_draw is not None:
+            on_draw(d)
     measured = list(totals / draws)
     law = tuple(noise_law(trace, n, bsz) for bsz in sizes)
     if len(sizes) >= 2 and all(m > 0 for m in measured):

@@ -8,6 +8,8 @@ pictures), where ``agereg report`` finds it.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +97,8 @@ def analyze(
                           " block), so the limit shrinks slightly"},
     }
     log("measuring minibatch gradient noise at w = 0")
-    at_zero = gradient_noise(X, y, np.zeros(X.shape[1]), 0.0, 0.0, seed, draws)
+    at_zero = gradient_noise(X, y, np.zeros(X.shape[1]), 0.0, 0.0, seed, draws,
+                             on_draw=_estimate(draws, log))
     result["noise_at_zero"] = _noise_dict(at_zero)
     bs = batch_size
     chosen = None
@@ -120,7 +123,8 @@ def analyze(
                     "at its solution")
                 (fit,) = _train_columns(ctx.cfg, trained, [chosen])
             if not fit.diverged:
-                at_sol = gradient_noise(X, y, fit.w, fit.b, chosen.l2, seed, draws)
+                at_sol = gradient_noise(X, y, fit.w, fit.b, chosen.l2, seed, draws,
+                                        on_draw=_estimate(draws, log))
                 result["noise_at_selected"] = {
                     "trial": {"batch_size": chosen.batch_size,
                               "learning_rate": chosen.learning_rate, "epochs": chosen.epochs,
@@ -171,6 +175,23 @@ def analyze(
     if ctx is not None:
         _write(ctx.run_dir, result)
     return result
+
+
+def _estimate(draws: int, log: Log, after: float = 2.0) -> Callable[[int], None]:
+    """A progress callback for ``gradient_noise``: once ``after`` seconds have passed,
+    say once how long the rest of the draws will take (``--draws`` in the tens of
+    thousands takes minutes on the homework data, about 2 s per 1,000)."""
+    t0, said = time.perf_counter(), False
+
+    def on_draw(d: int) -> None:
+        nonlocal said
+        elapsed = time.perf_counter() - t0
+        if not said and elapsed >= after and d < draws:
+            said = True
+            left = elapsed / d * (draws - d)
+            log(f"  {d:,} of {draws:,} draws in {elapsed:.0f} s; about {left:.0f} s more")
+
+    return on_draw
 
 
 def _yaml_number(v: float) -> str:

@@ -332,3 +332,25 @@ def test_a_best_learning_rate_above_the_range_is_said(tmp_path: Path):
     code, out, err = run(["analyze", str(run_dir), "--draws", "5", "--json",
                           "--batch-size", "64"])
     assert code == 0 and "notes" not in json.loads(out), err
+
+
+def test_long_noise_measurements_say_how_long_they_take():
+    from agereg.analyze import _estimate
+
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(40, 5)), rng.normal(size=40)
+    seen: list[int] = []
+    with_calls = gradient_noise(X, y, np.zeros(5), 0.0, 0.0, seed=2, draws=7,
+                                on_draw=seen.append)
+    assert seen == list(range(1, 8))  # told after every draw, in order
+    assert with_calls == gradient_noise(X, y, np.zeros(5), 0.0, 0.0, seed=2, draws=7)
+    said: list[str] = []
+    on_draw = _estimate(100, said.append, after=0.0)
+    for d in (1, 2, 50, 100):
+        on_draw(d)
+    assert len(said) == 1 and said[0].startswith("  1 of 100 draws in ") and (
+        said[0].endswith(" s more"))  # once, and not after the last draw
+    quiet_end: list[str] = []
+    on_draw = _estimate(1, quiet_end.append, after=0.0)
+    on_draw(1)
+    assert quiet_end == []  # nothing left to wait for
