@@ -672,11 +672,11 @@ class _Sweep:
         with interrupts.shielded():
             k, g = self.split.k, outcome.group
             if outcome.curves is not None:  # before the records that they explain
-                self._append_curves(curve_points(g, outcome.curves))
-                for j, (lr, l2) in enumerate(g.columns):
-                    points = self.curves.setdefault((g.batch_size, lr, l2, g.loss, g.fold), {})
-                    for t, e in enumerate(outcome.curves.epochs):
-                        points[int(e)] = (None, float(outcome.curves.val_fmse[t, j]), None)
+                points = curve_points(g, outcome.curves)
+                self._append_curves(points)
+                if k:  # the folds' best epochs read them, as a resume reads them back
+                    for key, column in points.items():
+                        self.curves.setdefault(key, {}).update(column)
             if outcome.weights is not None and outcome.bias is not None:
                 # before the records: a logged trial has its parameters for eval
                 save_params(self.run_dir, g, outcome.weights, outcome.bias)

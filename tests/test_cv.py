@@ -269,6 +269,25 @@ def test_one_se_run_selects_for_best_json_eval_and_report(tmp_path: Path, data_c
 # ---------------------------------------------------------------- resume and failures
 
 
+def test_a_diverged_fold_gives_its_trial_no_best_epoch_fresh_or_resumed(tmp_path: Path,
+                                                                         data_copy: Path):
+    config = write(tmp_path, data_copy)
+    config.write_text(config.read_text().replace("3.0e-2]", "3.0e-2, 1.0e+30]"))
+    fresh = search(config, tmp_path / "fresh")
+    diverged = [r for r in read_log(fresh) if r.status is Status.DIVERGED]
+    assert diverged and all(r.best_epoch is None for r in diverged)  # as with a holdout
+    assert all(r.best_epoch is not None for r in read_log(fresh) if r.status is Status.OK)
+    # killed after every fold was logged, before the trials were: the resume completes
+    # them from folds.jsonl and curves.csv, to the same records
+    (fresh / "trials.jsonl").write_text("")
+    info = json.loads((fresh / "run.json").read_text())
+    (fresh / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    before = {r.key(): r.best_epoch for r in rank(read_log(search(config, tmp_path / "ref")))}
+    code, _, err = run(["search", "--resume", str(fresh), "--runs-dir", str(tmp_path), "--quiet"])
+    assert code == 0, err
+    assert {r.key(): r.best_epoch for r in read_log(fresh)} == before
+
+
 @pytest.mark.parametrize("cut", [1, 3])
 def test_interrupted_cross_validation_resumes_to_the_same_numbers(
         tmp_path: Path, data_copy: Path, monkeypatch: pytest.MonkeyPatch, cut: int):
